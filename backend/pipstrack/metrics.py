@@ -1,0 +1,63 @@
+"""Tracking metrics as TAP-Vid defines them, plus the errors a compositor asks about.
+
+Positions are rescaled to 256x256 before the thresholds (1, 2, 4, 8, 16 px) apply, and
+each point's query frame is left out, as in TAP-Vid. Added: median pixel error (at the
+clip's own resolution) on visible frames, and on frames where the point is hidden but
+inside the image (how well occlusions are filled).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+THRESHOLDS = (1, 2, 4, 8, 16)
+
+
+def tapvid_metrics(pred_xy, pred_visible, gt_xy, gt_visible, size, query_frames=None) -> dict:
+    """All arrays (T,N,...) for one clip; ``size`` (H,W) of the clip the coordinates are in."""
+    pred_xy = np.asarray(pred_xy, np.float64)
+    gt_xy = np.asarray(gt_xy, np.float64)
+    pred_visible = np.asarray(pred_visible, bool)
+    gt_visible = np.asarray(gt_visible, bool)
+    T, N = gt_visible.shape
+    H, W = size
+    evaluated = np.ones((T, N), bool)
+    if query_frames is not None:
+        evaluated[np.asarray(query_frames, int), np.arange(N)] = False
+    scale = np.array([256.0 / W, 256.0 / H])
+    dist256 = np.linalg.norm((pred_xy - gt_xy) * scale, axis=-1)
+    dist = np.linalg.norm(pred_xy - gt_xy, axis=-1)
+    dist256 = np.where(np.isnan(dist256), np.inf, dist256)
+
+    out = {}
+    vis_eval = gt_visible & evaluated
+    out["occlusion_accuracy"] = float(np.mean((pred_visible == gt_visible)[evaluated])) if evaluated.any() else np.nan
+    within, jaccards = [], []
+    for t in THRESHOLDS:
+        close = dist256 < t
+        frac = float(np.sum(close & vis_eval) / max(vis_eval.sum(), 1))
+        out[f"pts_within_{t}"] = frac
+        within.append(frac)
+        tp = np.sum(close & pred_visible & vis_eval)
+        fp = np.sum(pred_visible & evaluated & (~gt_visible | ~close))
+        jacc = tp / max(np.sum(vis_eval) + fp, 1)
+        out[f"jaccard_{t}"] = float(jacc)
+        jaccards.append(jacc)
+    out["delta_avg"] = float(np.mean(within))
+    out["average_jaccard"] = float(np.mean(jaccards))
+    in_frame = (gt_xy[..., 0] >= 0) & (gt_xy[..., 0] <= W - 1) & (gt_xy[..., 1] >= 0) & (gt_xy[..., 1] <= H - 1)
+    occ = ~gt_visible & in_frame & evaluated
+    out["median_err_visible"] = float(np.nanmedian(dist[vis_eval])) if vis_eval.any() else np.nan
+    out["median_err_occluded"] = float(np.nanmedian(dist[occ])) if occ.any() else np.nan
+    return out
+
+
+def mean_metrics(results: list[dict]) -> dict:
+    keys = results[0].keys()
+    return {k: float(np.nanmean([r[k] for r in results])) if results else np.nan for k in keys}
+
+
+def forward_backward_error(xy_forward, xy_backward) -> np.ndarray:
+    """Per point median distance between a forward track and the backward track started
+    from the forward track's last position; for clips with no ground truth."""
+    d = np.linalg.norm(np.asarray(xy_forward) - np.asarray(xy_backward), axis=-1)
+    return np.nanmedian(d, axis=0)

@@ -1,0 +1,394 @@
+"""Long-clip tracking: PIPs windows chained over any number of frames, all points at once.
+
+One object, one call::
+
+    tracker = Tracker(load_model(), device="auto")
+    result = tracker.track(frames, queries)     # frames: (T,H,W,3) uint8 or a FrameSource
+    result.xy, result.visible, result.confidence
+
+Pixel convention (input and output): pixel centres at integer coordinates, origin at the
+top-left, x right, y down, in full-resolution pixels of the source.
+
+Why it is fast: the authors chain 8-frame windows one point at a time and re-encode every
+window's frames. Here every frame is encoded once (feature maps are cached), and all
+points whose next window is the same frames run through the network together. The
+decisions (window positions, carried target features) are those of the per-point
+procedure in :mod:`pipstrack.chaining`, so the trajectories are the same.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from .chaining import next_window_offset, window_frames
+
+DIRECTIONS = ("both", "forward", "backward")
+
+
+class TrackingCancelled(RuntimeError):
+    """Raised from :meth:`Tracker.track` when its cancel signal is set; nothing is returned."""
+
+
+@dataclass
+class TrackResult:
+    """Trajectories for N points over the frames ``frame_indices`` of the source.
+
+    Frames a point was not tracked on (outside its direction) hold NaN positions,
+    ``visible`` False and ``confidence`` 0.
+    """
+
+    xy: np.ndarray  # (T,N,2) float32, full-resolution pixels
+    visible: np.ndarray  # (T,N) bool
+    confidence: np.ndarray  # (T,N) float32, sigmoid of the visibility logit
+    frame_indices: np.ndarray  # (T,) 0-based indices into the source
+    size: tuple[int, int]  # (height, width) of the source
+    working_size: tuple[int, int]  # (height, width) the network saw
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def tracked(self) -> np.ndarray:
+        return ~np.isnan(self.xy[..., 0])
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device '{device}' requested but this torch has no usable CUDA GPU; use --device cpu or auto")
+        return torch.device(name)
+    raise ValueError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N")
+
+
+def working_size(height: int, width: int, long_side: int | None, multiple: int = 8) -> tuple[int, int]:
+    """The network's frame size: long side ``long_side`` (never upscaled), rounded to ``multiple``.
+
+    A clip already that small (or ``long_side`` None) is used at its own size, unresampled.
+    """
+    scale = 1.0 if not long_side else min(1.0, long_side / max(height, width))
+    if scale == 1.0:
+        return height, width
+    h = max(multiple * 4, int(round(height * scale / multiple)) * multiple)
+    w = max(multiple * 4, int(round(width * scale / multiple)) * multiple)
+    return h, w
+
+
+def to_working(xy: np.ndarray, size: tuple[int, int], work: tuple[int, int]) -> np.ndarray:
+    """Full-resolution pixel coords -> working-resolution coords (pixel centres map to centres)."""
+    sx, sy = work[1] / size[1], work[0] / size[0]
+    out = np.empty_like(xy, dtype=np.float64)
+    out[..., 0] = (xy[..., 0] + 0.5) * sx - 0.5
+    out[..., 1] = (xy[..., 1] + 0.5) * sy - 0.5
+    return out
+
+
+def to_source(xy: np.ndarray, size: tuple[int, int], work: tuple[int, int]) -> np.ndarray:
+    sx, sy = work[1] / size[1], work[0] / size[0]
+    out = np.empty_like(xy, dtype=np.float64)
+    out[..., 0] = (xy[..., 0] + 0.5) / sx - 0.5
+    out[..., 1] = (xy[..., 1] + 0.5) / sy - 0.5
+    return out
+
+
+@dataclass
+class _Segment:
+    """One chaining run: a point tracked from ``start`` to ``end`` (inclusive) in one direction."""
+
+    point: int
+    start: int  # absolute frame index of the anchor
+    end: int  # absolute frame index where it stops (end < start for backward)
+    xy: np.ndarray  # (2,) working-resolution anchor position
+    kind: str  # "open" (to a range end) or "between" (to the next anchor)
+    cur: int = 0  # local frame of the current window start
+    pos: np.ndarray | None = None
+    feat: torch.Tensor | None = None
+    out_xy: np.ndarray | None = None
+    out_vis: np.ndarray | None = None
+
+    @property
+    def step(self) -> int:
+        return 1 if self.end >= self.start else -1
+
+    @property
+    def length(self) -> int:
+        return abs(self.end - self.start) + 1
+
+    def absolute(self, local: int) -> int:
+        return self.start + self.step * local
+
+    def window(self, S: int) -> tuple[int, ...]:
+        return tuple(self.absolute(k) for k in window_frames(self.cur, self.length, S))
+
+
+class _FeatureCache:
+    """Encoded frames by frame index, least recently used dropped beyond a byte budget."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget = budget_bytes
+        self.maps: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self.bytes = 0
+        self.encoded = 0
+
+    def get(self, frame: int):
+        fmap = self.maps.get(frame)
+        if fmap is not None:
+            self.maps.move_to_end(frame)
+        return fmap
+
+    def put(self, frame: int, fmap: torch.Tensor, keep: set[int]):
+        self.maps[frame] = fmap
+        self.bytes += fmap.numel() * fmap.element_size()
+        self.encoded += 1
+        while self.bytes > self.budget and len(self.maps) > 1:
+            victim = next((f for f in self.maps if f not in keep), None)
+            if victim is None:
+                break
+            self.bytes -= self.maps.pop(victim).numel() * fmap.element_size()
+
+
+def _as_source(frames):
+    if isinstance(frames, np.ndarray):
+        from .frames import ArrayFrames
+
+        return ArrayFrames(frames)
+    for attr in ("read", "size", "__len__"):
+        if not hasattr(frames, attr):
+            raise TypeError("frames must be a (T,H,W,3) uint8 array or a FrameSource")
+    return frames
+
+
+def _normalise_queries(queries) -> list[np.ndarray]:
+    """(N,3) rows [frame, x, y], or a list of (K,3) arrays (several anchors of one point)."""
+    if isinstance(queries, np.ndarray) or (isinstance(queries, Sequence) and queries and np.isscalar(queries[0])):
+        arr = np.asarray(queries, dtype=np.float64)
+        if arr.ndim == 1:
+            arr = arr.reshape(1, -1)
+        if arr.ndim != 2 or arr.shape[1] != 3:
+            raise ValueError(f"queries must have shape (N,3) rows [frame, x, y]; got {arr.shape}")
+        points = [row.reshape(1, 3) for row in arr]
+    else:
+        points = [np.asarray(q, dtype=np.float64).reshape(-1, 3) for q in queries]
+    for i, p in enumerate(points):
+        if len(p) == 0:
+            raise ValueError(f"point {i} has no anchor")
+        if not np.all(np.isfinite(p)):
+            raise ValueError(f"point {i} has a NaN or infinite coordinate")
+        if np.any(p[:, 0] != np.round(p[:, 0])):
+            raise ValueError(f"point {i}: anchor frames must be whole numbers")
+        frames = p[:, 0].astype(int)
+        if len(set(frames.tolist())) != len(frames):
+            raise ValueError(f"point {i} has two anchors on the same frame")
+    return [p[np.argsort(p[:, 0], kind="stable")] for p in points]
+
+
+class Tracker:
+    """PIPs long-clip tracker. See the module docstring."""
+
+    def __init__(
+        self,
+        model,
+        device: str | torch.device = "auto",
+        iters: int = 6,
+        working_long_side: int | None = 512,
+        max_points_per_call: int = 256,
+        cache_mb: int = 4096,
+    ):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.iters = int(iters)
+        self.working_long_side = working_long_side
+        self.max_points_per_call = int(max_points_per_call)
+        self.cache_bytes = int(cache_mb) * 2**20
+        self.S = model.S
+        self.dtype = next(self.model.parameters()).dtype
+
+    # -- public -----------------------------------------------------------------------
+    def track(
+        self,
+        frames,
+        queries,
+        *,
+        frame_range: tuple[int, int] | None = None,
+        direction: str = "both",
+        progress: Callable[[int, int], None] | None = None,
+        cancel: threading.Event | Callable[[], bool] | None = None,
+    ) -> TrackResult:
+        """Track every query point over ``frame_range`` (inclusive 0-based indices; default all).
+
+        ``queries``: (N,3) rows ``[frame, x, y]``; or a list of (K,3) arrays, one per
+        point, whose K rows are known positions (keyframes) the trajectory must pass
+        through. ``direction`` "forward"/"backward" tracks only after the last / before
+        the first anchor (frames between anchors are always filled from both sides).
+        """
+        source = _as_source(frames)
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
+        T = len(source)
+        if T == 0:
+            raise ValueError("the clip has no frames")
+        first, last = (0, T - 1) if frame_range is None else (int(frame_range[0]), int(frame_range[1]))
+        if not (0 <= first <= last < T):
+            raise ValueError(f"frame range {first}..{last} is outside the clip's frames 0..{T - 1}")
+        points = _normalise_queries(queries)
+        H, W = source.size
+        work = working_size(H, W, self.working_long_side)
+        for i, p in enumerate(points):
+            for f, x, y in p:
+                if not (first <= f <= last):
+                    raise ValueError(f"point {i}: frame {int(f)} is outside the tracked frames {first}..{last}")
+                if not (-0.5 <= x <= W - 0.5 and -0.5 <= y <= H - 0.5):
+                    raise ValueError(f"point {i}: ({x:g}, {y:g}) on frame {int(f)} is outside the {W}x{H} image")
+
+        segments = self._plan(points, first, last, direction, (H, W), work)
+        stats = self._run(source, segments, work, progress, cancel)
+        return self._assemble(points, segments, first, last, (H, W), work, stats)
+
+    # -- planning -----------------------------------------------------------------------
+    def _plan(self, points, first, last, direction, size, work) -> list[_Segment]:
+        segs = []
+        for i, p in enumerate(points):
+            frames = p[:, 0].astype(int)
+            xy = to_working(p[:, 1:], size, work)
+            if direction in ("both", "backward") and frames[0] > first:
+                segs.append(_Segment(i, frames[0], first, xy[0], "open"))
+            if direction in ("both", "forward") and frames[-1] < last:
+                segs.append(_Segment(i, frames[-1], last, xy[-1], "open"))
+            for k in range(len(frames) - 1):
+                if frames[k + 1] - frames[k] > 1:
+                    segs.append(_Segment(i, frames[k], frames[k + 1], xy[k], "between"))
+                    segs.append(_Segment(i, frames[k + 1], frames[k], xy[k + 1], "between"))
+        for s in segs:
+            s.pos = s.xy.copy()
+            s.out_xy = np.zeros((s.length, 2), np.float64)
+            s.out_vis = np.zeros((s.length,), np.float64)
+            s.out_xy[0] = s.pos
+        return segs
+
+    # -- running ------------------------------------------------------------------------
+    def _run(self, source, segments, work, progress, cancel) -> dict:
+        cache = _FeatureCache(self.cache_bytes)
+        stats = {"windows": 0, "model_calls": 0}
+        total = sum(s.length for s in segments)
+        # Forward runs first, in time order, then backward runs, in reverse time order:
+        # the cache then holds what the next windows need.
+        for step in (1, -1):
+            active = [s for s in segments if s.step == step]
+            while active:
+                self._check_cancel(cancel)
+                lead = min(active, key=lambda s: step * s.absolute(s.cur))
+                key = lead.window(self.S)
+                group = [s for s in active if s.window(self.S) == key]
+                stats["model_calls"] += self._run_window(source, cache, key, group, work)
+                stats["windows"] += 1
+                active = [s for s in active if s.cur < s.length]
+                if progress is not None:
+                    done = sum(min(s.cur, s.length) for s in segments)
+                    progress(done, total)
+        stats["frames_encoded"] = cache.encoded
+        if progress is not None:
+            progress(total, total)
+        return stats
+
+    @staticmethod
+    def _check_cancel(cancel):
+        if cancel is None:
+            return
+        is_set = cancel.is_set() if hasattr(cancel, "is_set") else cancel()
+        if is_set:
+            raise TrackingCancelled("tracking cancelled")
+
+    def _encode(self, source, cache, frames: tuple[int, ...], work):
+        needed = [f for f in dict.fromkeys(frames) if cache.get(f) is None]
+        if needed:
+            h, w = work
+            imgs = []
+            for f in needed:
+                img = source.read(f)
+                if img.shape[:2] != (h, w):
+                    interp = cv2.INTER_AREA if img.shape[0] > h else cv2.INTER_LINEAR
+                    img = cv2.resize(img, (w, h), interpolation=interp)
+                imgs.append(img)
+            keep = set(frames)
+            with torch.no_grad():
+                for f, img in zip(needed, imgs):
+                    # One frame per call: the maps then do not depend on which frames
+                    # happened to be encoded together (batched convolutions differ in
+                    # the last bits), so results are reproducible run to run.
+                    batch = torch.from_numpy(img).to(self.device, self.dtype).permute(2, 0, 1).unsqueeze(0)
+                    cache.put(f, self.model.encode(batch)[0], keep)
+        return torch.stack([cache.get(f) for f in frames]).unsqueeze(0)
+
+    @torch.no_grad()
+    def _run_window(self, source, cache, key, group, work) -> int:
+        """Runs one window for every segment in ``group`` and moves each to its next window."""
+        fmaps = self._encode(source, cache, key, work)
+        S, calls = self.S, 0
+        for lo in range(0, len(group), self.max_points_per_call):
+            chunk = group[lo : lo + self.max_points_per_call]
+            xys = torch.from_numpy(np.stack([s.pos for s in chunk])).to(self.device, self.dtype).unsqueeze(0)
+            fresh = [i for i, s in enumerate(chunk) if s.feat is None]
+            if fresh:
+                sampled = self.model.initial_features(fmaps[:, 0], xys[:, fresh])[0]
+                for j, i in enumerate(fresh):
+                    chunk[i].feat = sampled[j]
+            feat = torch.stack([s.feat for s in chunk]).unsqueeze(0)
+            preds, vis_logits, _ = self.model.refine(fmaps, xys, self.iters, feat_init=feat)
+            calls += 1
+            xy = preds[-1][0].cpu().numpy()  # S,n,2
+            vis = torch.sigmoid(vis_logits[0]).cpu().numpy()  # S,n
+            for j, s in enumerate(chunk):
+                n = min(S, s.length - s.cur)
+                s.out_xy[s.cur : s.cur + n] = xy[:n, j]
+                s.out_vis[s.cur : s.cur + n] = vis[:n, j]
+                s.cur += next_window_offset(vis[:, j])
+                if s.cur < s.length:
+                    s.pos = s.out_xy[s.cur].copy()
+        return calls
+
+    # -- assembling -----------------------------------------------------------------------
+    def _assemble(self, points, segments, first, last, size, work, stats) -> TrackResult:
+        T, N = last - first + 1, len(points)
+        xy = np.full((T, N, 2), np.nan, np.float64)
+        conf = np.zeros((T, N), np.float64)
+        between: dict[tuple[int, int], list[_Segment]] = {}
+        for s in segments:
+            frames = np.array([s.absolute(k) for k in range(s.length)]) - first
+            if s.kind == "open":
+                xy[frames, s.point] = s.out_xy
+                conf[frames, s.point] = s.out_vis
+            else:
+                between.setdefault((s.point, min(s.start, s.end)), []).append(s)
+        for (point, lo), (a, b) in between.items():
+            fwd, bwd = (a, b) if a.step == 1 else (b, a)
+            n = fwd.length
+            w = (np.arange(n, dtype=np.float64) / (n - 1))[:, None]  # 0 at the earlier anchor
+            bxy, bvis = bwd.out_xy[::-1], bwd.out_vis[::-1]
+            rows = np.arange(lo, lo + n) - first
+            xy[rows, point] = (1 - w) * fwd.out_xy + w * bxy
+            conf[rows, point] = (1 - w[:, 0]) * fwd.out_vis + w[:, 0] * bvis
+        out = to_source(xy, size, work)
+        for i, p in enumerate(points):  # anchors are exact, whatever the resampling did
+            rows = p[:, 0].astype(int) - first
+            out[rows, i] = p[:, 1:]
+            conf[rows, i] = 1.0
+        return TrackResult(
+            xy=out.astype(np.float32),
+            visible=conf > 0.5,
+            confidence=conf.astype(np.float32),
+            frame_indices=np.arange(first, last + 1),
+            size=size,
+            working_size=work,
+            stats=stats,
+        )

@@ -1,0 +1,205 @@
+"""Checks that synthetic clips' ground truth agrees with their pixels.
+
+The tracker is only as good as these labels, so the tests re-derive them
+independently (re-warping each layer's mask and sampling textures) instead of
+trusting the generator's own bookkeeping.
+"""
+
+import os
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+try:
+    from pipstrack import synth
+except ImportError:  # running from a checkout without an install
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "backend"))
+    from pipstrack import synth
+
+CFG = synth.SynthConfig()
+CLEAN = CFG.clean()
+
+
+def bilinear(img, x, y):
+    """Bilinear sample of HxW or HxWxC at float coords (clamped)."""
+    img = np.asarray(img, np.float64)
+    h, w = img.shape[:2]
+    x = np.clip(np.asarray(x, np.float64), 0, w - 1.000001)
+    y = np.clip(np.asarray(y, np.float64), 0, h - 1.000001)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = x - x0, y - y0
+    if img.ndim == 3:
+        fx, fy = fx[:, None], fy[:, None]
+    return (img[y0, x0] * (1 - fx) * (1 - fy) + img[y0, x0 + 1] * fx * (1 - fy)
+            + img[y0 + 1, x0] * (1 - fx) * fy + img[y0 + 1, x0 + 1] * fx * fy)
+
+
+def in_frame(trajs, cfg):
+    x, y = trajs[..., 0], trajs[..., 1]
+    return (x >= 0) & (x <= cfg.width - 1) & (y >= 0) & (y <= cfg.height - 1)
+
+
+@pytest.fixture(scope="module")
+def debug_clips():
+    return [synth.make_clip(synth.clip_rng(11, k), CLEAN, debug=True) for k in range(8)]
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return [synth.make_clip(synth.clip_rng(3, k), CFG) for k in range(40)]
+
+
+def test_shapes_and_dtypes():
+    c = synth.make_clip(0)
+    T, H, W, N = CFG.frames, CFG.height, CFG.width, CFG.points
+    assert c["rgbs"].shape == (T, H, W, 3) and c["rgbs"].dtype == np.uint8
+    assert c["trajs"].shape == (T, N, 2) and c["trajs"].dtype == np.float32
+    assert c["visible"].shape == (T, N) and c["visible"].dtype == bool
+    assert c["query_frame"] == 0
+    assert np.isfinite(c["trajs"]).all()
+    assert c["visible"][0].all(), "queries are sampled on visible pixels"
+
+
+def test_custom_size():
+    cfg = synth.SynthConfig(frames=5, height=64, width=96, points=16, min_sprites=1, max_sprites=2)
+    c = synth.make_clip(1, cfg)
+    assert c["rgbs"].shape == (5, 64, 96, 3)
+    assert c["trajs"].shape == (5, 16, 2)
+
+
+def test_deterministic():
+    a, b, d = synth.make_clip(5), synth.make_clip(5), synth.make_clip(6)
+    for k in ("rgbs", "trajs", "visible"):
+        assert a[k].tobytes() == b[k].tobytes()
+    assert not np.array_equal(a["rgbs"], d["rgbs"])
+    # Stream clip k depends only on (seed, k).
+    s = synth.clip_stream(9, CFG)
+    first = [next(s) for _ in range(3)]
+    again = synth.make_clip(synth.clip_rng(9, 2), CFG)
+    assert first[2]["rgbs"].tobytes() == again["rgbs"].tobytes()
+    assert not np.array_equal(first[0]["trajs"], first[1]["trajs"])
+
+
+def test_augmentations_do_not_change_geometry():
+    rng_seed = 21
+    a = synth.make_clip(rng_seed, CFG)
+    b = synth.make_clip(rng_seed, CLEAN)
+    assert np.array_equal(a["trajs"], b["trajs"])
+    assert np.array_equal(a["visible"], b["visible"])
+
+
+def test_texture_colour_matches_rendered_colour(debug_clips):
+    """Visible points show their own texture's colour at trajs[t]."""
+    errs, shifted = [], []
+    for c in debug_clips:
+        for t in range(CLEAN.frames):
+            for n in np.nonzero(c["visible"][t])[0]:
+                tex = c["layers"][c["point_layer"][n]]["tex"]
+                want = bilinear(tex, c["tex_xy"][n:n + 1, 0], c["tex_xy"][n:n + 1, 1])[0]
+                x, y = c["trajs"][t, n]
+                got = bilinear(c["rgbs"][t], [x], [y])[0]
+                off = bilinear(c["rgbs"][t], [x + 2.5], [y - 1.5])[0]
+                errs.append(np.abs(want - got).mean())
+                shifted.append(np.abs(want - off).mean())
+    errs, shifted = np.array(errs), np.array(shifted)
+    assert len(errs) > 1000
+    # Resampling a warped texture is not exact on sharp edges, hence percentiles.
+    assert np.median(errs) < 1.5
+    assert np.percentile(errs, 90) < 8
+    # Negative control: a 3 px error in the labels is clearly detectable.
+    assert np.median(shifted) > 4 * np.median(errs) + 2
+
+
+def test_occlusion_matches_upper_masks(debug_clips):
+    """Invisible in-frame points are under an upper layer's mask; visible ones aren't."""
+    eps = 0.03
+    n_occ = 0
+    for c in debug_clips:
+        T = CLEAN.frames
+        lid = c["point_layer"]
+        inside = in_frame(c["trajs"], CLEAN)
+        for t in range(T):
+            cover = np.zeros(CLEAN.points)
+            for li, ly in enumerate(c["layers"]):
+                sel = lid < li
+                if li == 0 or not sel.any():
+                    continue
+                warped = cv2.warpPerspective(ly["mask"], ly["H"][t], (CLEAN.width, CLEAN.height),
+                                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                x, y = c["trajs"][t, sel, 0], c["trajs"][t, sel, 1]
+                cover[sel] = np.maximum(cover[sel], bilinear(warped, x, y) * inside[t, sel])
+            vis = c["visible"][t]
+            assert (cover[vis] < 0.5 + eps).all()
+            occ = ~vis & inside[t]
+            assert (cover[occ] >= 0.5 - eps).all()
+            n_occ += occ.sum()
+        # Every point lies on the opaque part of its own layer.
+        for li in np.unique(lid):
+            m = c["layers"][li]["mask"]
+            sel = lid == li
+            assert (bilinear(m, c["tex_xy"][sel, 0], c["tex_xy"][sel, 1]) >= 0.5).all()
+    assert n_occ > 0
+
+
+def test_trajectories_follow_layer_homographies(debug_clips):
+    for c in debug_clips:
+        for n in range(0, CLEAN.points, 7):
+            Hs = c["layers"][c["point_layer"][n]]["H"]
+            p = np.append(c["tex_xy"][n], 1.0)
+            q = Hs @ p
+            np.testing.assert_allclose(q[:, :2] / q[:, 2:], c["trajs"][:, n], atol=1e-3)
+
+
+def test_out_of_frame_points_are_invisible(batch):
+    total_out = 0
+    for c in batch:
+        out = ~in_frame(c["trajs"], CFG)
+        assert not (c["visible"] & out).any()
+        total_out += out.sum()
+    assert total_out > 0
+
+
+def test_occlusions_and_exits_are_common(batch):
+    occ_clips = exit_clips = 0
+    occ_frac = []
+    for c in batch:
+        inside = in_frame(c["trajs"], CFG)
+        occ = inside & ~c["visible"]
+        occ_clips += occ.any()
+        exit_clips += (~inside).any()
+        occ_frac.append(occ.mean())
+    assert occ_clips >= 0.6 * len(batch)
+    assert exit_clips >= 0.3 * len(batch)
+    assert np.mean(occ_frac) > 0.02
+
+
+def test_points_spread_over_sprites():
+    shares = [np.mean(synth.make_clip(synth.clip_rng(4, k), CFG, debug=True)["point_layer"] > 0)
+              for k in range(10)]
+    assert 0.2 < np.mean(shares) < 0.8
+
+
+def test_procedural_only_without_photos(monkeypatch):
+    monkeypatch.setattr(synth, "_PHOTOS", {})
+    monkeypatch.setattr(synth, "_PHOTOS_LOADED", True)
+    c = synth.make_clip(2, synth.SynthConfig(photo_prob=1.0))
+    assert c["rgbs"].shape[0] == CFG.frames
+
+
+def test_write_load_round_trip(tmp_path):
+    cfg = synth.SynthConfig(frames=4, height=48, width=64, points=8)
+    path = tmp_path / "sub" / "test.npz"
+    synth.write_test_set(path, count=3, seed=17, cfg=cfg)
+    assert sorted(os.listdir(path.parent)) == ["test.npz"]  # no temp left over
+    clips = synth.load_test_set(path)
+    assert len(clips) == 3
+    s = synth.clip_stream(17, cfg)
+    for got in clips:
+        want = next(s)
+        for k in ("rgbs", "trajs", "visible"):
+            assert got[k].dtype == want[k].dtype
+            assert np.array_equal(got[k], want[k])
+        assert got["query_frame"] == 0
+    assert synth.load_test_config(path) == cfg
