@@ -55,13 +55,16 @@ def read_points(path) -> list[tuple[str, np.ndarray]]:
     if path.suffix.lower() == ".json":
         return _points_from_json(path, text)
     tracks: dict[str, list] = {}
+    first_data_line = True
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         cells = [c.strip() for c in (line.split(",") if "," in line else line.split())]
-        if lineno == 1 and cells and cells[0].lower() in ("frame", "f"):
+        if first_data_line and cells[0].lower() in ("frame", "f"):
+            first_data_line = False
             continue
+        first_data_line = False
         if len(cells) not in (3, 4):
             raise PointsFileError(f"{path}, line {lineno}: expected 'frame,x,y' or 'frame,x,y,name', got {raw.strip()!r}")
         try:

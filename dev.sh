@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The two commands of the README:
+#   ./dev.sh demo   set up (once) and track the bundled sample clip -> pipstrack-demo/
+#   ./dev.sh test   set up (once) and run the whole test suite
+# Needs only Python 3.11 and the package index. The virtual environment goes to .venv
+# (or $PIPSTRACK_VENV).
+set -euo pipefail
+cd "$(dirname "$0")"
+venv="${PIPSTRACK_VENV:-.venv}"
+task="${1:-}"
+case "$task" in demo|test) ;; *) echo "usage: $0 demo|test" >&2; exit 2 ;; esac
+
+if [ ! -x "$venv/bin/python" ]; then
+  py="$(command -v python3.11 || command -v python3)"
+  "$py" -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+# torch first, pinned: its CPU build; an unpinned torch would pull a multi-GB CUDA build.
+"${pip[@]}" "torch==2.13.0"
+if [ "$task" = test ]; then
+  "${pip[@]}" -e ".[test]"
+  shift
+  exec "$venv/bin/python" -m pytest "$@"
+else
+  "${pip[@]}" -e .
+  shift
+  exec "$venv/bin/pipstrack" demo "$@"
+fi

@@ -1,0 +1,55 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+HERE = Path(__file__).parent
+FIXTURE = HERE / "pips_reference_seed7.npz"
+
+
+def seeded_state_dict(seed: int = 7) -> dict:
+    """The fixture's deterministic weights (procedure in shared/docs/pips-model.md)."""
+    with np.load(FIXTURE, allow_pickle=False) as z:
+        keys = json.loads(str(z["state_dict_keys"]))
+    rs = np.random.RandomState(seed)
+    state = {}
+    for name, shape in keys:
+        d = rs.standard_normal(shape)
+        if len(shape) >= 2:
+            d = d / np.sqrt(np.prod(shape[1:]))
+        elif name.endswith(".weight"):
+            d = 1 + 0.1 * d
+        else:
+            d = 0.1 * d
+        state[name] = torch.from_numpy(d.astype(np.float32))
+    return state
+
+
+@pytest.fixture(scope="session")
+def reference():
+    with np.load(FIXTURE, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="session")
+def official_state():
+    return seeded_state_dict()
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    from pipstrack import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def sample_clip():
+    from pipstrack.frames import open_frames
+    from pipstrack.sample import load_ground_truth, sample_clip_dir
+
+    src = open_frames(sample_clip_dir())
+    frames = np.stack([src.read(i) for i in range(len(src))])
+    return frames, load_ground_truth()

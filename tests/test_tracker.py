@@ -1,0 +1,179 @@
+"""The long-clip tracker: conventions, anchors, directions, equivalence with the authors'
+per-point chaining, progress, cancellation and input errors."""
+import threading
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pipstrack import Tracker, TrackingCancelled
+from pipstrack.chaining import next_window_offset, track_point_reference
+from pipstrack.frames import ArrayFrames
+from pipstrack.tracker import to_source, to_working, working_size
+
+
+def blob_image(h, w, x, y, sigma=3.0):
+    yy, xx = np.mgrid[0:h, 0:w]
+    g = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+    return np.repeat((255 * g)[..., None], 3, axis=2)
+
+
+def centroid(img):
+    g = img[..., 0].astype(np.float64)
+    yy, xx = np.mgrid[0 : g.shape[0], 0 : g.shape[1]]
+    return (g * xx).sum() / g.sum(), (g * yy).sum() / g.sum()
+
+
+@pytest.mark.parametrize("x,y", [(300.25, 211.7), (640.6, 100.1)])
+def test_working_resolution_mapping_matches_real_resampling(x, y):
+    """A sub-pixel blob resized the way the tracker resizes lands where to_working says."""
+    H, W = 540, 960
+    work = working_size(H, W, 512)
+    img = blob_image(H, W, x, y, sigma=6.0)
+    small = cv2.resize(img, (work[1], work[0]), interpolation=cv2.INTER_AREA)
+    cx, cy = centroid(small)
+    wx, wy = to_working(np.array([x, y]), (H, W), work)
+    assert abs(cx - wx) < 0.02 and abs(cy - wy) < 0.02
+    back = to_source(np.array([wx, wy]), (H, W), work)
+    np.testing.assert_allclose(back, [x, y], atol=1e-9)
+
+
+def test_working_size_keeps_small_clips_untouched():
+    assert working_size(270, 480, 512) == (270, 480)
+    assert working_size(270, 480, None) == (270, 480)
+    h, w = working_size(2160, 3840, 512)
+    assert w == 512 and h % 8 == 0 and abs(h / w - 2160 / 3840) < 0.02
+
+
+def test_window_rule_follows_the_authors():
+    assert next_window_offset(np.array([1, 1, 1, 1, 1, 1, 1, 0.95])) == 7
+    assert next_window_offset(np.array([1, 1, 1, 0.95, 0.5, 0.5, 0.5, 0.5])) == 3
+    # nothing above 0.9: the threshold drops by 0.02 until the best late frame qualifies
+    assert next_window_offset(np.array([1, 0.1, 0.1, 0.85, 0.1, 0.1, 0.86, 0.1])) == 6
+    assert next_window_offset(np.zeros(8)) == 7
+
+
+def small_clip(sample_clip, frames=20, scale=0.5):
+    rgbs, truth = sample_clip
+    h, w = int(rgbs.shape[1] * scale), int(rgbs.shape[2] * scale)
+    clip = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in rgbs[:frames]])
+    trajs = (truth["trajs"][:frames] + 0.5) * scale - 0.5
+    return clip, trajs, truth["visible"][:frames]
+
+
+def test_batched_engine_equals_the_per_point_procedure(default_model, sample_clip):
+    """Same weights, same clip: every point's trajectory equals the authors' per-point chaining,
+    for points starting on different frames and tracked both ways (float64 so rounding
+    differences between batch sizes cannot grow)."""
+    model = Pips64 = type(default_model)(config=default_model.config)
+    model.load_state_dict(default_model.state_dict())
+    model = model.double().eval()
+    clip, trajs, _ = small_clip(sample_clip, frames=20)
+    starts = [0, 0, 6, 19]
+    queries = np.array([[f, *trajs[f, i]] for i, f in enumerate(starts)])
+    result = Tracker(model, device="cpu", working_long_side=None).track(clip, queries)
+    assert result.stats["frames_encoded"] == len(clip)
+    for i, f in enumerate(starts):
+        if f < len(clip) - 1:
+            fwd, fvis = track_point_reference(model, clip[f:], queries[i, 1:])
+            np.testing.assert_allclose(result.xy[f:, i], fwd, atol=1e-3)
+            np.testing.assert_allclose(result.confidence[f + 1 :, i], fvis[1:], atol=1e-4)
+        if f > 0:
+            bwd, _ = track_point_reference(model, clip[: f + 1][::-1].copy(), queries[i, 1:])
+            np.testing.assert_allclose(result.xy[: f + 1, i][::-1], bwd, atol=1e-3)
+
+
+class CountingFrames(ArrayFrames):
+    def __init__(self, frames):
+        super().__init__(frames)
+        self.reads = []
+
+    def read(self, index):
+        self.reads.append(index)
+        return super().read(index)
+
+
+def test_each_frame_is_read_and_encoded_once(default_model, sample_clip):
+    clip, trajs, _ = small_clip(sample_clip, frames=24)
+    src = CountingFrames(clip)
+    queries = np.array([[0, *trajs[0, i]] for i in range(6)] + [[23, *trajs[23, 0]], [12, *trajs[12, 1]]])
+    result = Tracker(default_model, device="cpu").track(src, queries)
+    assert sorted(src.reads) == list(range(24))
+    assert result.stats["frames_encoded"] == 24
+    assert result.xy.shape == (24, 8, 2) and result.visible.shape == (24, 8) and result.confidence.shape == (24, 8)
+    assert result.xy.dtype == np.float32 and result.visible.dtype == bool
+
+
+def test_anchors_are_kept_and_gaps_filled_from_both_sides(default_model, sample_clip):
+    clip, trajs, _ = small_clip(sample_clip, frames=24)
+    anchors = np.array([[2, *trajs[2, 1]], [11, *trajs[11, 1]], [20, *trajs[20, 1]]])
+    tracker = Tracker(default_model, device="cpu")
+    both = tracker.track(clip, [anchors])
+    for f, x, y in anchors:
+        np.testing.assert_array_equal(both.xy[int(f), 0], np.float32([x, y]))
+        assert both.confidence[int(f), 0] == 1.0
+    assert both.tracked.all()
+    fwd = tracker.track(clip, [anchors], direction="forward")
+    assert not fwd.tracked[:2, 0].any() and fwd.tracked[2:, 0].all()
+    bwd = tracker.track(clip, [anchors], direction="backward")
+    assert bwd.tracked[:21, 0].all() and not bwd.tracked[21:, 0].any()
+    # between anchors the result does not depend on the direction asked for
+    np.testing.assert_allclose(fwd.xy[2:21], both.xy[2:21])
+
+
+def test_frame_range_limits_the_work(default_model, sample_clip):
+    clip, trajs, _ = small_clip(sample_clip, frames=24)
+    r = Tracker(default_model, device="cpu").track(clip, [[10, *trajs[10, 0]]], frame_range=(5, 15))
+    assert list(r.frame_indices) == list(range(5, 16))
+    assert r.xy.shape == (11, 1, 2) and r.tracked.all()
+    assert r.stats["frames_encoded"] == 11
+
+
+def test_deterministic(default_model, sample_clip):
+    clip, trajs, _ = small_clip(sample_clip, frames=16)
+    q = np.array([[0, *trajs[0, i]] for i in range(5)])
+    t = Tracker(default_model, device="cpu")
+    a, b = t.track(clip, q), t.track(clip, q)
+    np.testing.assert_array_equal(a.xy, b.xy)
+    np.testing.assert_array_equal(a.confidence, b.confidence)
+
+
+def test_progress_and_cancel(default_model, sample_clip):
+    clip, trajs, _ = small_clip(sample_clip, frames=24)
+    q = np.array([[0, *trajs[0, 0]], [23, *trajs[23, 1]]])
+    seen = []
+    Tracker(default_model, device="cpu").track(clip, q, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1][0] == seen[-1][1] and all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+    assert len(seen) > 3
+
+    stop = threading.Event()
+
+    def cancel_after_first(done, total):
+        stop.set()
+
+    with pytest.raises(TrackingCancelled):
+        Tracker(default_model, device="cpu").track(clip, q, progress=cancel_after_first, cancel=stop)
+
+
+@pytest.mark.parametrize(
+    "queries,frame_range,message",
+    [
+        ([[0, 500.0, 10.0]], None, "outside the 240x135 image"),
+        ([[40, 10.0, 10.0]], None, "frame 40 is outside"),
+        ([[0, 10.0, 10.0]], (5, 10), "frame 0 is outside"),
+        ([[0, float("nan"), 10.0]], None, "NaN"),
+        ([[0, 1.0]], None, "shape"),
+        ([np.array([[0, 1.0, 1.0], [0, 2.0, 2.0]])], None, "two anchors on the same frame"),
+        ([[0, 10.0, 10.0]], (10, 5), "frame range"),
+    ],
+)
+def test_bad_queries_get_specific_errors(default_model, sample_clip, queries, frame_range, message):
+    clip, _, _ = small_clip(sample_clip, frames=20)
+    with pytest.raises(ValueError, match=message):
+        Tracker(default_model, device="cpu").track(clip, queries, frame_range=frame_range)
+
+
+def test_unknown_device_is_refused(default_model):
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        Tracker(default_model, device="tpu")
