@@ -94,3 +94,19 @@ def test_weights_command_reports_the_default_model(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "default model" in r.stdout and "loads: yes" in r.stdout and "sha256" in r.stdout
     assert "not installed" in r.stdout
+
+
+def test_track_a_movie(plate, tmp_path):
+    movie = tmp_path / "shot.mp4"
+    frames = sorted(plate.glob("*.png"))[:12]
+    first = cv2.imread(str(frames[0]))
+    writer = cv2.VideoWriter(str(movie), cv2.VideoWriter_fourcc(*"mp4v"), 24, (first.shape[1], first.shape[0]))
+    for f in frames:
+        writer.write(cv2.imread(str(f)))
+    writer.release()
+    out = tmp_path / "tracks.json"
+    r = run("track", movie, "--grid", "2x2", "--out", out, "--frames", "3:9")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["frames"] == list(range(3, 10)) and len(doc["tracks"]) == 4
+    assert all(len(t["points"]) == 7 for t in doc["tracks"])

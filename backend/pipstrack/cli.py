@@ -180,26 +180,51 @@ def cmd_weights(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Tracks the bundled sample clip and writes tracks and a preview: the README's first command."""
-    from .sample import sample_clip_dir, sample_points_file
+    """Tracks the bundled sample clip, writes tracks, a preview movie and a still, and
+    scores the result against the clip's exact ground truth: the README's first command."""
+    import json
+
+    import cv2
+    import numpy as np
+
+    from .formats import read_tracks
+    from .frames import open_frames
+    from .metrics import tapvid_metrics
+    from .preview import draw_tracks
+    from .sample import load_ground_truth, sample_clip_dir, sample_points_file
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ns = argparse.Namespace(
-        input=str(sample_clip_dir()),
-        points=str(sample_points_file()),
-        grid=None,
-        frames=None,
-        model=args.model,
-        device=args.device,
-        iters=6,
-        working_size=512,
-        direction="both",
-        exposure=0.0,
-        out=str(out / "tracks.json"),
-        preview=str(out / "preview.mp4"),
+        input=str(sample_clip_dir()), points=str(sample_points_file()), grid=None, frames=None, model=args.model,
+        device=args.device, iters=6, working_size=512, direction="both", exposure=0.0,
+        out=str(out / "tracks.json"), preview=str(out / "preview.mp4"),
     )
-    return cmd_track(ns)
+    cmd_track(ns)
+
+    doc = read_tracks(out / "tracks.json")
+    truth = load_ground_truth()
+    T, N = truth["visible"].shape
+    xy = np.full((T, N, 2), np.nan)
+    vis = np.zeros((T, N), bool)
+    first = int(truth["frame_numbers"][0])
+    for n, track in enumerate(doc["tracks"]):
+        for f, x, y, v, _ in track["points"]:
+            xy[f - first, n] = (x, y)
+            vis[f - first, n] = v
+    src = open_frames(sample_clip_dir())
+    m = tapvid_metrics(xy, vis, truth["trajs"], truth["visible"], src.size, query_frames=np.zeros(N, int))
+    print(
+        f"against the sample's ground truth: median error {m['median_err_visible']:.2f} px on visible frames, "
+        f"{m['median_err_occluded']:.2f} px behind the occluder; delta_avg {m['delta_avg']:.3f}, "
+        f"occlusion accuracy {m['occlusion_accuracy']:.3f}, AJ {m['average_jaccard']:.3f}"
+    )
+    (out / "accuracy.json").write_text(json.dumps(m, indent=1) + "\n")
+    k = int(np.argmax((~truth["visible"]).sum(axis=1)))  # the frame where most points are hidden
+    still = draw_tracks(src.read(k), xy[: k + 1], vis[: k + 1])
+    cv2.imwrite(str(out / "still.png"), cv2.cvtColor(still, cv2.COLOR_RGB2BGR))
+    print(f"wrote {out / 'still.png'} (frame {first + k}, tracks drawn; rings are points estimated behind the occluder)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,6 +261,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto")
     d.set_defaults(func=cmd_demo)
 
+    ev = sub.add_parser("eval", help="compare pipstrack with classical trackers on clips with exact ground truth")
+    ev.add_argument("--model", default=None, help="weights file, 'default' (shipped) or 'official'")
+    ev.add_argument("--synthetic", type=int, default=10, metavar="N", help="held-out synthetic clips (default 10)")
+    ev.add_argument("--photo-clips", type=int, default=5, metavar="N", help="scikit-image photo clips (default 5)")
+    ev.add_argument("--frames", type=int, default=24, help="frames per clip (default 24)")
+    ev.add_argument("--size", default="256x320", help="clip size HxW (default 256x320)")
+    ev.add_argument("--points", type=int, default=48, help="points per clip (default 48)")
+    ev.add_argument("--baselines", default="zero,lk,blender-loc,blender-perspective", help="comma-separated: zero, lk, blender-loc, blender-perspective ('' for none)")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--json", metavar="FILE", help="also write every number, per clip, to this JSON file")
+    ev.set_defaults(func=cmd_eval)
+
     tr = sub.add_parser("train", help="train a PIPs network on synthetic clips (resumes from OUT/last.pt)")
     tr.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, best.pt)")
     tr.add_argument("--config", choices=("small", "official"), default="small")
@@ -266,6 +303,29 @@ def cmd_train(args) -> int:
     )
     best = train(opts, log=lambda m: print(m, file=sys.stderr))
     print(f"best weights: {best}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Prints one Markdown table (pipstrack and the baselines on both datasets); see pipstrack.eval."""
+    from .eval import evaluate, write_json
+    from .weights import load_model
+
+    try:
+        h, w = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise CliError(f"--size must look like 256x320, got {args.size!r}") from None
+    if h < 32 or w < 32 or args.frames < 2 or args.synthetic < 0 or args.photo_clips < 0 or args.points < 1:
+        raise CliError("--size must be at least 32x32, --frames at least 2, --points at least 1, clip counts not negative")
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    model = load_model(args.model)
+    text, doc = evaluate(model, model_label=str(getattr(model, "source", args.model or "default")), synthetic=args.synthetic,
+                         photo=args.photo_clips, frames=args.frames, size=(h, w), points=args.points, baselines=baselines,
+                         device=args.device)
+    print(text)
+    if args.json:
+        write_json(args.json, doc)
+        print(f"\nwrote {args.json}")
     return 0
 
 

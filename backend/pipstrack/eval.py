@@ -1,0 +1,324 @@
+"""``pipstrack eval``: pipstrack against classical trackers on clips with exact ground truth.
+
+Two datasets, both with exact trajectories and visibility:
+- held-out synthetic clips (:func:`pipstrack.synth.make_clip`) from seed
+  :data:`EVAL_SEED`, which training never draws (it trains on seeds ``[0, step, b]`` and
+  picks its best checkpoint on seeds ``[10_000, k]``, so neither is reused here);
+- photo clips (:func:`pipstrack.sample.homography_clip`): scikit-image photos seen by a
+  hand-held-like camera with an occluder crossing, content unlike the synthetic data.
+
+Queries are every ground-truth point on frame 0, tracked forward. Metrics are TAP-Vid's
+(:mod:`pipstrack.metrics`), averaged over clips. For pipstrack a forward-backward figure
+is added: it needs no ground truth, so it is what one can measure on a real shot, and
+seeing it next to the true errors shows how far it can be trusted.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import metrics
+from .baselines import BASELINES, BaselineUnavailable, Method, blender_available
+
+EVAL_SEED = 20_000
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry", "coins", "page")
+COLUMNS = (  # metric key, header, scale, decimals
+    ("delta_avg", "δavg %", 100, 1),
+    ("average_jaccard", "AJ %", 100, 1),
+    ("occlusion_accuracy", "OA %", 100, 1),
+    ("median_err_visible", "err vis px", 1, 2),
+    ("median_err_occluded", "err occ px", 1, 2),
+)
+DATASET_LABELS = {"synthetic": "synthetic", "photo": "photo"}
+
+
+@dataclass
+class EvalClip:
+    name: str
+    dataset: str
+    rgbs: np.ndarray  # (T,H,W,3) uint8
+    trajs: np.ndarray  # (T,N,2) float, pixels
+    visible: np.ndarray  # (T,N) bool
+
+    @property
+    def queries(self) -> np.ndarray:
+        """(N,3) rows [0, x, y]: every point where it is on frame 0."""
+        return np.c_[np.zeros(self.trajs.shape[1]), self.trajs[0]]
+
+
+# -- datasets -----------------------------------------------------------------------------------------
+
+
+def synthetic_clips(count: int, frames: int, size: tuple[int, int], points: int = 48, seed: int = EVAL_SEED):
+    """Held-out synthetic clips, generated lazily (one clip in memory at a time)."""
+    from .synth import SynthConfig, make_clip
+
+    H, W = size
+    cfg = SynthConfig(frames=frames, height=H, width=W, points=points)
+    for k in range(count):
+        clip = make_clip(np.random.default_rng([seed, k]), cfg)
+        yield EvalClip(f"synthetic-{seed}-{k}", "synthetic", clip["rgbs"], clip["trajs"], clip["visible"])
+
+
+def load_photo(name: str) -> np.ndarray:
+    """A scikit-image photo as (H,W,3) uint8 RGB (greyscale ones repeated to three channels)."""
+    import skimage.data
+
+    img = getattr(skimage.data, name)()
+    if isinstance(img, tuple):
+        img = img[0]
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        raise ValueError(f"skimage.data.{name} is {img.dtype}, not 8-bit")
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(img[:, :, :3])
+
+
+def available_photos() -> list[str]:
+    """The photos that load here without a network (they ship inside the scikit-image wheel)."""
+    names = []
+    for name in PHOTOS:
+        try:
+            load_photo(name)
+        except Exception:
+            continue
+        names.append(name)
+    return names
+
+
+def photo_clips(count: int, frames: int, size: tuple[int, int], points: int = 48, seed: int = EVAL_SEED):
+    """``count`` homography clips, cycling over the available photos, each with its own seed."""
+    from .sample import homography_clip
+
+    names = available_photos() if count else []
+    if count and not names:
+        raise RuntimeError("no scikit-image photo loads here; install scikit-image or use --photo-clips 0")
+    for k in range(count):
+        name = names[k % len(names)]
+        clip = homography_clip(load_photo(name), frames, size, seed=seed + k, occluder=True, points=points)
+        yield EvalClip(f"photo-{name}-{seed + k}", "photo", clip["rgbs"], clip["trajs"], clip["visible"])
+
+
+# -- running ---------------------------------------------------------------------------------------------
+
+
+def score(clip: EvalClip, xy: np.ndarray, visible: np.ndarray) -> dict:
+    H, W = clip.rgbs.shape[1:3]
+    N = clip.trajs.shape[1]
+    return metrics.tapvid_metrics(xy, visible, clip.trajs, clip.visible, (H, W), np.zeros(N, int))
+
+
+def forward_backward_frame0(tracker, rgbs: np.ndarray, xy_forward: np.ndarray) -> np.ndarray:
+    """(N,) distance on frame 0 between each query and pipstrack's track started backwards
+    from where the forward track ends; no ground truth involved.
+
+    An end position outside the image is clamped to the border (the tracker needs its
+    queries in the image), so a point that was lost off-frame counts against the tracker.
+    """
+    T, H, W = rgbs.shape[:3]
+    end = xy_forward[-1].astype(np.float64).copy()
+    end[:, 0] = np.clip(np.nan_to_num(end[:, 0], nan=(W - 1) / 2), -0.5, W - 0.5)
+    end[:, 1] = np.clip(np.nan_to_num(end[:, 1], nan=(H - 1) / 2), -0.5, H - 0.5)
+    queries = np.c_[np.full(len(end), T - 1), end]
+    back = tracker.track(rgbs, queries, direction="backward").xy
+    return np.linalg.norm(back[0].astype(np.float64) - xy_forward[0], axis=-1)
+
+
+@dataclass
+class MethodRun:
+    """Everything measured for one method on one dataset."""
+
+    per_clip: list = field(default_factory=list)  # dicts of metrics, with "clip" and "seconds"
+    fb_frame0: list = field(default_factory=list)  # per-point distances, pipstrack only
+    error: str | None = None  # set when the method failed; no numbers then
+
+    def summary(self) -> dict:
+        out: dict = {"clips": len(self.per_clip)}
+        if self.error:
+            out["error"] = self.error
+        if self.per_clip:
+            keys = [k for k in self.per_clip[0] if k not in ("clip", "seconds")]
+            with warnings.catch_warnings():  # a metric NaN on every clip (nothing occluded) stays NaN, quietly
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out.update(metrics.mean_metrics([{k: r[k] for k in keys} for r in self.per_clip]))
+            out["seconds_per_clip"] = float(np.mean([r["seconds"] for r in self.per_clip]))
+        if self.fb_frame0:
+            out["fb_median_frame0"] = float(np.median(np.concatenate(self.fb_frame0)))
+        return out
+
+
+def run_eval(
+    methods: dict[str, Method],
+    clips,
+    total: int | None = None,
+    fb_method: str | None = "pipstrack",
+    progress: bool = True,
+) -> dict[str, dict[str, MethodRun]]:
+    """Runs every method on every clip: ``{dataset: {method: MethodRun}}``.
+
+    A method that raises is recorded as failed (with the reason) and skipped on the
+    remaining clips; the others go on. ``fb_method`` also gets the forward-backward figure
+    (it must carry a ``tracker``, as :func:`pipstrack.baselines.pipstrack_method` does).
+    """
+    from tqdm import tqdm
+
+    runs: dict[str, dict[str, MethodRun]] = {}
+    broken: dict[str, str] = {}
+    bar = tqdm(clips, total=total, desc="eval", unit="clip", disable=None if progress else True, dynamic_ncols=True)
+    for clip in bar:
+        per_method = runs.setdefault(clip.dataset, {name: MethodRun() for name in methods})
+        for name, method in methods.items():
+            run = per_method[name]
+            if name in broken:
+                run.error = broken[name]
+                continue
+            try:
+                t0 = time.perf_counter()
+                xy, vis = method(clip.rgbs, clip.queries)
+                seconds = time.perf_counter() - t0
+                xy, vis = np.asarray(xy, np.float64), np.asarray(vis, bool)
+                if xy.shape != clip.trajs.shape or vis.shape != clip.visible.shape:
+                    raise RuntimeError(f"returned shapes {xy.shape}, {vis.shape}; expected {clip.trajs.shape}, {clip.visible.shape}")
+                run.per_clip.append({"clip": clip.name, "seconds": seconds, **score(clip, xy, vis)})
+                if name == fb_method and hasattr(method, "tracker"):
+                    run.fb_frame0.append(forward_backward_frame0(method.tracker, clip.rgbs, xy))
+            except BaselineUnavailable as e:
+                broken[name] = f"unavailable: {e}"
+                run.error = broken[name]
+            except Exception as e:  # one method's failure must not stop the others
+                broken[name] = f"failed on {clip.name}: {type(e).__name__}: {e}"
+                run.error = broken[name]
+    bar.close()
+    for per_method in runs.values():  # a method that broke late is marked on every dataset
+        for name, run in per_method.items():
+            if name in broken:
+                run.error = broken[name]
+    return runs
+
+
+# -- reporting -------------------------------------------------------------------------------------------
+
+
+def _fmt(value, scale, decimals) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value * scale:.{decimals}f}"
+
+
+def markdown_table(runs: dict[str, dict[str, MethodRun]], methods: list[str]) -> str:
+    """One table: a row per method, the metric columns once per dataset, then FB per dataset."""
+    datasets = [d for d in ("synthetic", "photo") if d in runs] + [d for d in runs if d not in ("synthetic", "photo")]
+    header = ["method"]
+    for d in datasets:
+        n = max(len(r.per_clip) for r in runs[d].values())
+        header += [f"{DATASET_LABELS.get(d, d)} ({n}) {h}" for _, h, _, _ in COLUMNS]
+        header.append(f"{DATASET_LABELS.get(d, d)} FB px")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    notes = []
+    for name in methods:
+        cells = [name]
+        for d in datasets:
+            run = runs[d].get(name)
+            s = run.summary() if run else {}
+            if run is None or run.error:  # partial numbers would mislead: all clips or none
+                cells += ["n/a"] * (len(COLUMNS) + 1)
+            else:
+                cells += [_fmt(s.get(k), sc, dec) for k, _, sc, dec in COLUMNS]
+                cells.append(_fmt(s.get("fb_median_frame0"), 1, 2))
+            if run is not None and run.error:
+                note = f"{name}: {run.error}"
+                if note not in notes:
+                    notes.append(note)
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    if notes:
+        text += "\n\n" + "\n".join(f"- {n}" for n in notes)
+    return text
+
+
+def legend(methods: dict[str, str]) -> str:
+    rows = [f"- `{k}`: {v}" for k, v in methods.items()]
+    rows.append(
+        "- δavg: share of visible points within 1/2/4/8/16 px (at 256x256), averaged; AJ: average Jaccard; "
+        "OA: occlusion accuracy; err vis / err occ: median distance in px on visible frames / on frames where "
+        "the point is hidden but inside the image (per-clip medians averaged over clips); FB px: median over "
+        "points of the frame-0 distance after tracking forward and back again (no ground truth needed)."
+    )
+    return "\n".join(rows)
+
+
+def report_json(runs, config: dict, descriptions: dict[str, str]) -> dict:
+    return {
+        "format": "pipstrack-eval",
+        "version": 1,
+        "config": config,
+        "methods": descriptions,
+        "results": {
+            d: {name: {**run.summary(), "per_clip": run.per_clip} for name, run in per_method.items()}
+            for d, per_method in runs.items()
+        },
+    }
+
+
+def write_json(path, doc: dict) -> None:
+    """Atomic, like every pipstrack output: a temporary file renamed into place."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def evaluate(
+    model=None,
+    model_label: str = "pipstrack",
+    synthetic: int = 10,
+    photo: int = 5,
+    frames: int = 24,
+    size: tuple[int, int] = (256, 320),
+    points: int = 48,
+    baselines: list[str] = ("zero", "lk", "blender-loc", "blender-perspective"),
+    device: str = "auto",
+    seed: int = EVAL_SEED,
+    progress: bool = True,
+) -> tuple[str, dict]:
+    """The whole evaluation: (Markdown report, JSON-able document). ``model`` None skips pipstrack."""
+    from .baselines import pipstrack_method
+
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; known: {', '.join(BASELINES)}")
+    if frames < 2:
+        raise ValueError("--frames must be at least 2")
+    methods: dict[str, Method] = {}
+    descriptions: dict[str, str] = {}
+    if model is not None:
+        methods["pipstrack"] = pipstrack_method(model, device)
+        meta = getattr(model, "meta", None) or {}
+        about = ", ".join(f"{k} {meta[k]}" for k in ("step", "note") if k in meta)
+        descriptions["pipstrack"] = f"pipstrack, {model_label}{f' ({about})' if about else ''}, on {methods['pipstrack'].tracker.device}"
+    for b in baselines:
+        descriptions[b], methods[b] = BASELINES[b]
+    if any(b.startswith("blender") for b in baselines):
+        blender_available()  # import bpy now (~1 s), not inside the first clip's timing
+
+    def clips():
+        yield from synthetic_clips(synthetic, frames, size, points, seed)
+        yield from photo_clips(photo, frames, size, points, seed)
+
+    runs = run_eval(methods, clips(), total=synthetic + photo, progress=progress)
+    H, W = size
+    title = f"pipstrack eval: {frames} frames of {H}x{W} (HxW), up to {points} points per clip, queries on frame 0, seed {seed}"
+    text = f"{title}\n\n{markdown_table(runs, list(methods))}\n\n{legend(descriptions)}"
+    config = {"synthetic": synthetic, "photo": photo, "frames": frames, "size": [H, W], "points": points, "seed": seed,
+              "baselines": list(baselines), "model": model_label}
+    return text, report_json(runs, config, descriptions)
