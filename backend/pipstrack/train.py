@@ -176,7 +176,7 @@ def train(opts: TrainOptions, log=print) -> Path:
         optim.step()
         sched.step()
         step += 1
-        vals = {k: float(v) for k, v in losses.items()}
+        vals = {k: float(v.detach()) for k, v in losses.items()}
         running = vals if running is None else {k: 0.98 * running[k] + 0.02 * vals[k] for k in vals}
         bar.update(1)
         bar.set_postfix(loss=f"{running['loss']:.3f}", coord=f"{running['coord']:.2f}", vis=f"{running['vis']:.3f}")
