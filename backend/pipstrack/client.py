@@ -1,0 +1,366 @@
+"""Client for ``pipstrack serve``: numpy + pyzmq + protocol.py only, so Blender can ship it.
+
+Nothing here blocks unless asked to: a Blender timer calls :meth:`Job.poll` every tenth of a
+second, which uploads a little (zero-copy frames, pulled lazily from a callable so a 4K EXR
+clip is never in RAM at once), sends heartbeats, and returns whatever arrived. Scripts use
+the blocking :func:`track`::
+
+    from pipstrack.client import Connection
+    conn = Connection("tcp://127.0.0.1:5555")
+    job = conn.submit(frames, [[0, 120.5, 80.0]])     # (T,H,W,3) array, or a callable + frame_count
+    while not job.done:
+        for event in job.poll():                        # {"type": "progress"|"result"|"error"|"cancelled", ...}
+            ...
+    job.result["xy"]                                    # (T,N,2) float32
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+try:
+    from . import protocol as P
+except ImportError:  # a loose copy next to this file (the Blender add-on's vendored layout)
+    import protocol as P  # type: ignore
+
+
+class TrackingError(RuntimeError):
+    """A job failed: ``code`` is one of the protocol's ``E_*`` codes."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _load_keys(keys_dir, name: str = "client"):
+    """(client public, client secret, server public) from a `pipstrack keys` folder."""
+    import zmq.auth
+
+    d = Path(keys_dir).expanduser()
+    cpub, csec = zmq.auth.load_certificate(str(d / f"{name}.key_secret"))
+    spub, _ = zmq.auth.load_certificate(str(d / "server.key"))
+    return cpub, csec, spub
+
+
+class Connection:
+    """One DEALER socket to a server, shared by any number of jobs; drive it with :meth:`pump`."""
+
+    def __init__(self, address: str, *, keys_dir=None, key_name: str = "client", heartbeat: float | None = None,
+                 timeout: float | None = None, context: zmq.Context | None = None):
+        self.address = address
+        self.heartbeat = heartbeat or P.env_float(os.environ, "PIPSTRACK_HEARTBEAT", P.HEARTBEAT_INTERVAL)
+        self.timeout = timeout or P.env_float(os.environ, "PIPSTRACK_SERVER_TIMEOUT", P.SERVER_TIMEOUT)
+        self.ctx = context or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_PART_BYTES)
+        # The high-water mark counts whole multipart messages: at most two frame chunks wait in
+        # the queue (plus the kernel's TCP buffer), so a lazily read clip is never all in RAM.
+        self.sock.setsockopt(zmq.SNDHWM, 2)
+        if keys_dir is not None:
+            cpub, csec, spub = _load_keys(keys_dir, key_name)
+            self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = cpub, csec, spub
+        self.sock.connect(address)
+        self.jobs: dict[str, Job] = {}
+        self.server: dict | None = None  # the hello_ok header, once it arrives
+        self.failure: TrackingError | None = None
+        self.events: list[dict] = []  # connection-level events (hello_ok, errors without a job)
+        self._outq: list[list] = []  # control messages the socket could not take yet
+        now = time.monotonic()
+        self.last_heard = now
+        self.last_ping = 0.0
+        self._send([P.header(P.HELLO, None, client="pipstrack.client")])
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _send(self, parts, queue_if_busy: bool = True) -> bool:
+        """Never blocks (a DEALER blocks when its queue is full or no server is there yet):
+        control messages wait in ``_outq`` and go out on a later :meth:`pump`."""
+        if self._outq and queue_if_busy:
+            self._outq.append(parts)
+            return False
+        try:
+            self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            if queue_if_busy:
+                self._outq.append(parts)
+            return False
+
+    def _flush_out(self) -> None:
+        while self._outq:
+            try:
+                self.sock.send_multipart(self._outq[0], flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._outq.pop(0)
+
+    def pump(self, budget_s: float = 0.02) -> None:
+        """Does whatever is due without waiting: heartbeats, uploads (about ``budget_s``), receiving."""
+        now = time.monotonic()
+        self._flush_out()
+        if self.failure is None and now - self.last_ping >= self.heartbeat:
+            self.last_ping = now
+            active = [j for j, job in self.jobs.items() if not job.done][:1000]
+            self._send([P.header(P.PING, None, jobs=active)], queue_if_busy=False)
+        deadline = now + budget_s
+        for job in list(self.jobs.values()):
+            while job._upload_step() and time.monotonic() < deadline:
+                pass
+        while True:
+            try:
+                parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            self.last_heard = time.monotonic()
+            self._dispatch(parts)
+        del self.events[:-100]  # connection-level events are only for wait_hello and diagnostics
+        if self.failure is None and time.monotonic() - self.last_heard > self.timeout:
+            self._fail(TrackingError(P.E_TIMEOUT, f"the server at {self.address} has not answered for {self.timeout:g} s"))
+
+    def _fail(self, err: TrackingError) -> None:
+        self.failure = err
+        self.events.append({"type": P.ERROR, "code": err.code, "message": err.message})
+        for job in self.jobs.values():
+            job._finish({"type": P.ERROR, "code": err.code, "message": err.message})
+
+    def _dispatch(self, parts) -> None:
+        try:
+            h, payload = P.parse(parts, allowed=P.SERVER_TYPES)
+        except P.ProtocolError as e:
+            if e.code == P.E_VERSION:
+                self._fail(TrackingError(e.code, e.message))
+            else:
+                self.events.append({"type": P.ERROR, "code": e.code, "message": f"bad message from the server: {e.message}"})
+            return
+        t = h["type"]
+        if t == P.HELLO_OK:
+            self.server = h
+            self.events.append(dict(h))
+            return
+        if t == P.PONG:
+            for j in h.get("unknown", []) if isinstance(h.get("unknown"), list) else []:
+                job = self.jobs.get(j)
+                if job is not None and job.accepted and not job.done:
+                    job._finish({"type": P.ERROR, "code": P.E_UNKNOWN_JOB, "message": "the server no longer knows this job (restarted?)"})
+            return
+        job = self.jobs.get(h.get("job")) if isinstance(h.get("job"), str) else None
+        if job is None:
+            if t == P.ERROR:
+                ev = {"type": P.ERROR, "code": h.get("code"), "message": h.get("message")}
+                self.events.append(ev)
+                if h.get("code") == P.E_VERSION:
+                    self._fail(TrackingError(P.E_VERSION, str(h.get("message"))))
+            return
+        job._receive(h, payload)
+
+    def wait_hello(self, timeout: float | None = None) -> dict:
+        """Blocks until the server has greeted us; raises TrackingError on timeout or refusal."""
+        end = time.monotonic() + (timeout or self.timeout)
+        while self.server is None:
+            self.pump()
+            if self.failure is not None:
+                raise self.failure
+            for ev in self.events:
+                if ev.get("type") == P.ERROR:
+                    raise TrackingError(ev["code"], ev["message"])
+            if time.monotonic() > end:
+                raise TrackingError(P.E_TIMEOUT, f"no answer from {self.address}")
+            self.sock.poll(20)
+        return self.server
+
+    def submit(self, frames, queries, *, frame_count: int | None = None, frame_shape=None, dtype: str | None = None,
+               colour: str | None = None, frame_range=None, direction: str = "both", working_size: int | None = 512,
+               iters: int = 6, chunk: int = 4, paths=None, job_id: str | None = None) -> "Job":
+        """Starts a job. ``frames``: (T,H,W,3) array, or ``callable(i) -> (H,W,3) array`` with
+        ``frame_count``; ``paths``: instead of frames, one file per frame the server can read."""
+        return Job(self, frames, queries, frame_count=frame_count, frame_shape=frame_shape, dtype=dtype, colour=colour,
+                   frame_range=frame_range, direction=direction, working_size=working_size, iters=iters, chunk=chunk,
+                   paths=paths, job_id=job_id)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+class Job:
+    """One tracking job. :meth:`poll` never blocks; ``done``, ``result``, ``error`` tell the outcome."""
+
+    def __init__(self, conn: Connection, frames, queries, *, frame_count, frame_shape, dtype, colour, frame_range,
+                 direction, working_size, iters, chunk, paths, job_id):
+        self.conn = conn
+        self.id = job_id or uuid.uuid4().hex
+        self.events: list[dict] = []
+        self.done = False
+        self.accepted = False
+        self.result: dict | None = None
+        self.error: dict | None = None
+        self.progress = (0, 0)  # tracking (done, total)
+        self.uploaded = (0, 0)  # frames received by the server (done, total)
+        self._first_frame = None
+        if paths is not None:
+            self._get = None
+            self._paths = [str(p) for p in paths]
+            frame_count = len(self._paths)
+            if frame_shape is None:
+                raise ValueError("with paths, give frame_shape=(H, W)")
+        elif isinstance(frames, np.ndarray):
+            arr = frames
+            if arr.ndim != 4 or arr.shape[-1] != 3:
+                raise ValueError(f"frames must have shape (T,H,W,3), got {arr.shape}")
+            frame_count = arr.shape[0]
+            frame_shape = arr.shape[1:3]
+            self._get = arr.__getitem__
+        elif callable(frames):
+            if frame_count is None:
+                raise ValueError("a frames callable needs frame_count")
+            self._get = frames
+        else:
+            raise TypeError("frames must be a (T,H,W,3) array or a callable(i) -> (H,W,3) array")
+        if self._get is not None and (frame_shape is None or dtype is None):
+            lo = frame_range[0] if frame_range else 0
+            self._first_frame = (lo, np.asarray(self._get(lo)))
+            frame_shape = frame_shape or self._first_frame[1].shape[:2]
+            dtype = dtype or str(self._first_frame[1].dtype)
+        dtype = dtype or "uint8"
+        if colour is None:
+            colour = "srgb" if dtype == "uint8" or paths is not None else "linear"
+        q = np.asarray(queries, dtype=np.float64).reshape(-1, 3)
+        first, last = (0, int(frame_count) - 1) if frame_range is None else (int(frame_range[0]), int(frame_range[1]))
+        self.spec = P.JobSpec(self.id, int(frame_count), int(frame_shape[0]), int(frame_shape[1]), dtype, colour, q,
+                              first, last, direction, working_size, int(iters), "paths" if paths is not None else "frames")
+        self._next = first  # next frame index to upload
+        self._chunk = max(1, min(int(chunk), P.MAX_FRAMES_PER_MESSAGE))
+        conn.jobs[self.id] = self
+        if conn.failure is not None:  # a dead connection: make a new Connection to retry
+            self._finish({"type": P.ERROR, "code": conn.failure.code, "message": conn.failure.message})
+            return
+        conn._send(self.spec.submit_message())
+
+    # -- uploading ---------------------------------------------------------------------------
+    def _frame(self, i: int) -> np.ndarray:
+        if self._first_frame is not None and self._first_frame[0] == i:
+            img = self._first_frame[1]
+            self._first_frame = None
+        else:
+            img = np.asarray(self._get(i))
+        want = (self.spec.height, self.spec.width, 3)
+        if img.shape != want:
+            raise ValueError(f"frame {i} has shape {img.shape}, the job's frames are {want}")
+        return np.ascontiguousarray(img, dtype=P.DTYPES[self.spec.dtype])  # no copy when it already fits
+
+    def _upload_step(self) -> bool:
+        """Sends one chunk if the socket can take it now; False when nothing (more) can go."""
+        if self.done or not self.accepted or self._next > self.spec.last:
+            return False
+        if (self._next - self.spec.first) - self.uploaded[0] >= 2 * self._chunk:
+            return False  # two chunks ahead of the server's acknowledgements at most
+        if self.conn._outq or not (self.conn.sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT):
+            return False  # read frames only when the socket can take them now
+        lo = self._next
+        n = min(self._chunk, self.spec.last - lo + 1)
+        if self._get is None:
+            parts = [P.header(P.PATHS, self.id, first=lo, paths=self._paths[lo:lo + n])]
+        else:
+            try:
+                images = [self._frame(i) for i in range(lo, lo + n)]
+            except Exception as e:  # a bad frame from the caller fails the job, not the Blender session
+                self.cancel()
+                self._finish({"type": P.ERROR, "code": P.E_BAD_PAYLOAD, "message": f"reading frame: {e}"})
+                return False
+            parts = [P.header(P.FRAMES, self.id, first=lo, count=n), *images]
+        if not self.conn._send(parts, queue_if_busy=False):
+            return False
+        self._next = lo + n
+        return True
+
+    # -- events ------------------------------------------------------------------------------
+    def _receive(self, h: dict, payload) -> None:
+        if self.done:
+            return
+        t = h["type"]
+        try:
+            if t == P.ACCEPTED:
+                self.accepted = True
+            elif t == P.PROGRESS:
+                done, total = P.check_progress(h)
+                phase = "upload" if h.get("phase") == "upload" else "track"
+                if phase == "track":
+                    self.progress = (done, total)
+                else:
+                    self.uploaded = (done, total)
+                self.events.append({"type": P.PROGRESS, "phase": phase, "done": done, "total": total})
+            elif t == P.PARTIAL:
+                self.events.append({"type": P.PARTIAL, **P.read_trajectories(h, payload)})
+            elif t == P.RESULT:
+                self.result = P.read_trajectories(h, payload)
+                self._finish({"type": P.RESULT, **self.result})
+            elif t == P.CANCELLED:
+                self._finish({"type": P.CANCELLED, "reason": h.get("reason")})
+            elif t == P.ERROR:
+                self._finish({"type": P.ERROR, "code": h.get("code"), "message": h.get("message")})
+        except P.ProtocolError as e:
+            self._finish({"type": P.ERROR, "code": e.code, "message": f"bad message from the server: {e.message}"})
+
+    def _finish(self, event: dict) -> None:
+        if self.done:
+            return
+        self.done = True
+        if event["type"] == P.ERROR:
+            self.error = event
+        self.events.append(event)
+        self._get = None  # drop the caller's frames
+
+    def poll(self) -> list[dict]:
+        """New events since the last call (progress, partial, result, cancelled, error); never waits."""
+        self.conn.pump()
+        out, self.events = self.events, []
+        if self.done:
+            self.conn.jobs.pop(self.id, None)  # its last events are in ``out``
+        return out
+
+    def cancel(self) -> None:
+        """Asks the server to stop; a ``cancelled`` event follows (within one tracking window)."""
+        if not self.done:
+            self.conn._send([P.header(P.CANCEL, self.id)])
+
+    def wait(self, timeout: float | None = None, on_event=None) -> dict:
+        """Blocks until the job ends: the result dict, or raises TrackingError."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            for ev in self.poll():
+                if on_event is not None:
+                    on_event(ev)
+            if self.done:
+                break
+            if end is not None and time.monotonic() > end:
+                self.cancel()
+                raise TrackingError(P.E_TIMEOUT, f"job {self.id} did not finish within {timeout:g} s")
+            self.conn.sock.poll(10)
+        if self.result is not None:
+            return self.result
+        if self.error is not None:
+            raise TrackingError(str(self.error["code"]), str(self.error["message"]))
+        raise TrackingError("cancelled", "the job was cancelled")
+
+
+def track(address: str, frames, queries, *, keys_dir=None, timeout: float | None = None, **options) -> dict:
+    """Blocking convenience for scripts: submit, upload, wait, return the result dict."""
+    conn = Connection(address, keys_dir=keys_dir)
+    try:
+        return conn.submit(frames, queries, **options).wait(timeout)
+    finally:
+        conn.close()
+
+
+def ping(address: str, timeout: float = 3.0, keys_dir=None) -> dict:
+    """The server's hello_ok header (version, protocol, model, device); raises TrackingError."""
+    conn = Connection(address, keys_dir=keys_dir, timeout=timeout)
+    try:
+        return conn.wait_hello(timeout)
+    finally:
+        conn.close()

@@ -1,0 +1,501 @@
+"""``pipstrack serve``: a long-running tracking service over ZeroMQ (protocol: pipstrack.protocol).
+
+Why a service: Blender must never freeze while tracking runs, and the GPU may be on another
+machine. The model is loaded once; many clients submit many jobs. One ROUTER socket is served
+by the main thread (headers checked, frames stored, pings answered, cancels acted on at once),
+and one worker thread runs :meth:`Tracker.track` on the queued jobs, round robin between
+clients so one artist's long shot does not starve everybody else.
+
+Frames are stored as they arrive already converted to 8-bit and resized to the network's
+working size, exactly as the tracker itself would do it, so a 4K float clip costs the server
+a few hundred kB per frame and the trajectories equal an in-process ``Tracker.track`` call.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import queue
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import zmq
+
+from . import protocol as P
+
+log = logging.getLogger("pipstrack.service")
+MAX_JOBS_PER_CLIENT = 64  # unfinished jobs (receiving, queued, running) per connection
+
+
+class ServiceError(RuntimeError):
+    """The service cannot start (bad address, missing keys, insecure bind refused)."""
+
+
+# -- frames --------------------------------------------------------------------------------
+def to_display_uint8(img: np.ndarray, colour: str) -> np.ndarray:
+    """Any received frame -> 8-bit display-referred RGB, the tracker's input."""
+    if img.dtype == np.uint8:
+        return img
+    if colour == "linear":
+        from .frames import display_transform
+
+        return display_transform(img)
+    x = np.nan_to_num(np.asarray(img, np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _read_path(path: str) -> tuple[np.ndarray, str]:
+    """One image file from a shared filesystem -> (RGB array, colour)."""
+    from .frames import _raster_to_rgb, _read_exr, _read_raster
+
+    if path.lower().endswith(".exr"):
+        return _read_exr(path), "linear"
+    img = _raster_to_rgb(_read_raster(path))
+    if img.dtype == np.uint16:
+        img = np.round(img.astype(np.float32) / 257.0).astype(np.uint8)
+    elif img.dtype.kind == "f":
+        return img.astype(np.float32), "linear"
+    return img, "srgb"
+
+
+class ReceivedFrames:
+    """A FrameSource for the tracker: the job's frames, stored at the working size.
+
+    ``size`` is the source size (so positions map as usual) while ``read`` returns frames
+    already resized with the tracker's own rule, which it then uses unchanged.
+    """
+
+    def __init__(self, spec: P.JobSpec, work: tuple[int, int]):
+        self.spec = spec
+        self.size = (spec.height, spec.width)
+        self.work = work
+        self.frames: dict[int, np.ndarray] = {}
+        self.paths: dict[int, str] = {}
+        self.frame_numbers = list(range(spec.frame_count))
+        self.name = f"job {spec.job}"
+
+    def __len__(self) -> int:
+        return self.spec.frame_count
+
+    def _shrink(self, img: np.ndarray) -> np.ndarray:
+        h, w = self.work
+        if img.shape[:2] != (h, w):
+            interp = cv2.INTER_AREA if img.shape[0] > h else cv2.INTER_LINEAR  # as Tracker._encode
+            img = cv2.resize(img, (w, h), interpolation=interp)
+        return np.ascontiguousarray(img)
+
+    def put(self, index: int, img: np.ndarray) -> None:
+        if self.spec.first <= index <= self.spec.last:
+            self.frames[index] = self._shrink(to_display_uint8(img, self.spec.colour))
+
+    def put_path(self, index: int, path: str) -> None:
+        if self.spec.first <= index <= self.spec.last:
+            self.paths[index] = path
+
+    @property
+    def complete(self) -> bool:
+        need = self.spec.last - self.spec.first + 1
+        return len(self.frames) + len(self.paths) >= need
+
+    def read(self, index: int) -> np.ndarray:
+        if index in self.frames:
+            return self.frames[index]
+        path = self.paths[index]  # read lazily, on the worker thread
+        img, colour = _read_path(path)
+        if img.shape != (self.spec.height, self.spec.width, 3):
+            raise P.ProtocolError(P.E_READ_FAILED, f"{path} is {img.shape[1]}x{img.shape[0]}, the job says {self.spec.width}x{self.spec.height}", self.spec.job)
+        return self._shrink(to_display_uint8(img, colour))
+
+
+# -- jobs and the fair queue -----------------------------------------------------------------
+class Job:
+    def __init__(self, client: bytes, spec: P.JobSpec, frames: ReceivedFrames):
+        self.client = client
+        self.spec = spec
+        self.frames = frames
+        self.cancel = threading.Event()
+        self.state = "receiving"  # -> queued -> running -> finished
+        self.silent = False  # its client is gone: nothing more is sent
+
+
+class FairQueue:
+    """Ready jobs, one FIFO per client, served round robin between clients."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.queues: collections.OrderedDict[bytes, collections.deque] = collections.OrderedDict()
+        self.stopped = False
+
+    def put(self, job: Job) -> None:
+        with self.cond:
+            self.queues.setdefault(job.client, collections.deque()).append(job)
+            self.cond.notify()
+
+    def remove(self, job: Job) -> bool:
+        with self.cond:
+            q = self.queues.get(job.client)
+            if q is not None and job in q:
+                q.remove(job)
+                return True
+            return False
+
+    def get(self) -> Job | None:
+        """The next job: the first client in the rotation with a job, which then goes last."""
+        with self.cond:
+            while not self.stopped:
+                for client in list(self.queues):
+                    q = self.queues[client]
+                    if q:
+                        job = q.popleft()
+                        self.queues.move_to_end(client)
+                        job.state = "running"
+                        return job
+                    del self.queues[client]
+                self.cond.wait(0.5)
+            return None
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+
+
+# -- the server ----------------------------------------------------------------------------
+class Server:
+    def __init__(self, model, *, bind="tcp://127.0.0.1:5555", device="auto", keys_dir=None, insecure=False,
+                 client_timeout=None, context=None):
+        from .tracker import resolve_device
+
+        if not P.is_loopback(bind) and keys_dir is None and not insecure:
+            raise ServiceError(f"refusing to bind {bind} without encryption: other machines could reach it. "
+                               "Make keys with `pipstrack keys DIR` and pass --keys DIR, or pass --insecure on a trusted network")
+        self.model = model
+        self.device = resolve_device(device)
+        self.model.to(self.device).eval()
+        self.bind = bind
+        self.client_timeout = client_timeout or P.env_float(os.environ, "PIPSTRACK_CLIENT_TIMEOUT", P.CLIENT_TIMEOUT)
+        self.ctx = context or zmq.Context.instance()
+        self.auth = None
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 500)
+        # libzmq disconnects a peer that sends a bigger frame before it is ever buffered whole;
+        # the environment may lower the limit (a small server, or the tests).
+        self.max_part = min(P.MAX_PART_BYTES, int(P.env_float(os.environ, "PIPSTRACK_MAX_PART_BYTES", P.MAX_PART_BYTES)))
+        self.sock.setsockopt(zmq.MAXMSGSIZE, self.max_part)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if keys_dir is not None:
+            self._secure(Path(keys_dir).expanduser())
+        elif not P.is_loopback(bind):
+            log.warning("serving %s WITHOUT encryption or authentication (--insecure): anyone who can reach it can use it", bind)
+        try:
+            self.sock.bind(bind)
+        except zmq.ZMQError as e:
+            self.close()
+            raise ServiceError(f"cannot bind {bind}: {e}") from None
+        self.jobs: dict[tuple[bytes, str], Job] = {}
+        self.last_seen: dict[bytes, float] = {}
+        self.fair = FairQueue()
+        self.outbox: queue.Queue = queue.Queue()
+        self.stopping = threading.Event()
+        self.worker = threading.Thread(target=self._work, name="pipstrack-worker", daemon=True)
+        self.intake: queue.Queue = queue.Queue()
+        self.converter = threading.Thread(target=self._convert, name="pipstrack-intake", daemon=True)
+
+    def _secure(self, keys: Path) -> None:
+        from zmq.auth.thread import ThreadAuthenticator
+
+        secret = keys / "server.key_secret"
+        allowed = keys / "authorized_clients"
+        if not secret.is_file() or not allowed.is_dir():
+            raise ServiceError(f"{keys} has no server.key_secret or authorized_clients/: make it with `pipstrack keys {keys}`")
+        public, private = zmq.auth.load_certificate(str(secret))
+        self.auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("pipstrack.service.auth"))
+        self.auth.start()
+        self.auth.configure_curve(domain="*", location=str(allowed))
+        self.sock.curve_secretkey = private
+        self.sock.curve_publickey = public
+        self.sock.curve_server = True
+        log.info("CurveZMQ on: clients must hold a key listed in %s", allowed)
+
+    # -- main loop ---------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        """Serves until :meth:`stop` (or SIGINT/SIGTERM via :func:`serve`)."""
+        self.worker.start()
+        self.converter.start()
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        next_sweep = time.monotonic()
+        while not self.stopping.is_set():
+            if poller.poll(50):
+                burst_end = time.monotonic() + 0.05  # bounded, so worker output goes out between bursts
+                while time.monotonic() < burst_end:
+                    try:
+                        parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._handle(parts)
+            self._flush()
+            if time.monotonic() >= next_sweep:
+                self._sweep()
+                next_sweep = time.monotonic() + 0.25
+        self._shutdown()
+
+    def stop(self, *_):
+        self.stopping.set()
+
+    def _send(self, client: bytes, parts: list) -> None:
+        try:
+            self.sock.send_multipart([client, *parts], copy=False)
+        except zmq.ZMQError as e:  # peer gone or HWM: never take the server down
+            log.debug("could not send to %s: %s", client.hex(), e)
+
+    def _handle(self, parts) -> None:
+        client = bytes(parts[0].buffer)
+        self.last_seen[client] = time.monotonic()
+        try:
+            h, payload = P.parse(parts[1:])
+            getattr(self, "_on_" + h["type"])(client, h, payload)
+        except P.ProtocolError as e:
+            log.info("client %s: %s: %s", client.hex()[:8], e.code, e.message)
+            self._send(client, P.error_message(e.code, e.message, e.job))
+        except Exception as e:  # a bug here must not take the service down for everybody
+            log.exception("client %s: handling a message failed", client.hex()[:8])
+            self._send(client, P.error_message(P.E_BAD_MESSAGE, f"the server could not handle this message: {type(e).__name__}: {e}"))
+
+    def _job(self, client: bytes, h: dict) -> Job:
+        job = self.jobs.get((client, h["job"]))
+        if job is None:
+            raise P.ProtocolError(P.E_UNKNOWN_JOB, f"no job {h['job']!r} from this client", h["job"])
+        return job
+
+    # -- message handlers --------------------------------------------------------------------
+    def _on_hello(self, client, h, payload):
+        self._send(client, [P.header(P.HELLO_OK, None, protocol=P.PROTOCOL_VERSION, server=_version(),
+                                     model=str(getattr(self.model, "source", "unknown")), device=str(self.device),
+                                     client_timeout=self.client_timeout, heartbeat=P.HEARTBEAT_INTERVAL,
+                                     limits={"max_part_bytes": self.max_part, "max_frames_per_message": P.MAX_FRAMES_PER_MESSAGE,
+                                             "max_frames": P.MAX_FRAMES, "max_points": P.MAX_POINTS})])
+
+    def _on_ping(self, client, h, payload):
+        asked = h.get("jobs", [])
+        if not isinstance(asked, list) or len(asked) > 1000 or not all(isinstance(j, str) for j in asked):
+            raise P.ProtocolError(P.E_BAD_FIELD, "'jobs' in a ping must be a list of job ids")
+        unknown = [j for j in asked if (client, j) not in self.jobs]
+        self._send(client, [P.header(P.PONG, None, unknown=unknown)])
+
+    def _on_submit(self, client, h, payload):
+        from .tracker import working_size
+
+        spec = P.check_submit(h, payload)
+        if spec.source == "frames" and spec.frame_bytes > self.max_part:
+            raise P.ProtocolError(P.E_TOO_LARGE, f"one frame is {spec.frame_bytes} bytes; this server accepts at most {self.max_part}", spec.job)
+        if sum(1 for c, _ in self.jobs if c == client) >= MAX_JOBS_PER_CLIENT:
+            raise P.ProtocolError(P.E_TOO_LARGE, f"this client already has {MAX_JOBS_PER_CLIENT} unfinished jobs", spec.job)
+        if (client, spec.job) in self.jobs:
+            raise P.ProtocolError(P.E_DUPLICATE_JOB, f"job {spec.job!r} is already in use by this client", spec.job)
+        work = working_size(spec.height, spec.width, spec.working_size)
+        job = Job(client, spec, ReceivedFrames(spec, work))
+        self.jobs[(client, spec.job)] = job
+        log.info("job %s from %s: %d frames %dx%d %s, %d points", spec.job, client.hex()[:8], spec.last - spec.first + 1,
+                 spec.width, spec.height, spec.dtype, len(spec.queries))
+        self._send(client, [P.header(P.ACCEPTED, spec.job, first=spec.first, last=spec.last, working_size=list(work))])
+
+    def _on_frames(self, client, h, payload):
+        job = self._receiving(client, h)
+        first, images = P.check_frames(h, payload, job.spec)
+        self.intake.put((job, first, images, None))  # converted off the socket thread
+
+    def _on_paths(self, client, h, payload):
+        job = self._receiving(client, h)
+        first, paths = P.check_paths(h, payload, job.spec)
+        self.intake.put((job, first, None, paths))
+
+    def _receiving(self, client, h) -> Job:
+        job = self._job(client, h)
+        if job.state != "receiving":
+            raise P.ProtocolError(P.E_BAD_STATE, f"job {job.spec.job!r} already has all its frames", job.spec.job)
+        return job
+
+    def _convert(self) -> None:
+        """Intake thread: converts received frames (display transform, resize; a 4K float frame
+        takes a second on a small CPU) so the socket thread stays free for pings and cancels.
+        Each chunk is acknowledged with an upload ``progress`` once stored: the client sends
+        only a few chunks ahead of these acknowledgements, which bounds memory on both sides."""
+        while True:
+            item = self.intake.get()
+            if item is None:
+                return
+            job, first, images, paths = item
+            store = job.frames
+            if store is None or job.cancel.is_set():
+                continue
+            try:
+                for k, img in enumerate(images or []):
+                    store.put(first + k, img)
+                for k, path in enumerate(paths or []):
+                    store.put_path(first + k, path)
+            except Exception as e:  # e.g. a frame cv2 cannot resize: the job fails, the server stays
+                log.exception("job %s: converting frames failed", job.spec.job)
+                job.cancel.set()
+                self.outbox.put((job, P.error_message(P.E_BAD_PAYLOAD, f"converting frames: {e}", job.spec.job)))
+                self.outbox.put((job, None))
+                continue
+            spec = job.spec
+            self.outbox.put((job, [P.header(P.PROGRESS, spec.job, phase="upload", done=len(store.frames) + len(store.paths),
+                                            total=spec.last - spec.first + 1)]))
+            if store.complete and job.state == "receiving" and not job.cancel.is_set():
+                job.state = "queued"
+                self.fair.put(job)
+
+    def _on_cancel(self, client, h, payload):
+        job = self._job(client, h)
+        self._cancel(job, reason="cancelled by the client")
+
+    def _cancel(self, job: Job, reason: str, silent: bool = False) -> None:
+        """Queued or receiving jobs end now; a running one at the tracker's next window."""
+        job.silent = job.silent or silent
+        job.cancel.set()
+        if job.state != "receiving" and not self.fair.remove(job):
+            return  # the worker has it: it reports "cancelled" at its next window and forgets it
+        self._finish(job)
+        if not job.silent:
+            self._send(job.client, [P.header(P.CANCELLED, job.spec.job, reason=reason)])
+
+    def _finish(self, job: Job) -> None:
+        job.state = "finished"
+        job.frames = None  # frees the frames now
+        self.jobs.pop((job.client, job.spec.job), None)
+
+    def _sweep(self) -> None:
+        """Cancels and drops the jobs of clients that stopped sending heartbeats."""
+        now = time.monotonic()
+        for client, seen in list(self.last_seen.items()):
+            if now - seen > self.client_timeout:
+                del self.last_seen[client]
+                jobs = [j for (c, _), j in self.jobs.items() if c == client]
+                if jobs:
+                    log.warning("client %s silent for %.0f s: dropping its %d job(s)", client.hex()[:8], now - seen, len(jobs))
+                for j in jobs:
+                    self._cancel(j, "client timed out", silent=True)
+
+    def _shutdown(self) -> None:
+        log.info("stopping: cancelling %d job(s)", len(self.jobs))
+        for job in list(self.jobs.values()):
+            if not job.silent:
+                self._send(job.client, P.error_message(P.E_SHUTDOWN, "the server is shutting down; the job was cancelled", job.spec.job))
+            self._cancel(job, "server shutdown", silent=True)
+        self.fair.stop()
+        self.intake.put(None)
+        self.worker.join(timeout=30)
+        self.converter.join(timeout=30)
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close(linger=500)
+        if self.auth is not None:
+            self.auth.stop()
+            self.auth = None
+
+    # -- worker thread -----------------------------------------------------------------------
+    def _work(self) -> None:
+        from .tracker import Tracker, TrackingCancelled
+
+        while True:
+            job = self.fair.get()
+            if job is None:
+                return
+            spec = job.spec
+            if job.cancel.is_set():  # cancelled while it waited (or while it was being queued)
+                self.outbox.put((job, [P.header(P.CANCELLED, spec.job, reason="cancelled")]))
+                self.outbox.put((job, None))
+                continue
+            last_sent = [0.0]
+
+            def progress(done, total, job=job):
+                now = time.monotonic()
+                if done >= total or now - last_sent[0] > 0.1:
+                    last_sent[0] = now
+                    self.outbox.put((job, [P.header(P.PROGRESS, job.spec.job, phase="track", done=int(done), total=int(total))]))
+
+            t0 = time.perf_counter()
+            try:
+                tracker = Tracker(self.model, device=self.device, iters=spec.iters, working_long_side=spec.working_size)
+                result = tracker.track(job.frames, spec.queries, frame_range=(spec.first, spec.last), direction=spec.direction,
+                                       progress=progress, cancel=job.cancel)
+                msg = P.trajectories_message(P.RESULT, spec.job, spec.first, result.xy, result.visible, result.confidence,
+                                             working_size=list(result.working_size), seconds=round(time.perf_counter() - t0, 4),
+                                             stats={k: int(v) for k, v in result.stats.items()})
+                log.info("job %s done in %.2f s", spec.job, time.perf_counter() - t0)
+            except TrackingCancelled:
+                msg = [P.header(P.CANCELLED, spec.job, reason="cancelled")]
+                log.info("job %s cancelled", spec.job)
+            except P.ProtocolError as e:
+                msg = P.error_message(e.code, e.message, spec.job)
+            except Exception as e:  # the job fails, the service stays up
+                log.exception("job %s failed", spec.job)
+                code = P.E_READ_FAILED if type(e).__name__ == "FrameReadError" else P.E_TRACKING_FAILED
+                msg = P.error_message(code, f"{type(e).__name__}: {e}", spec.job)
+            self.outbox.put((job, msg))
+            self.outbox.put((job, None))  # marker: forget the job on the socket thread
+
+    def _flush(self) -> None:
+        """Sends what the worker produced; a ``None`` marker forgets the job (self.jobs is socket-thread only)."""
+        while True:
+            try:
+                job, parts = self.outbox.get_nowait()
+            except queue.Empty:
+                return
+            if parts is None:
+                self._finish(job)
+            elif not job.silent:
+                self._send(job.client, parts)
+
+
+def _version() -> str:
+    try:
+        from . import __version__
+
+        return __version__
+    except Exception:  # pragma: no cover
+        return "unknown"
+
+
+def serve(model, **kwargs) -> None:
+    """Runs a :class:`Server` until SIGINT/SIGTERM, then cancels running jobs and exits cleanly."""
+    server = Server(model, **kwargs)
+    previous = {s: signal.signal(s, server.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    log.info("pipstrack %s serving %s (protocol %d, model %s, device %s)", _version(), server.bind, P.PROTOCOL_VERSION,
+             getattr(model, "source", "?"), server.device)
+    try:
+        server.serve_forever()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    log.info("stopped")
+
+
+def make_keys(directory, client_name: str = "client") -> dict:
+    """Creates (once) the server key pair and a client key pair, and allows that client."""
+    import zmq.auth
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    allowed = d / "authorized_clients"
+    allowed.mkdir(exist_ok=True)
+    made = {}
+    if not (d / "server.key_secret").exists():
+        zmq.auth.create_certificates(str(d), "server")
+        made["server"] = d / "server.key_secret"
+    if (d / f"{client_name}.key_secret").exists():
+        raise ServiceError(f"{d / (client_name + '.key_secret')} exists already; choose another --name")
+    zmq.auth.create_certificates(str(d), client_name)
+    shutil.copy(d / f"{client_name}.key", allowed / f"{client_name}.key")
+    for f in d.glob("*.key_secret"):
+        os.chmod(f, 0o600)
+    made["client"] = d / f"{client_name}.key_secret"
+    return made

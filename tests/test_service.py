@@ -1,0 +1,447 @@
+"""The tracking service end to end: a real `python -m pipstrack serve` subprocess on loopback."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from pipstrack import protocol as P
+from pipstrack.client import Connection, TrackingError, ping
+
+ROOT = Path(__file__).parents[1]
+FAST = dict(heartbeat=0.2, timeout=2.0)  # client side: ping every 0.2 s, give up after 2 s of silence
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from pipstrack import Pips, PipsConfig
+    from pipstrack.weights import save_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_model(Pips(config=PipsConfig(encoder_widths=(16, 16, 24, 24), encoder_hidden=32, latent_dim=32, mixer_dim=64, mixer_depth=2)), path)
+    return path
+
+
+class ServerProcess:
+    def __init__(self, model, tmp, *extra, bind=None, wait=True, keys=None, env=None):
+        self.address = bind or f"tcp://127.0.0.1:{free_port()}"
+        env = dict(os.environ, OMP_NUM_THREADS="1", PIPSTRACK_CLIENT_TIMEOUT="1.5", PYTHONUNBUFFERED="1", **(env or {}))
+        self.log = Path(tmp) / f"server-{time.monotonic_ns()}.log"
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipstrack", "serve", "--bind", self.address, "--model", str(model),
+                                      "--device", "cpu", *extra], stdout=subprocess.DEVNULL, stderr=open(self.log, "w"), env=env)
+        if wait:
+            end = time.monotonic() + 60
+            while True:
+                try:
+                    ping(self.address, timeout=1.0, keys_dir=keys)
+                    break
+                except TrackingError:
+                    if self.proc.poll() is not None or time.monotonic() > end:
+                        raise RuntimeError(f"server did not start: {self.text()}")
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def start_server(tiny_model, tmp_path):
+    started = []
+
+    def start(*extra, **kw):
+        s = ServerProcess(tiny_model, tmp_path, *extra, **kw)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    s = ServerProcess(tiny_model, tmp_path_factory.mktemp("srv"))
+    yield s
+    s.kill()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model):
+    from pipstrack import Tracker, load_model
+
+    torch.set_num_threads(1)
+    model = load_model(tiny_model)
+
+    def run(frames, queries, **kw):
+        ws = kw.pop("working_size", 512)
+        return Tracker(model, device="cpu", iters=kw.pop("iters", 6), working_long_side=ws).track(frames, queries, **kw)
+
+    return run
+
+
+def clip(T=12, H=64, W=96, seed=0):
+    rng = np.random.default_rng(seed)
+    base = cv_blur((rng.random((H + 8 * T, W + 8 * T, 3)) * 255).astype(np.uint8))
+    return np.stack([base[2 * t:2 * t + H, 3 * t:3 * t + W] for t in range(T)])
+
+
+def cv_blur(img):
+    import cv2
+
+    return cv2.GaussianBlur(img, (5, 5), 1.5)
+
+
+QUERIES = np.array([[0, 10.0, 20.0], [5, 50.5, 30.25], [11, 90.0, 60.0]])
+
+
+def long_job(conn, **kw):
+    """About 5 s of tracking on one core: 16 points anchored on different frames, 32 iterations."""
+    frames = clip(T=160, seed=1)
+    q = np.array([[i * 10, 10 + i * 4, 20 + i * 2] for i in range(16)], float)
+    return conn.submit(frames, q, iters=32, working_size=None, **kw)
+
+
+def drain_until(job, kind, timeout=20.0):
+    """Polls until an event of ``kind`` ("progress" means tracking progress, not upload)."""
+    end = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < end:
+        for ev in job.poll():
+            seen.append(ev)
+            if ev["type"] == kind and ev.get("phase") != "upload":
+                return ev, seen
+        if job.done and kind not in ("result", "error", "cancelled"):
+            break
+        time.sleep(0.01)
+    raise AssertionError(f"no {kind} event; saw {[e['type'] for e in seen]}")
+
+
+def raw_socket(address):
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RCVTIMEO, 5000)
+    s.connect(address)
+    return s
+
+
+def reply(sock):
+    parts = sock.recv_multipart()
+    return json.loads(parts[0]), parts[1:]
+
+
+# -- tests -----------------------------------------------------------------------------------
+def test_roundtrip_equals_in_process_tracker(server, reference):
+    frames = clip()
+    conn = Connection(server.address, **FAST)
+    try:
+        assert conn.wait_hello()["protocol"] == P.PROTOCOL_VERSION
+        # uint8, resized to a working size on the server; then float16 linear light, chunked by 5
+        job = conn.submit(frames, QUERIES, working_size=64, iters=4, frame_range=(0, 11))
+        got = job.wait(30)
+        ref = reference(frames, QUERIES, working_size=64, iters=4)
+        np.testing.assert_allclose(got["xy"], ref.xy, atol=1e-4)
+        np.testing.assert_array_equal(got["visible"], ref.visible)
+        np.testing.assert_allclose(got["confidence"], ref.confidence, atol=1e-4)
+        assert got["working_size"] == list(ref.working_size) == [40, 64]
+
+        from pipstrack.frames import display_transform
+
+        linear = ((frames.astype(np.float32) / 255.0) ** 2.2).astype(np.float16)
+        calls = []
+        job = conn.submit(lambda i: calls.append(i) or linear[i], QUERIES[:2], frame_count=12, frame_shape=(64, 96),
+                          dtype="float16", chunk=5, working_size=None, frame_range=(0, 9), direction="forward")
+        got = job.wait(30)
+        ref = reference(np.stack([display_transform(f) for f in linear]), QUERIES[:2], working_size=None,
+                        frame_range=(0, 9), direction="forward")
+        np.testing.assert_allclose(got["xy"], ref.xy, atol=1e-4, equal_nan=True)
+        assert list(got["frame_indices"]) == list(range(10))
+        assert sorted(calls) == list(range(10))  # lazily, each frame once, only the tracked range
+    finally:
+        conn.close()
+
+
+def test_paths_job_on_a_shared_filesystem(server, reference, tmp_path):
+    import cv2
+
+    frames = clip(T=8)
+    paths = []
+    for i, f in enumerate(frames):
+        paths.append(str(tmp_path / f"p.{i:04d}.png"))
+        cv2.imwrite(paths[-1], cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    conn = Connection(server.address, **FAST)
+    try:
+        got = conn.submit(None, QUERIES[:1], paths=paths, frame_shape=(64, 96)).wait(30)
+        np.testing.assert_allclose(got["xy"], reference(frames, QUERIES[:1]).xy, atol=1e-4)
+        bad = conn.submit(None, QUERIES[:1], paths=[str(tmp_path / "missing.png")] * 8, frame_shape=(64, 96))
+        with pytest.raises(TrackingError) as e:
+            bad.wait(30)
+        assert e.value.code == P.E_READ_FAILED
+    finally:
+        conn.close()
+
+
+def test_two_clients_at_once(server, reference):
+    a, b = clip(seed=3), clip(seed=4)
+    c1, c2 = Connection(server.address, **FAST), Connection(server.address, **FAST)
+    try:
+        j1 = c1.submit(a, QUERIES, iters=3)
+        j2 = c2.submit(b, QUERIES, iters=3)
+        end = time.monotonic() + 30
+        while not (j1.done and j2.done) and time.monotonic() < end:
+            j1.poll(), j2.poll()
+            time.sleep(0.01)
+        np.testing.assert_allclose(j1.result["xy"], reference(a, QUERIES, iters=3).xy, atol=1e-4)
+        np.testing.assert_allclose(j2.result["xy"], reference(b, QUERIES, iters=3).xy, atol=1e-4)
+    finally:
+        c1.close(), c2.close()
+
+
+def test_cancel_mid_job(server):
+    conn = Connection(server.address, **FAST)
+    try:
+        job = long_job(conn)
+        drain_until(job, "progress")
+        t0 = time.monotonic()
+        job.cancel()
+        ev, _ = drain_until(job, "cancelled", timeout=5)
+        assert time.monotonic() - t0 < 2.0 and job.done and job.result is None
+        # the connection and server still work
+        assert conn.submit(clip(T=8), QUERIES[:1]).wait(30)["xy"].shape == (8, 1, 2)
+        with pytest.raises(TrackingError, match="cancelled"):
+            job2 = conn.submit(clip(T=8), QUERIES[:1])
+            job2.cancel()  # before it was even accepted: still cancelled, never run
+            job2.wait(10)
+    finally:
+        conn.close()
+
+
+def test_client_killed_mid_job(server):
+    script = textwrap.dedent(f"""
+        import sys, time, numpy as np
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_service import long_job, drain_until, Connection, FAST
+        conn = Connection({server.address!r}, **FAST)
+        job = long_job(conn)
+        drain_until(job, "progress")
+        print("running", flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "running"
+        proc.kill()
+        proc.wait(10)
+        t0 = time.monotonic()
+        conn = Connection(server.address, **FAST)
+        try:
+            got = conn.submit(clip(T=8), QUERIES[:1]).wait(30)
+        finally:
+            conn.close()
+        assert got["xy"].shape == (8, 1, 2)
+        # The dead client's 5 s job was dropped after the 1.5 s client timeout, not run to the end.
+        assert time.monotonic() - t0 < 4.5
+        assert "dropping its 1 job" in server.text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_server_killed_mid_job(start_server):
+    srv = start_server()
+    conn = Connection(srv.address, **FAST)
+    try:
+        job = long_job(conn)
+        drain_until(job, "progress")
+        srv.proc.kill()
+        t0 = time.monotonic()
+        ev, _ = drain_until(job, "error", timeout=10)
+        assert ev["code"] == P.E_TIMEOUT and time.monotonic() - t0 < FAST["timeout"] + 1.0
+    finally:
+        conn.close()
+
+
+def test_sigterm_cancels_and_exits_cleanly(start_server):
+    srv = start_server()
+    conn = Connection(srv.address, **FAST)
+    try:
+        job = long_job(conn)
+        drain_until(job, "progress")
+        srv.proc.send_signal(signal.SIGTERM)
+        ev, _ = drain_until(job, "error", timeout=10)
+        assert ev["code"] == P.E_SHUTDOWN
+        assert srv.proc.wait(10) == 0
+    finally:
+        conn.close()
+
+
+def test_bad_messages_get_errors_and_the_server_keeps_serving(server):
+    s = raw_socket(server.address)
+    good = np.zeros((2, 64, 96, 3), np.uint8)
+
+    def submit(job, **over):
+        h = {"v": P.PROTOCOL_VERSION, "type": "submit", "job": job, "frame_count": 2, "frame_shape": [64, 96, 3],
+             "dtype": "uint8", "queries": [[0, 10, 10]]}
+        h.update(over)
+        return json.dumps(h).encode()
+
+    cases = [
+        ([b"\x00\x01garbage"], P.E_BAD_MESSAGE),
+        ([b'{"v": 1, "type": "subm'], P.E_BAD_MESSAGE),  # truncated header
+        ([b"{" + b" " * (P.MAX_HEADER_BYTES + 1) + b"}"], P.E_TOO_LARGE),
+        ([P.header(P.PING)] + [b""] * (P.MAX_PARTS + 1), P.E_TOO_LARGE),
+        ([json.dumps({"v": 99, "type": "hello"}).encode()], P.E_VERSION),
+        ([json.dumps({"v": 1, "type": "launch"}).encode()], P.E_BAD_TYPE),
+        ([submit("a", dtype="float64")], P.E_BAD_FIELD),
+        ([submit("b", frame_shape=[64, 96])], P.E_BAD_FIELD),
+        ([submit("c", queries="binary", points=1), np.array([[0, np.nan, 1.0]]).tobytes()], P.E_BAD_FIELD),
+        ([submit("d", queries="binary", points=2), np.zeros(3).tobytes()], P.E_BAD_PAYLOAD),
+        ([P.header(P.CANCEL, "nope")], P.E_UNKNOWN_JOB),
+        ([P.header(P.FRAMES, "nope", first=0, count=1), good[0].tobytes()], P.E_UNKNOWN_JOB),
+    ]
+    try:
+        for parts, code in cases:
+            s.send_multipart(parts)
+            h, _ = reply(s)
+            assert h["type"] == "error" and h["code"] == code, (parts[0][:60], h)
+            assert h["message"]
+        # a good submit, then bad frames for it, a duplicate id, then the right frames
+        s.send_multipart([submit("ok")])
+        assert reply(s)[0]["type"] == "accepted"
+        s.send_multipart([submit("ok")])
+        assert reply(s)[0]["code"] == P.E_DUPLICATE_JOB
+        for parts, code in [
+            ([P.header(P.FRAMES, "ok", first=0, count=1), good[0, :, :95].tobytes()], P.E_BAD_PAYLOAD),  # wrong shape
+            ([P.header(P.FRAMES, "ok", first=0, count=1), good[0].astype(np.float16).tobytes()], P.E_BAD_PAYLOAD),  # dtype
+            ([P.header(P.FRAMES, "ok", first=0, count=2), good[0].tobytes()], P.E_BAD_PAYLOAD),  # truncated chunk
+            ([P.header(P.FRAMES, "ok", first=1, count=2)] + [good[0].tobytes()] * 2, P.E_BAD_FIELD),
+        ]:
+            s.send_multipart(parts)
+            assert reply(s)[0]["code"] == code
+        s.send_multipart([P.header(P.FRAMES, "ok", first=0, count=2), good[0].tobytes(), good[1].tobytes()])
+        types = []
+        while not types or types[-1] != "result":
+            h, payload = reply(s)
+            types.append(h["type"])
+        assert P.read_trajectories(h, payload)["xy"].shape == (2, 1, 2)
+        s.send_multipart([P.header(P.FRAMES, "ok", first=0, count=1), good[0].tobytes()])
+        assert reply(s)[0]["code"] == P.E_UNKNOWN_JOB  # finished jobs are forgotten
+    finally:
+        s.close()
+
+
+def test_oversized_frames_are_refused(start_server):
+    srv = start_server(env={"PIPSTRACK_MAX_PART_BYTES": "20000"})
+    conn = Connection(srv.address, **FAST)
+    try:
+        assert conn.wait_hello()["limits"]["max_part_bytes"] == 20000
+        with pytest.raises(TrackingError) as e:  # declared too big: refused at submit
+            conn.submit(clip(T=2, H=100, W=100), QUERIES[:1]).wait(10)
+        assert e.value.code == P.E_TOO_LARGE
+    finally:
+        conn.close()
+    # A frame part over the socket limit: libzmq drops that connection, nothing is buffered.
+    s = raw_socket(srv.address)
+    try:
+        s.send_multipart([P.header(P.FRAMES, "x", first=0, count=1), b"\0" * 50000])
+        s.setsockopt(zmq.RCVTIMEO, 500)
+        with pytest.raises(zmq.Again):
+            s.recv_multipart()
+    finally:
+        s.close()
+    assert conn_ok(srv.address)
+
+
+def conn_ok(address) -> bool:
+    conn = Connection(address, **FAST)
+    try:
+        return conn.submit(clip(T=8), QUERIES[:1]).wait(30)["xy"].shape == (8, 1, 2)
+    finally:
+        conn.close()
+
+
+def test_client_refuses_a_server_of_another_protocol_version():
+    ctx = zmq.Context.instance()
+    fake = ctx.socket(zmq.ROUTER)
+    fake.setsockopt(zmq.LINGER, 0)
+    port = fake.bind_to_random_port("tcp://127.0.0.1")
+    conn = Connection(f"tcp://127.0.0.1:{port}", **FAST)
+    try:
+        ident, _ = fake.recv_multipart()
+        fake.send_multipart([ident, json.dumps({"v": P.PROTOCOL_VERSION + 1, "type": "hello_ok"}).encode()])
+        with pytest.raises(TrackingError) as e:
+            conn.wait_hello()
+        assert e.value.code == P.E_VERSION and "protocol version mismatch" in str(e.value)
+    finally:
+        conn.close(), fake.close()
+
+
+def test_curve_keys(start_server, tmp_path):
+    keys, other = tmp_path / "keys", tmp_path / "other"
+    out = subprocess.run([sys.executable, "-m", "pipstrack", "keys", str(keys)], capture_output=True, text=True, check=True)
+    assert "server.key_secret" in out.stdout and (keys / "authorized_clients" / "client.key").is_file()
+    subprocess.run([sys.executable, "-m", "pipstrack", "keys", str(other)], capture_output=True, check=True)
+    # the stranger presents the right server key but its own, unlisted, client key
+    (other / "server.key").write_bytes((keys / "server.key").read_bytes())
+    srv = start_server("--keys", str(keys), keys=keys)
+    assert ping(srv.address, timeout=2, keys_dir=keys)["protocol"] == P.PROTOCOL_VERSION
+    with pytest.raises(TrackingError):
+        ping(srv.address, timeout=1.0, keys_dir=other)
+    with pytest.raises(TrackingError):
+        ping(srv.address, timeout=1.0)  # plaintext
+    conn = Connection(srv.address, keys_dir=keys, **FAST)
+    try:
+        assert conn.submit(clip(T=8), QUERIES[:1]).wait(30)["xy"].shape == (8, 1, 2)
+    finally:
+        conn.close()
+    cli = subprocess.run([sys.executable, "-m", "pipstrack", "ping", srv.address, "--keys", str(keys)], capture_output=True, text=True)
+    assert cli.returncode == 0 and "protocol 1" in cli.stdout and "device cpu" in cli.stdout
+
+
+def test_non_loopback_bind_needs_keys(tiny_model):
+    out = subprocess.run([sys.executable, "-m", "pipstrack", "serve", "--bind", f"tcp://0.0.0.0:{free_port()}", "--model",
+                          str(tiny_model), "--device", "cpu"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "refusing to bind" in out.stderr and "--insecure" in out.stderr
+
+
+def test_ping_cli_without_server():
+    out = subprocess.run([sys.executable, "-m", "pipstrack", "ping", f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.5"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "no usable answer" in out.stdout
+
+
+def test_client_never_blocks_without_a_server():
+    conn = Connection(f"tcp://127.0.0.1:{free_port()}", **FAST)
+    try:
+        job = conn.submit(clip(T=8), QUERIES[:1])
+        job.cancel()
+        slowest, events = 0.0, []
+        end = time.monotonic() + 5
+        while not job.done and time.monotonic() < end:
+            t0 = time.perf_counter()
+            events += job.poll()
+            slowest = max(slowest, time.perf_counter() - t0)
+            time.sleep(0.02)
+        assert slowest < 0.1
+        assert events[-1]["type"] == "error" and events[-1]["code"] == P.E_TIMEOUT
+    finally:
+        conn.close()
