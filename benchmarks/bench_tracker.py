@@ -30,7 +30,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def full_model(weights: str | None):
-    import torch
 
     from pipstrack import Pips, load_model
 
@@ -55,7 +54,6 @@ def clip(frames: int, height: int = 1080, width: int = 1920):
 
 
 def run_one(points: int, frames: int, weights: str | None, device: str) -> dict:
-    import torch
 
     from pipstrack import Tracker
 
@@ -82,7 +80,6 @@ def run_one(points: int, frames: int, weights: str | None, device: str) -> dict:
 def compare(points: int, frames: int, weights: str | None, device: str) -> dict:
     """The engine against the authors' per-point chaining on the same clip and points."""
     import cv2
-    import torch
 
     from pipstrack import Tracker
     from pipstrack.chaining import track_point_reference

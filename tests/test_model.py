@@ -1,6 +1,4 @@
 """The network against the authors' code, and loading weights files safely."""
-import pickle
-import zipfile
 
 import numpy as np
 import pytest

@@ -13,7 +13,7 @@ Two entry points:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -205,11 +205,11 @@ def _grid_offsets(radius: int, device, dtype=torch.float32) -> torch.Tensor:
 
 
 class Pips(nn.Module):
-    def __init__(self, stride: int = 4, config: PipsConfig | None = None):
+    def __init__(self, stride: int | None = None, config: PipsConfig | None = None):
         super().__init__()
-        cfg = config or PipsConfig(stride=stride)
-        if config is not None and stride != config.stride:
-            cfg = PipsConfig(**{**asdict(config), "stride": stride})
+        cfg = config or PipsConfig()
+        if stride is not None and stride != cfg.stride:
+            cfg = PipsConfig(**{**asdict(cfg), "stride": stride})
         self.config = cfg
         self.S = cfg.window
         self.stride = cfg.stride

@@ -516,7 +516,6 @@ def _sprite_split(counts: np.ndarray) -> np.ndarray:
 
 def _sample_points(rng, cfg, id_map, n_layers):
     """Pick N query pixels at frame 0, away from any layer boundary."""
-    H, W = cfg.height, cfg.width
     m = cfg.edge_margin
     k = np.ones((2 * m + 1, 2 * m + 1), np.uint8)
     ok = cv2.erode(id_map, k) == cv2.dilate(id_map, k)

@@ -17,7 +17,6 @@ procedure in :mod:`pipstrack.chaining`, so the trajectories are the same.
 """
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field

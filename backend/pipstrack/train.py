@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -160,7 +160,7 @@ def train(opts: TrainOptions, log=print) -> Path:
     metrics_log = open(out / "metrics.jsonl", "a")
     meta_base = {"config_name": opts.config, "train_resolution": [opts.height, opts.width], "iters": opts.iters, "seed": opts.seed}
 
-    def save(path_best=False):
+    def save():
         _atomic_save({"model": model.state_dict(), "optim": optim.state_dict(), "sched": sched.state_dict(), "step": step, "best": best}, last)
 
     t0 = time.time()
