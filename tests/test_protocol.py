@@ -171,3 +171,27 @@ def test_error_codes_are_distinct_strings():
     assert len(set(P.ERROR_CODES)) == len(P.ERROR_CODES)
     h, _ = P.parse(P.error_message(P.E_UNKNOWN_JOB, "no", "j"), allowed=P.SERVER_TYPES)
     assert h["code"] == "unknown_job" and h["job"] == "j"
+
+
+def test_submit_keyframed_anchors_checked():
+    rows = np.array([[0, 0, 10.0, 20.0], [0, 9, 30.0, 40.0], [1, 4, 5.0, 5.0]])
+    h = submit(queries="binary", points=2, anchors=3)
+    spec = P.check_submit(h, [rows.tobytes()])
+    anchors = spec.anchors()
+    assert spec.points == 2 and len(anchors) == 2
+    np.testing.assert_array_equal(anchors[0], rows[:2, 1:])
+    np.testing.assert_array_equal(anchors[1], rows[2:, 1:])
+    again = P.check_submit(json.loads(spec.submit_message()[0]), spec.submit_message()[1:])
+    np.testing.assert_array_equal(again.point_index, spec.point_index)
+
+    def bad(r, **kw):
+        return code_of(P.check_submit, submit(queries="binary", points=kw.get("points", 2), anchors=len(r)), [np.asarray(r, float).tobytes()])
+
+    assert bad([[0, 0, 1, 1], [2, 1, 1, 1]]) == P.E_BAD_FIELD  # point index out of range
+    assert bad([[0, 0, 1, 1], [0, 1, 1, 1]]) == P.E_BAD_FIELD  # point 1 has no anchor
+    assert bad([[0, 0, 1, 1], [0, 0, 2, 2], [1, 0, 1, 1]]) == P.E_BAD_FIELD  # two anchors on one frame
+    assert bad([[0.5, 0, 1, 1], [1, 0, 1, 1]]) == P.E_BAD_FIELD
+    assert code_of(P.check_submit, submit(queries="binary", points=2, anchors=3), [rows[:2].tobytes()]) == P.E_BAD_PAYLOAD
+    assert code_of(P.check_submit, submit(options={"partial_interval": -1}), []) == P.E_BAD_FIELD
+    assert code_of(P.check_submit, submit(source="video"), []) == P.E_BAD_FIELD  # no 'video' path
+    assert P.check_submit(submit(source="video", video="/clips/a.mov"), []).video == "/clips/a.mov"

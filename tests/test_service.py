@@ -200,6 +200,40 @@ def test_paths_job_on_a_shared_filesystem(server, reference, tmp_path):
         conn.close()
 
 
+def test_keyframed_anchors_partials_and_a_movie_on_a_shared_filesystem(server, reference, tmp_path):
+    import cv2
+
+    frames = clip(T=40, seed=5)
+    anchors = [np.array([[0, 10.0, 20.0], [30, 70.0, 40.0]]), np.array([[12, 50.5, 30.25]])]
+    movie = tmp_path / "clip.avi"  # lossless, so the server decodes exactly these pixels
+    writer = cv2.VideoWriter(str(movie), cv2.VideoWriter_fourcc(*"FFV1"), 24, (96, 64))
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    conn = Connection(server.address, **FAST)
+    try:
+        ref = reference(frames, anchors, iters=3)
+        job = conn.submit(frames, anchors, iters=3, partial_interval=0.01)
+        _, seen = drain_until(job, "result", timeout=60)
+        got = job.result
+        np.testing.assert_allclose(got["xy"], ref.xy, atol=1e-4)
+        np.testing.assert_allclose(got["xy"][[0, 30], 0], [[10, 20], [70, 40]], atol=1e-6)  # through both keyframes
+        partials = [e for e in seen if e["type"] == "partial"]
+        assert partials, "no partial trajectories streamed while tracking"
+        known = ~np.isnan(partials[0]["xy"][..., 0])
+        assert 0 < known.sum() < known.size  # some frames already drawn, not all
+        assert known[[0, 30], 0].all() and known[12, 1]
+
+        vid = conn.submit(None, anchors, iters=3, video=str(movie), frame_count=40, frame_shape=(64, 96)).wait(60)
+        np.testing.assert_allclose(vid["xy"], ref.xy, atol=1e-4)
+        bad = conn.submit(None, anchors, video=str(movie), frame_count=41, frame_shape=(64, 96))
+        with pytest.raises(TrackingError) as e:
+            bad.wait(30)
+        assert e.value.code == P.E_READ_FAILED and "40 frames" in e.value.message
+    finally:
+        conn.close()
+
+
 def test_two_clients_at_once(server, reference):
     a, b = clip(seed=3), clip(seed=4)
     c1, c2 = Connection(server.address, **FAST), Connection(server.address, **FAST)

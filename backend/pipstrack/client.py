@@ -176,12 +176,15 @@ class Connection:
 
     def submit(self, frames, queries, *, frame_count: int | None = None, frame_shape=None, dtype: str | None = None,
                colour: str | None = None, frame_range=None, direction: str = "both", working_size: int | None = 512,
-               iters: int = 6, chunk: int = 4, paths=None, job_id: str | None = None) -> "Job":
+               iters: int = 6, chunk: int = 4, paths=None, video: str | None = None, partial_interval: float = 1.0,
+               job_id: str | None = None) -> "Job":
         """Starts a job. ``frames``: (T,H,W,3) array, or ``callable(i) -> (H,W,3) array`` with
-        ``frame_count``; ``paths``: instead of frames, one file per frame the server can read."""
+        ``frame_count``; ``paths``: instead of frames, one file per frame the server can read;
+        ``video``: a movie file the server can read (with ``frame_count`` and ``frame_shape``).
+        ``queries``: (N,3) rows [frame, x, y], or a list with one (K,3) array of keyframes per point."""
         return Job(self, frames, queries, frame_count=frame_count, frame_shape=frame_shape, dtype=dtype, colour=colour,
                    frame_range=frame_range, direction=direction, working_size=working_size, iters=iters, chunk=chunk,
-                   paths=paths, job_id=job_id)
+                   paths=paths, video=video, partial_interval=partial_interval, job_id=job_id)
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -191,7 +194,7 @@ class Job:
     """One tracking job. :meth:`poll` never blocks; ``done``, ``result``, ``error`` tell the outcome."""
 
     def __init__(self, conn: Connection, frames, queries, *, frame_count, frame_shape, dtype, colour, frame_range,
-                 direction, working_size, iters, chunk, paths, job_id):
+                 direction, working_size, iters, chunk, paths, video=None, partial_interval=1.0, job_id=None):
         self.conn = conn
         self.id = job_id or uuid.uuid4().hex
         self.events: list[dict] = []
@@ -202,7 +205,13 @@ class Job:
         self.progress = (0, 0)  # tracking (done, total)
         self.uploaded = (0, 0)  # frames received by the server (done, total)
         self._first_frame = None
-        if paths is not None:
+        self.partial: dict | None = None  # the latest partial trajectories
+        if video is not None:
+            self._get = None
+            self._paths = None
+            if frame_count is None or frame_shape is None:
+                raise ValueError("with video, give frame_count and frame_shape=(H, W)")
+        elif paths is not None:
             self._get = None
             self._paths = [str(p) for p in paths]
             frame_count = len(self._paths)
@@ -228,11 +237,19 @@ class Job:
             dtype = dtype or str(self._first_frame[1].dtype)
         dtype = dtype or "uint8"
         if colour is None:
-            colour = "srgb" if dtype == "uint8" or paths is not None else "linear"
-        q = np.asarray(queries, dtype=np.float64).reshape(-1, 3)
+            colour = "srgb" if dtype == "uint8" or paths is not None or video is not None else "linear"
+        if isinstance(queries, (list, tuple)) and queries and np.ndim(queries[0]) == 2:
+            per_point = [np.asarray(a, dtype=np.float64).reshape(-1, 3) for a in queries]
+            q = np.concatenate(per_point)
+            point_index = np.concatenate([np.full(len(a), i, np.int64) for i, a in enumerate(per_point)])
+        else:
+            q = np.asarray(queries, dtype=np.float64).reshape(-1, 3)
+            point_index = None
         first, last = (0, int(frame_count) - 1) if frame_range is None else (int(frame_range[0]), int(frame_range[1]))
+        source = "video" if video is not None else "paths" if paths is not None else "frames"
         self.spec = P.JobSpec(self.id, int(frame_count), int(frame_shape[0]), int(frame_shape[1]), dtype, colour, q,
-                              first, last, direction, working_size, int(iters), "paths" if paths is not None else "frames")
+                              first, last, direction, working_size, int(iters), source, point_index,
+                              float(partial_interval), None if video is None else str(video))
         self._next = first  # next frame index to upload
         self._chunk = max(1, min(int(chunk), P.MAX_FRAMES_PER_MESSAGE))
         conn.jobs[self.id] = self
@@ -255,7 +272,7 @@ class Job:
 
     def _upload_step(self) -> bool:
         """Sends one chunk if the socket can take it now; False when nothing (more) can go."""
-        if self.done or not self.accepted or self._next > self.spec.last:
+        if self.done or not self.accepted or self._next > self.spec.last or self.spec.source == "video":
             return False
         if (self._next - self.spec.first) - self.uploaded[0] >= 2 * self._chunk:
             return False  # two chunks ahead of the server's acknowledgements at most
@@ -295,7 +312,8 @@ class Job:
                     self.uploaded = (done, total)
                 self.events.append({"type": P.PROGRESS, "phase": phase, "done": done, "total": total})
             elif t == P.PARTIAL:
-                self.events.append({"type": P.PARTIAL, **P.read_trajectories(h, payload)})
+                self.partial = P.read_trajectories(h, payload)
+                self.events.append({"type": P.PARTIAL, **self.partial})
             elif t == P.RESULT:
                 self.result = P.read_trajectories(h, payload)
                 self._finish({"type": P.RESULT, **self.result})

@@ -30,6 +30,7 @@ MAX_PARTS = 66  # header + up to 64 images + slack per message
 MAX_FRAMES_PER_MESSAGE = 64
 MAX_FRAMES = 100_000  # frames in one job
 MAX_POINTS = 20_000  # query points in one job
+MAX_ANCHORS = 200_000  # keyframe rows over all points of one job
 MAX_SIDE = 16_384  # pixels, height or width
 MAX_ITERS = 32
 MAX_JOB_ID = 64  # characters
@@ -66,6 +67,7 @@ ERROR_CODES = (E_BAD_MESSAGE, E_VERSION, E_BAD_TYPE, E_BAD_FIELD, E_BAD_PAYLOAD,
 DTYPES = {"uint8": np.dtype("<u1"), "float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 COLOURS = ("srgb", "linear")
 DIRECTIONS = ("both", "forward", "backward")
+SOURCES = ("frames", "paths", "video")
 
 # Defaults, overridable by the environment (tests use short ones).
 HEARTBEAT_INTERVAL = 1.0  # seconds between client pings
@@ -168,25 +170,43 @@ class JobSpec:
     width: int
     dtype: str
     colour: str
-    queries: np.ndarray  # (N,3) float64 rows [frame, x, y], 0-based frame indices
+    queries: np.ndarray  # (M,3) float64 rows [frame, x, y], 0-based frame indices
     first: int
     last: int
     direction: str
     working_size: int | None
     iters: int
-    source: str  # "frames" (sent over the socket) or "paths" (shared filesystem)
+    source: str  # "frames" (sent over the socket), "paths" or "video" (shared filesystem)
+    point_index: np.ndarray | None = None  # (M,) point of each query row; None: one row per point
+    partial_interval: float = 1.0  # seconds between partial results; 0 = none
+    video: str | None = None  # source "video": a movie file the server opens itself
 
     @property
     def frame_bytes(self) -> int:
         return self.height * self.width * 3 * DTYPES[self.dtype].itemsize
 
+    @property
+    def points(self) -> int:
+        return len(self.queries) if self.point_index is None else int(self.point_index.max()) + 1
+
+    def anchors(self):
+        """What ``Tracker.track`` takes: (N,3) rows, or one (K,3) array of keyframes per point."""
+        if self.point_index is None:
+            return self.queries
+        return [self.queries[self.point_index == i] for i in range(self.points)]
+
     def submit_message(self) -> list:
         """The message that submits this job (queries as a binary float64 frame)."""
-        h = header(SUBMIT, self.job, frame_count=self.frame_count, frame_shape=[self.height, self.width, 3],
-                   dtype=self.dtype, colour=self.colour, queries="binary", points=int(len(self.queries)),
-                   source=self.source, options={"frame_range": [self.first, self.last], "direction": self.direction,
-                                                "working_size": self.working_size, "iters": self.iters})
-        return [h, np.ascontiguousarray(self.queries, dtype="<f8").tobytes()]
+        opts = {"frame_range": [self.first, self.last], "direction": self.direction,
+                "working_size": self.working_size, "iters": self.iters, "partial_interval": self.partial_interval}
+        common = dict(frame_count=self.frame_count, frame_shape=[self.height, self.width, 3], dtype=self.dtype,
+                      colour=self.colour, queries="binary", points=self.points, source=self.source, options=opts)
+        if self.video is not None:
+            common["video"] = self.video
+        if self.point_index is None:
+            return [header(SUBMIT, self.job, **common), np.ascontiguousarray(self.queries, dtype="<f8").tobytes()]
+        rows = np.column_stack([self.point_index.astype(np.float64), self.queries])
+        return [header(SUBMIT, self.job, anchors=int(len(rows)), **common), np.ascontiguousarray(rows, dtype="<f8").tobytes()]
 
 
 def check_submit(h: dict, payload: list) -> JobSpec:
@@ -209,11 +229,32 @@ def check_submit(h: dict, payload: list) -> JobSpec:
     if H * W * 3 * DTYPES[dtype].itemsize > MAX_PART_BYTES:
         raise ProtocolError(E_TOO_LARGE, f"one {W}x{H} {dtype} frame exceeds the {MAX_PART_BYTES} byte limit", job)
     source = h.get("source", "frames")
-    if source not in ("frames", "paths"):
-        raise ProtocolError(E_BAD_FIELD, f"'source' must be 'frames' or 'paths', got {source!r:.40}", job)
+    if source not in SOURCES:
+        raise ProtocolError(E_BAD_FIELD, f"'source' must be one of {', '.join(SOURCES)}, got {source!r:.40}", job)
+    video = h.get("video")
+    if source == "video" and not (isinstance(video, str) and 0 < len(video) <= MAX_PATH):
+        raise ProtocolError(E_BAD_FIELD, "source 'video' needs 'video': the movie's path on the server", job)
+    if source != "video" and video is not None:
+        raise ProtocolError(E_BAD_FIELD, "'video' is only for source 'video'", job)
 
     q = h.get("queries")
-    if q == "binary":
+    point_index = None
+    if q == "binary" and "anchors" in h:
+        n = _int_field(h, "points", 1, MAX_POINTS)
+        m = _int_field(h, "anchors", n, MAX_ANCHORS)
+        if len(payload) != 1:
+            raise ProtocolError(E_BAD_PAYLOAD, f"binary anchors need exactly 1 binary frame, got {len(payload)}", job)
+        if _buffer_len(payload[0]) != m * 4 * 8:
+            raise ProtocolError(E_BAD_PAYLOAD, f"anchors frame is {_buffer_len(payload[0])} bytes; {m} rows x 4 float64 need {m * 32}", job)
+        rows = np.frombuffer(payload[0], dtype="<f8").reshape(m, 4).astype(np.float64)
+        pi = rows[:, 0]
+        if not np.all(np.isfinite(pi)) or np.any(pi != np.round(pi)) or np.any(pi < 0) or np.any(pi >= n):
+            raise ProtocolError(E_BAD_FIELD, f"anchor rows must start with a point index 0..{n - 1}", job)
+        point_index = pi.astype(np.int64)
+        if len(np.unique(point_index)) != n:
+            raise ProtocolError(E_BAD_FIELD, f"every one of the {n} points needs at least one anchor", job)
+        queries = rows[:, 1:]
+    elif q == "binary":
         n = _int_field(h, "points", 1, MAX_POINTS)
         if len(payload) != 1:
             raise ProtocolError(E_BAD_PAYLOAD, f"binary queries need exactly 1 binary frame, got {len(payload)}", job)
@@ -234,7 +275,7 @@ def check_submit(h: dict, payload: list) -> JobSpec:
     opts = h.get("options", {})
     if not isinstance(opts, dict):
         raise ProtocolError(E_BAD_FIELD, "'options' must be an object", job)
-    unknown = set(opts) - {"frame_range", "direction", "working_size", "iters"}
+    unknown = set(opts) - {"frame_range", "direction", "working_size", "iters", "partial_interval"}
     if unknown:
         raise ProtocolError(E_BAD_FIELD, f"unknown option(s): {', '.join(sorted(unknown))}", job)
     fr = opts.get("frame_range")
@@ -251,16 +292,21 @@ def check_submit(h: dict, payload: list) -> JobSpec:
     if ws is not None and (not _is_int(ws) or not (32 <= ws <= MAX_SIDE)):
         raise ProtocolError(E_BAD_FIELD, f"'options.working_size' must be null or an integer in 32..{MAX_SIDE}, got {ws!r:.40}", job)
     iters = _int_field(opts, "iters", 1, MAX_ITERS, default=6)
+    pint = opts.get("partial_interval", 1.0)
+    if not isinstance(pint, (int, float)) or isinstance(pint, bool) or not (0 <= pint <= 3600):
+        raise ProtocolError(E_BAD_FIELD, f"'options.partial_interval' must be seconds in 0..3600 (0: no partial results), got {pint!r:.40}", job)
 
     if not np.all(np.isfinite(queries)):
         raise ProtocolError(E_BAD_FIELD, "query coordinates must be finite (found NaN or infinity)", job)
     f = queries[:, 0]
     if np.any(f != np.round(f)) or np.any(f < first) or np.any(f > last):
         raise ProtocolError(E_BAD_FIELD, f"query frames must be whole numbers in the tracked range {first}..{last}", job)
+    if point_index is not None and len(np.unique(point_index * (MAX_FRAMES + 1) + f.astype(np.int64))) != len(f):
+        raise ProtocolError(E_BAD_FIELD, "a point has two anchors on the same frame", job)
     x, y = queries[:, 1], queries[:, 2]
     if np.any(x < -0.5) or np.any(x > W - 0.5) or np.any(y < -0.5) or np.any(y > H - 0.5):
         raise ProtocolError(E_BAD_FIELD, f"query positions must lie inside the {W}x{H} image (-0.5..W-0.5, -0.5..H-0.5)", job)
-    return JobSpec(job, T, H, W, dtype, colour, queries, first, last, direction, ws, iters, source)
+    return JobSpec(job, T, H, W, dtype, colour, queries, first, last, direction, ws, iters, source, point_index, float(pint), video)
 
 
 # -- frames / paths ------------------------------------------------------------------------
@@ -268,7 +314,7 @@ def check_frames(h: dict, payload: list, spec: JobSpec) -> tuple[int, list[np.nd
     """Validates a ``frames`` chunk against its job: (first index, list of (H,W,3) arrays, zero-copy)."""
     job = spec.job
     if spec.source != "frames":
-        raise ProtocolError(E_BAD_STATE, "this job reads its frames from paths; send a 'paths' message", job)
+        raise ProtocolError(E_BAD_STATE, f"this job reads its frames from {spec.source}; it takes no 'frames' messages", job)
     first = _int_field(h, "first", 0, spec.frame_count - 1)
     count = _int_field(h, "count", 1, MAX_FRAMES_PER_MESSAGE)
     if first + count > spec.frame_count:
@@ -289,7 +335,7 @@ def check_paths(h: dict, payload: list, spec: JobSpec) -> tuple[int, list[str]]:
     """Validates a ``paths`` chunk: (first index, list of file paths on the server's filesystem)."""
     job = spec.job
     if spec.source != "paths":
-        raise ProtocolError(E_BAD_STATE, "this job expects its frames over the socket; send 'frames' messages", job)
+        raise ProtocolError(E_BAD_STATE, f"this job's frames come from {spec.source}; it takes no 'paths' messages", job)
     if payload:
         raise ProtocolError(E_BAD_PAYLOAD, "'paths' takes no binary frames", job)
     first = _int_field(h, "first", 0, spec.frame_count - 1)

@@ -76,6 +76,7 @@ class ReceivedFrames:
         self.work = work
         self.frames: dict[int, np.ndarray] = {}
         self.paths: dict[int, str] = {}
+        self.video = None  # source "video": opened on the worker thread
         self.frame_numbers = list(range(spec.frame_count))
         self.name = f"job {spec.job}"
 
@@ -97,14 +98,32 @@ class ReceivedFrames:
         if self.spec.first <= index <= self.spec.last:
             self.paths[index] = path
 
+    def _open_video(self):
+        if self.video is None:
+            from .frames import VideoFrames
+
+            path = self.spec.video
+            if not os.path.isfile(path):
+                raise P.ProtocolError(P.E_READ_FAILED, f"{path}: no such movie file on the server", self.spec.job)
+            video = VideoFrames(path)
+            if tuple(video.size) != self.size or len(video) < self.spec.frame_count:
+                raise P.ProtocolError(P.E_READ_FAILED, f"{path} is {video.size[1]}x{video.size[0]} with {len(video)} frames; "
+                                      f"the job says {self.size[1]}x{self.size[0]} with {self.spec.frame_count}", self.spec.job)
+            self.video = video
+        return self.video
+
     @property
     def complete(self) -> bool:
+        if self.spec.source == "video":
+            return True
         need = self.spec.last - self.spec.first + 1
         return len(self.frames) + len(self.paths) >= need
 
     def read(self, index: int) -> np.ndarray:
         if index in self.frames:
             return self.frames[index]
+        if self.spec.source == "video":
+            return self._shrink(self._open_video().read(index))
         path = self.paths[index]  # read lazily, on the worker thread
         img, colour = _read_path(path)
         if img.shape != (self.spec.height, self.spec.width, 3):
@@ -301,6 +320,9 @@ class Server:
         work = working_size(spec.height, spec.width, spec.working_size)
         job = Job(client, spec, ReceivedFrames(spec, work))
         self.jobs[(client, spec.job)] = job
+        if spec.source == "video":  # nothing to upload: ready now
+            job.state = "queued"
+            self.fair.put(job)
         log.info("job %s from %s: %d frames %dx%d %s, %d points", spec.job, client.hex()[:8], spec.last - spec.first + 1,
                  spec.width, spec.height, spec.dtype, len(spec.queries))
         self._send(client, [P.header(P.ACCEPTED, spec.job, first=spec.first, last=spec.last, working_size=list(work))])
@@ -422,11 +444,16 @@ class Server:
                     last_sent[0] = now
                     self.outbox.put((job, [P.header(P.PROGRESS, job.spec.job, phase="track", done=int(done), total=int(total))]))
 
+            def partial(res, job=job):
+                if not job.silent:
+                    self.outbox.put((job, P.trajectories_message(P.PARTIAL, job.spec.job, job.spec.first, res.xy, res.visible, res.confidence)))
+
             t0 = time.perf_counter()
             try:
                 tracker = Tracker(self.model, device=self.device, iters=spec.iters, working_long_side=spec.working_size)
-                result = tracker.track(job.frames, spec.queries, frame_range=(spec.first, spec.last), direction=spec.direction,
-                                       progress=progress, cancel=job.cancel)
+                result = tracker.track(job.frames, spec.anchors(), frame_range=(spec.first, spec.last), direction=spec.direction,
+                                       progress=progress, cancel=job.cancel, partial=partial if spec.partial_interval > 0 else None,
+                                       partial_interval=spec.partial_interval)
                 msg = P.trajectories_message(P.RESULT, spec.job, spec.first, result.xy, result.visible, result.confidence,
                                              working_size=list(result.working_size), seconds=round(time.perf_counter() - t0, 4),
                                              stats={k: int(v) for k, v in result.stats.items()})

@@ -18,6 +18,7 @@ procedure in :mod:`pipstrack.chaining`, so the trajectories are the same.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -115,6 +116,7 @@ class _Segment:
     feat: torch.Tensor | None = None
     out_xy: np.ndarray | None = None
     out_vis: np.ndarray | None = None
+    filled: int = 1  # local frames with a result so far (the anchor counts)
 
     @property
     def step(self) -> int:
@@ -223,6 +225,8 @@ class Tracker:
         direction: str = "both",
         progress: Callable[[int, int], None] | None = None,
         cancel: threading.Event | Callable[[], bool] | None = None,
+        partial: Callable[[TrackResult], None] | None = None,
+        partial_interval: float = 1.0,
     ) -> TrackResult:
         """Track every query point over ``frame_range`` (inclusive 0-based indices; default all).
 
@@ -230,6 +234,11 @@ class Tracker:
         point, whose K rows are known positions (keyframes) the trajectory must pass
         through. ``direction`` "forward"/"backward" tracks only after the last / before
         the first anchor (frames between anchors are always filled from both sides).
+
+        ``partial`` is called with the trajectories so far (NaN where not tracked yet) at most
+        every ``partial_interval`` seconds while windows complete, so a UI can draw markers
+        as they arrive; between two anchors it shows whichever side is done, the final
+        result cross-fades them.
         """
         source = _as_source(frames)
         if direction not in DIRECTIONS:
@@ -251,7 +260,17 @@ class Tracker:
                     raise ValueError(f"point {i}: ({x:g}, {y:g}) on frame {int(f)} is outside the {W}x{H} image")
 
         segments = self._plan(points, first, last, direction, (H, W), work)
-        stats = self._run(source, segments, work, progress, cancel)
+        snapshot = None
+        if partial is not None:
+            clock = {"last": time.monotonic()}
+
+            def snapshot(stats):
+                now = time.monotonic()
+                if now - clock["last"] >= partial_interval:
+                    clock["last"] = now
+                    partial(self._assemble(points, segments, first, last, (H, W), work, dict(stats), final=False))
+
+        stats = self._run(source, segments, work, progress, cancel, snapshot)
         return self._assemble(points, segments, first, last, (H, W), work, stats)
 
     # -- planning -----------------------------------------------------------------------
@@ -276,7 +295,7 @@ class Tracker:
         return segs
 
     # -- running ------------------------------------------------------------------------
-    def _run(self, source, segments, work, progress, cancel) -> dict:
+    def _run(self, source, segments, work, progress, cancel, snapshot=None) -> dict:
         cache = _FeatureCache(self.cache_bytes)
         stats = {"windows": 0, "model_calls": 0}
         total = sum(s.length for s in segments)
@@ -295,6 +314,8 @@ class Tracker:
                 if progress is not None:
                     done = sum(min(s.cur, s.length) for s in segments)
                     progress(done, total)
+                if snapshot is not None:
+                    snapshot(stats)
         stats["frames_encoded"] = cache.encoded
         if progress is not None:
             progress(total, total)
@@ -351,22 +372,24 @@ class Tracker:
                 n = min(S, s.length - s.cur)
                 s.out_xy[s.cur : s.cur + n] = xy[:n, j]
                 s.out_vis[s.cur : s.cur + n] = vis[:n, j]
+                s.filled = max(s.filled, s.cur + n)
                 s.cur += next_window_offset(vis[:, j])
                 if s.cur < s.length:
                     s.pos = s.out_xy[s.cur].copy()
         return calls
 
     # -- assembling -----------------------------------------------------------------------
-    def _assemble(self, points, segments, first, last, size, work, stats) -> TrackResult:
+    def _assemble(self, points, segments, first, last, size, work, stats, final: bool = True) -> TrackResult:
         T, N = last - first + 1, len(points)
         xy = np.full((T, N, 2), np.nan, np.float64)
         conf = np.zeros((T, N), np.float64)
         between: dict[tuple[int, int], list[_Segment]] = {}
         for s in segments:
             frames = np.array([s.absolute(k) for k in range(s.length)]) - first
-            if s.kind == "open":
-                xy[frames, s.point] = s.out_xy
-                conf[frames, s.point] = s.out_vis
+            if s.kind == "open" or not final:
+                n = s.length if final else s.filled
+                xy[frames[:n], s.point] = s.out_xy[:n]
+                conf[frames[:n], s.point] = s.out_vis[:n]
             else:
                 between.setdefault((s.point, min(s.start, s.end)), []).append(s)
         for (point, lo), (a, b) in between.items():
