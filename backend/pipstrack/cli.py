@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     ky.add_argument("dir", help="folder for server.key*, NAME.key* and authorized_clients/")
     ky.add_argument("--name", default="client", help="client key name (default client)")
     ky.set_defaults(func=cmd_keys)
+    from .export import add_export_parser
+
+    add_export_parser(sub)
     return p
 
 
