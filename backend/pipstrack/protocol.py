@@ -66,7 +66,7 @@ ERROR_CODES = (E_BAD_MESSAGE, E_VERSION, E_BAD_TYPE, E_BAD_FIELD, E_BAD_PAYLOAD,
 
 DTYPES = {"uint8": np.dtype("<u1"), "float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 COLOURS = ("srgb", "linear")
-DIRECTIONS = ("both", "forward", "backward")
+DIRECTIONS = ("both", "forward", "backward", "gaps")
 SOURCES = ("frames", "paths", "video")
 
 # Defaults, overridable by the environment (tests use short ones).

@@ -29,7 +29,7 @@ import torch
 
 from .chaining import next_window_offset, window_frames
 
-DIRECTIONS = ("both", "forward", "backward")
+DIRECTIONS = ("both", "forward", "backward", "gaps")
 
 
 class TrackingCancelled(RuntimeError):
@@ -233,7 +233,8 @@ class Tracker:
         ``queries``: (N,3) rows ``[frame, x, y]``; or a list of (K,3) arrays, one per
         point, whose K rows are known positions (keyframes) the trajectory must pass
         through. ``direction`` "forward"/"backward" tracks only after the last / before
-        the first anchor (frames between anchors are always filled from both sides).
+        the first anchor, "gaps" only between anchors (frames between anchors are always
+        filled from both sides).
 
         ``partial`` is called with the trajectories so far (NaN where not tracked yet) at most
         every ``partial_interval`` seconds while windows complete, so a UI can draw markers

@@ -1,0 +1,20 @@
+"""pipstrack for Blender: PIPs point tracking through occlusions in the Movie Clip Editor.
+
+The add-on is a thin client: it sends a clip's frames (or their file paths) and the selected
+tracks' keyframes to `pipstrack serve` over ZeroMQ and writes the trajectories back as
+ordinary tracking markers. It needs only numpy and pyzmq (no torch) so it loads instantly.
+``wire/`` is a build-time copy of the backend's protocol and client (tools/build_extension.py).
+"""
+from . import operators, panels, preferences, properties
+
+_modules = (preferences, properties, operators, panels)
+
+
+def register():
+    for m in _modules:
+        m.register()
+
+
+def unregister():
+    for m in reversed(_modules):
+        m.unregister()

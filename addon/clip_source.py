@@ -1,0 +1,119 @@
+"""Where a clip's frames come from, and which file or movie frame each clip frame is.
+
+Blender shows file ``first + (c - 1) + frame_offset`` of an image sequence on clip frame c
+(``first`` is the number in the clip's file name), and movie frame ``(c - 1) + frame_offset``
+(0-based); clip frame c is scene frame ``c + frame_start - 1``. pipstrack jobs index frames
+from 0, so job index ``i`` is clip frame ``i + 1``.
+
+A backend on this machine (or one sharing the storage) reads the files itself: the job sends
+file paths (sequences) or the movie's path. A render box elsewhere gets pixels, decoded
+here by Blender (so every format and colour space Blender reads works): 8-bit images as
+sRGB uint8, float images (EXR, float TIFF) as linear float16 in the scene's linear space.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import bpy
+import numpy as np
+
+
+class ClipSourceError(RuntimeError):
+    """The clip's frames cannot be sent as asked (message says why and what to do)."""
+
+
+def scene_to_clip(clip, scene_frame: int) -> int:
+    return int(scene_frame) - clip.frame_start + 1
+
+
+def clip_to_scene(clip, clip_frame: int) -> int:
+    return int(clip_frame) + clip.frame_start - 1
+
+
+def _split_number(path: str):
+    """``/a/plate.1001.exr`` -> ("/a/plate.", 1001, 4, ".exr"): the last digit run of the file name."""
+    folder, name = os.path.split(path)
+    matches = list(re.finditer(r"\d+", name))
+    if not matches:
+        return None
+    m = matches[-1]
+    return os.path.join(folder, name[: m.start()]), int(m.group()), len(m.group()), name[m.end():]
+
+
+class ClipFrames:
+    """The frames of one movie clip, addressed by job index (clip frame - 1)."""
+
+    def __init__(self, clip):
+        self.clip = clip
+        self.kind = clip.source  # "SEQUENCE" or "MOVIE"
+        self.path = bpy.path.abspath(clip.filepath)
+        self.width, self.height = int(clip.size[0]), int(clip.size[1])
+        self.count = int(clip.frame_duration)
+        self.offset = int(clip.frame_offset)
+        if self.width <= 0 or self.height <= 0 or self.count <= 0:
+            raise ClipSourceError(f"Blender cannot read the clip {clip.name!r} ({self.path}): is the file there?")
+        self._parts = _split_number(self.path) if self.kind == "SEQUENCE" else None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    def file_for(self, index: int) -> str:
+        """The image file shown on clip frame ``index + 1``."""
+        if self._parts is None:
+            return self.path  # a single still image
+        head, first, digits, tail = self._parts
+        return f"{head}{first + index + self.offset:0{digits}d}{tail}"
+
+    def missing(self, first: int, last: int) -> list[int]:
+        """Job indices in first..last whose file does not exist (sequences only)."""
+        if self.kind != "SEQUENCE":
+            return []
+        return [i for i in range(first, last + 1) if not os.path.isfile(self.file_for(i))]
+
+    # -- what the job sends -----------------------------------------------------------------
+    def job_source(self, mode: str, first: int, last: int) -> dict:
+        """Keyword arguments for ``Connection.submit``: paths, a movie, or a pixel reader.
+
+        ``mode``: "FILES" (backend reads the files: same machine or shared storage) or
+        "PIXELS" (frames decoded here and sent over the socket)."""
+        common = dict(frame_count=self.count, frame_shape=(self.height, self.width))
+        if mode == "FILES":
+            if self.kind == "MOVIE":
+                if self.offset:
+                    raise ClipSourceError("a movie clip with a frame offset cannot be sent as a file; use 'Send pixels'")
+                return dict(video=self.path, **common)
+            gone = self.missing(first, last)
+            if gone:
+                raise ClipSourceError(f"{len(gone)} frame file(s) of the clip are missing, first {self.file_for(gone[0])}")
+            return dict(paths=[self.file_for(i) for i in range(self.count)], **common)
+        if self.kind == "MOVIE":
+            raise ClipSourceError("movie clips are read by the backend itself: a render box needs the movie on shared "
+                                  "storage (Send frames: Files), or convert the clip to an image sequence")
+        gone = self.missing(first, last)
+        if gone:
+            raise ClipSourceError(f"{len(gone)} frame file(s) of the clip are missing, first {self.file_for(gone[0])}")
+        probe = self.read(first)
+        return dict(frames=self.read, dtype=str(probe.dtype), colour="linear" if probe.dtype != np.uint8 else "srgb", **common)
+
+    def read(self, index: int) -> np.ndarray:
+        """Clip frame ``index + 1`` as (H,W,3), top row first: uint8 sRGB, or float16 linear."""
+        path = self.file_for(index)
+        try:
+            image = bpy.data.images.load(path, check_existing=False)
+        except RuntimeError as e:
+            raise ClipSourceError(f"Blender cannot read {path}: {e}") from None
+        try:
+            image.colorspace_settings.name = self.clip.colorspace_settings.name
+            w, h = image.size
+            if (w, h) != (self.width, self.height):
+                raise ClipSourceError(f"{path} is {w}x{h}, the clip is {self.width}x{self.height}")
+            px = np.empty(w * h * image.channels, np.float32)
+            image.pixels.foreach_get(px)
+            rgb = px.reshape(h, w, image.channels)[::-1, :, :3]
+            if image.is_float:
+                return np.ascontiguousarray(rgb, dtype=np.float16)
+            return np.ascontiguousarray(np.round(np.clip(rgb, 0.0, 1.0) * 255.0), dtype=np.uint8)
+        finally:
+            bpy.data.images.remove(image)

@@ -1,0 +1,156 @@
+"""Markers in, markers out: the only module that touches tracking data.
+
+Blender stores a marker's position ``co`` normalised to the frame, origin bottom-left, y up,
+with the image spanning 0..1; pipstrack works in pixels with pixel centres at integers,
+origin top-left, y down. So pixel column ``x`` of a W-wide clip is ``co.x = (x + 0.5) / W``
+and row ``y`` is ``co.y = 1 - (y + 0.5) / H`` (docs/blender.md).
+
+Marker frames here are *clip frames* (1 = the clip's first frame), which is what
+``MovieTrackingMarker.frame`` holds whatever the clip's ``frame_start``.
+
+Every run starts with a :func:`snapshot` of the tracks it may change; a failed or cancelled
+run is undone with :func:`restore`, so no half-written track survives.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+STORE_KEY = "pipstrack"  # clip ID property: per-track visibility and confidence
+OCCLUSION_MODES = ("KEEP", "DISABLE")
+
+
+def to_marker(xy, size) -> np.ndarray:
+    """Pixels (centres at integers, y down) -> marker ``co``; ``size`` is (width, height)."""
+    W, H = size
+    xy = np.asarray(xy, np.float64)
+    return np.stack([(xy[..., 0] + 0.5) / W, 1.0 - (xy[..., 1] + 0.5) / H], axis=-1)
+
+
+def from_marker(co, size) -> np.ndarray:
+    """Marker ``co`` -> pixels; the inverse of :func:`to_marker`."""
+    W, H = size
+    co = np.asarray(co, np.float64)
+    return np.stack([co[..., 0] * W - 0.5, (1.0 - co[..., 1]) * H - 0.5], axis=-1)
+
+
+def is_enabled_at(track, frame: int) -> bool:
+    """Whether ``track`` has an enabled marker exactly on clip frame ``frame``."""
+    m = track.markers.find_frame(frame, exact=True)
+    return m is not None and not m.mute
+
+
+# -- snapshots -------------------------------------------------------------------------------
+@dataclass
+class MarkerState:
+    frame: int
+    co: tuple
+    mute: bool
+    is_keyed: bool
+    pattern_corners: tuple
+    search_min: tuple
+    search_max: tuple
+
+
+def _state(m) -> MarkerState:
+    return MarkerState(m.frame, tuple(m.co), m.mute, m.is_keyed, tuple(tuple(c) for c in m.pattern_corners),
+                       tuple(m.search_min), tuple(m.search_max))
+
+
+def snapshot(tracks) -> dict:
+    """Everything a run may change: the markers of ``tracks`` (by name) and their stored visibility."""
+    return {t.name: [_state(m) for m in t.markers] for t in tracks}
+
+
+def restore(clip, tracks, snap: dict, store: dict | None = None) -> None:
+    """Puts the tracks of ``snap`` (found in the collection ``tracks``) back exactly as they
+    were: markers a run added are deleted, changed ones reset, the visibility store too."""
+    by_name = {t.name: t for t in tracks}
+    for name, states in snap.items():
+        track = by_name.get(name)
+        if track is None:
+            continue
+        keep = {s.frame for s in states}
+        for frame in [m.frame for m in track.markers if m.frame not in keep]:
+            track.markers.delete_frame(frame)
+        for s in states:
+            m = track.markers.find_frame(s.frame, exact=True) or track.markers.insert_frame(s.frame, co=s.co)
+            m.co = s.co
+            m.pattern_corners = s.pattern_corners
+            m.search_min, m.search_max = s.search_min, s.search_max
+            m.mute, m.is_keyed = s.mute, s.is_keyed
+    if store is not None:
+        if store:
+            clip[STORE_KEY] = store
+        elif STORE_KEY in clip:
+            del clip[STORE_KEY]
+
+
+def stored(clip) -> dict:
+    """A plain-dict copy of the clip's per-track visibility store (for snapshots)."""
+    data = clip.get(STORE_KEY)
+    return data.to_dict() if data is not None else {}
+
+
+# -- writing ---------------------------------------------------------------------------------
+def write_track(track, frames, xy, confidence, size, *, occlusion: str = "KEEP", threshold: float = 0.5,
+                keep_frames=frozenset()) -> int:
+    """Writes one trajectory as tracked (not keyed) markers; returns the number written.
+
+    ``frames``: clip frames; ``xy``: (T,2) pixels, NaN where there is no estimate;
+    ``confidence``: (T,) visibility probability. Frames in ``keep_frames`` (the user's
+    keyframes, or known markers when filling gaps) are never touched. With
+    ``occlusion="DISABLE"`` markers below ``threshold`` are written disabled, as Blender's
+    own tracker marks a lost track; with "KEEP" every estimate stays enabled.
+    """
+    co = to_marker(xy, size)
+    written = 0
+    for f, c, conf in zip(frames, co, confidence):
+        f = int(f)
+        if f in keep_frames or not np.isfinite(c).all():
+            continue
+        m = track.markers.find_frame(f, exact=True)
+        if m is None:
+            m = track.markers.insert_frame(f, co=(float(c[0]), float(c[1])))
+        else:
+            m.co = (float(c[0]), float(c[1]))
+        m.is_keyed = False
+        m.mute = occlusion == "DISABLE" and conf < threshold
+        written += 1
+    return written
+
+
+def remember(clip, track_name: str, frames, confidence) -> None:
+    """Keeps per-frame visibility on the clip (tracks cannot hold custom properties), merged
+    with what earlier runs stored, so the occlusion choice can change without re-tracking."""
+    data = stored(clip)
+    old = data.get(track_name, {"frames": [], "confidence": []})
+    merged = dict(zip((int(f) for f in old["frames"]), (float(c) for c in old["confidence"])))
+    for f, c in zip(frames, confidence):
+        if np.isfinite(c):
+            merged[int(f)] = float(c)
+    keys = sorted(merged)
+    data[track_name] = {"frames": keys, "confidence": [merged[k] for k in keys]}
+    clip[STORE_KEY] = data
+
+
+def apply_occlusion(clip, track, mode: str, threshold: float = 0.5) -> int:
+    """Re-applies the occlusion choice to a track's pipstrack markers from the stored confidence.
+
+    Only tracked (not keyed) markers on frames pipstrack estimated change; returns how many."""
+    if mode not in OCCLUSION_MODES:
+        raise ValueError(f"occlusion mode must be one of {OCCLUSION_MODES}, not {mode!r}")
+    data = stored(clip).get(track.name)
+    if not data:
+        return 0
+    changed = 0
+    for f, conf in zip(data["frames"], data["confidence"]):
+        m = track.markers.find_frame(int(f), exact=True)
+        if m is None or m.is_keyed:
+            continue
+        mute = mode == "DISABLE" and conf < threshold
+        if m.mute != mute:
+            m.mute = mute
+            changed += 1
+    return changed

@@ -1,0 +1,119 @@
+"""Runs in a fresh Python with Blender as a module (bpy): installs the built extension zip the
+way Blender's Extensions preferences do, opens a clip in a Clip Editor, runs a list of steps
+(place markers, run the add-on's operators) and writes what the tracks hold as JSON.
+
+    python tests/blender/driver.py SPEC.json OUT.json
+
+A subprocess per scenario: BLENDER_USER_RESOURCES must point at a temporary folder before
+bpy is imported, so no real user configuration is touched.
+"""
+import json
+import os
+import sys
+import tempfile
+import traceback
+
+spec = json.load(open(sys.argv[1]))
+os.environ["BLENDER_USER_RESOURCES"] = spec.get("user_resources") or tempfile.mkdtemp(prefix="pipstrack-bl-")
+
+import bpy  # noqa: E402
+
+out = {"reports": [], "steps": []}
+
+
+def clip_editor(clip):
+    window = bpy.context.window_manager.windows[0]
+    screen = window.screen
+    area = max(screen.areas, key=lambda a: a.width * a.height)
+    area.type = "CLIP_EDITOR"
+    space = area.spaces.active
+    space.clip = clip
+    space.mode = "TRACKING"
+    region = next(r for r in area.regions if r.type == "WINDOW")
+    return dict(window=window, screen=screen, area=area, region=region, space_data=space)
+
+
+def px_to_co(x, y, W, H):
+    return ((x + 0.5) / W, 1.0 - (y + 0.5) / H)
+
+
+def dump(clip):
+    W, H = clip.size
+    tracks = {}
+    for t in clip.tracking.objects.active.tracks:
+        tracks[t.name] = [[m.frame, m.co[0] * W - 0.5, (1.0 - m.co[1]) * H - 0.5, bool(m.mute), bool(m.is_keyed)] for m in t.markers]
+    store = clip.get("pipstrack")
+    return {"tracks": tracks, "store": store.to_dict() if store is not None else {}}
+
+
+try:
+    r = bpy.ops.extensions.package_install_files(filepath=spec["zip"], repo="user_default", enable_on_install=True)
+    out["install"] = sorted(r)
+    pkg = "bl_ext.user_default.pipstrack"
+    out["enabled"] = pkg in bpy.context.preferences.addons
+    out["heavy_modules"] = sorted(m for m in ("torch", "pipstrack", "cv2") if m in sys.modules)
+    prefs = bpy.context.preferences.addons[pkg].preferences
+    for k, v in spec.get("prefs", {}).items():
+        setattr(prefs, k, v)
+
+    scene = bpy.context.scene
+    clip = bpy.data.movieclips.load(spec["clip"])
+    clip.frame_start = spec.get("frame_start", 1)
+    clip.frame_offset = spec.get("frame_offset", 0)
+    out["clip"] = {"source": clip.source, "size": list(clip.size), "duration": clip.frame_duration}
+    scene.frame_start = spec.get("scene_start", clip.frame_start)
+    scene.frame_end = spec.get("scene_end", clip.frame_start + clip.frame_duration - 1)
+    for k, v in spec.get("settings", {}).items():
+        setattr(scene.pipstrack, k, v)
+    ctx = clip_editor(clip)
+    W, H = clip.size
+    tracks = clip.tracking.objects.active.tracks
+
+    for step in spec["steps"]:
+        op = step["op"]
+        result = None
+        if op == "marker":  # a marker at clip frame `frame`, pixel position x, y
+            t = tracks.get(step["track"]) or tracks.new(name=step["track"], frame=step["frame"])
+            m = t.markers.find_frame(step["frame"], exact=True) or t.markers.insert_frame(step["frame"], co=(0.5, 0.5))
+            m.co = px_to_co(step["x"], step["y"], W, H)
+            m.is_keyed = step.get("keyed", True)
+            m.mute = step.get("mute", False)
+        elif op == "select":
+            for t in tracks:
+                t.select = t.name in step["tracks"]
+        elif op == "frame":
+            scene.frame_set(step["scene_frame"])
+        elif op == "set":
+            setattr(scene.pipstrack, step["name"], step["value"])
+        elif op == "dump":
+            result = dump(clip)
+        elif op == "save":
+            bpy.ops.wm.save_as_mainfile(filepath=step["path"])
+        elif op == "undo_count":
+            result = len(bpy.context.window_manager.operators)
+        else:  # an operator of the add-on, e.g. {"op": "pipstrack.track_markers", "args": {...}}
+            group, name = op.split(".")
+            with bpy.context.temp_override(**ctx):
+                fn = getattr(getattr(bpy.ops, group), name)
+                if not fn.poll():
+                    result = {"poll": False}
+                else:
+                    try:
+                        result = sorted(fn(**step.get("args", {})))
+                    except RuntimeError as e:  # an operator's ERROR report raises here
+                        result = {"error": str(e)}
+        out["steps"].append({"op": op, "result": result})
+    out["final"] = dump(clip)
+    if spec.get("disable"):
+        bpy.ops.preferences.addon_disable(module=pkg)
+        out["after_disable"] = {
+            "scene_prop": hasattr(bpy.types.Scene, "pipstrack"),
+            "wm_prop": hasattr(bpy.types.WindowManager, "pipstrack_status"),
+            "ops": [o for o in dir(bpy.ops.pipstrack)],
+            "menu_funcs": [f.__name__ for f in getattr(bpy.types.CLIP_MT_track.draw, "_draw_funcs", [])],
+            "timers": bpy.app.timers.is_registered,
+        }
+        out["after_disable"].pop("timers")
+except Exception:
+    out["exception"] = traceback.format_exc()
+json.dump(out, open(sys.argv[2], "w"), indent=1, default=str)
