@@ -5,9 +5,9 @@ tracks' keyframes to `pipstrack serve` over ZeroMQ and writes the trajectories b
 ordinary tracking markers. It needs only numpy and pyzmq (no torch) so it loads instantly.
 ``wire/`` is a build-time copy of the backend's protocol and client (tools/build_extension.py).
 """
-from . import operators, panels, preferences, properties
+from . import compositing, operators, panels, preferences, properties
 
-_modules = (preferences, properties, operators, panels)
+_modules = (preferences, properties, operators, panels, compositing)
 
 
 def register():
