@@ -231,7 +231,7 @@ class TrackingRun:
             written += mw.write_track(track, frames[rows], xy[rows, n], conf[rows, n], self.size,
                                       occlusion=self.s.occlusion, threshold=self.s.threshold, keep_frames=p.keep)
             if final:
-                ok = rows & ~np.isnan(xy[:, n, 0])
-                mw.remember(self.clip, p.track_name, frames[ok], conf[ok, n])
+                ok = rows & ~np.isnan(xy[:, n, 0]) & ~np.isin(frames, list(p.keep))
+                mw.remember(self.clip, p.track_name, frames[ok], conf[ok, n], mw.outside_frame(xy[ok, n], self.size))
         if final:
             self.written = written

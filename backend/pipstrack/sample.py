@@ -52,7 +52,8 @@ def camera_path(t: np.ndarray, rng: np.random.Generator, size: tuple[int, int], 
     return np.stack(mats)
 
 
-def homography_clip(photo: np.ndarray, frames: int, size: tuple[int, int], seed: int = 0, occluder: bool = True, points: int = 12) -> dict:
+def homography_clip(photo: np.ndarray, frames: int, size: tuple[int, int], seed: int = 0, occluder: bool = True, points: int = 12,
+                    strength: float = 1.0) -> dict:
     """A clip of ``photo`` seen through :func:`camera_path`, a textured bar crossing it.
 
     Returns rgbs (T,H,W,3) uint8, trajs (T,N,2) and visible (T,N) for N good features of
@@ -63,7 +64,7 @@ def homography_clip(photo: np.ndarray, frames: int, size: tuple[int, int], seed:
     ph, pw = photo.shape[:2]
     fit = 1.25 * max(W / pw, H / ph)  # photo a bit larger than the frame, so edges never show
     centre = np.array([[fit, 0, -fit * (pw - 1) / 2], [0, fit, -fit * (ph - 1) / 2], [0, 0, 1.0]])
-    mats = camera_path(np.arange(frames, dtype=np.float64), rng, size) @ centre
+    mats = camera_path(np.arange(frames, dtype=np.float64), rng, size, strength) @ centre
 
     bar_w = int(0.16 * W)
     bar_tex = np.tile(np.linspace(40, 90, bar_w, dtype=np.float32)[None, :, None], (H, 1, 3))

@@ -89,8 +89,26 @@ try:
             result = dump(clip)
         elif op == "save":
             bpy.ops.wm.save_as_mainfile(filepath=step["path"])
-        elif op == "undo_count":
-            result = len(bpy.context.window_manager.operators)
+        elif op == "kill_after":  # SIGKILL a process (the backend) while the next step runs
+            import signal
+            import threading
+
+            threading.Timer(step["delay"], os.kill, (step["pid"], signal.SIGKILL)).start()
+        elif op == "cancel_run":  # the modal operator's path, driven by hand: start, wait for markers, cancel
+            import time
+
+            addon = sys.modules[pkg]
+            with bpy.context.temp_override(**ctx):
+                settings = addon.operators.settings_from(bpy.context, "TRACK", step.get("direction", "BOTH"))
+                run = addon.job_driver.TrackingRun(clip, addon.operators.selected_tracks(clip), settings).start()
+                end, seen = time.monotonic() + 60, None
+                while run.poll() == "running" and time.monotonic() < end:
+                    if run.job.partial is not None:
+                        seen = dump(clip)  # markers drawn while tracking runs
+                        break
+                    time.sleep(0.02)
+                run.cancel()
+            result = {"state": run.state, "message": run.message, "during": seen}
         else:  # an operator of the add-on, e.g. {"op": "pipstrack.track_markers", "args": {...}}
             group, name = op.split(".")
             with bpy.context.temp_override(**ctx):
