@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The two commands of the README:
-#   ./dev.sh demo   set up (once) and track the bundled sample clip -> pipstrack-demo/
+#   ./dev.sh demo   set up (once), then the whole round trip headless: the sample clip opened
+#                   in Blender (bpy), markers tracked through `pipstrack serve` -> pipstrack-demo/
 #   ./dev.sh test   set up (once) and run the whole test suite
 # Needs only Python 3.11 and the package index. The virtual environment goes to .venv
 # (or $PIPSTRACK_VENV).
@@ -22,7 +23,7 @@ if [ "$task" = test ]; then
   shift
   exec "$venv/bin/python" -m pytest "$@"
 else
-  "${pip[@]}" -e .
+  "${pip[@]}" -e ".[blender]"
   shift
-  exec "$venv/bin/pipstrack" demo "$@"
+  exec "$venv/bin/python" tools/demo.py "$@"
 fi

@@ -305,3 +305,18 @@ def test_backend_down_or_killed_mid_job_leaves_tracks_unchanged(tmp_path, extens
         assert out["final"]["store"] == {}
     finally:
         b.kill()
+
+
+def test_readme_demo_round_trip(tmp_path):
+    """`./dev.sh demo` runs tools/demo.py: Blender + backend + sample clip, .blend and preview out."""
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    for name in ("pipstrack-demo.blend", "preview.mp4", "still.png", "accuracy.json"):
+        assert (out / name).stat().st_size > 0, name
+    acc = json.loads((out / "accuracy.json").read_text())
+    markers_doc = json.loads((out / "blender_markers.json").read_text())
+    assert len(markers_doc["tracks"]) == 10 and all(len(m) == 48 for m in markers_doc["tracks"].values())
+    assert acc["median_err_visible"] < ON_FEATURE_PX  # the number itself is in the README and docs/model.md
+    still = cv2.imread(str(out / "still.png"))
+    assert still.shape == (270, 480, 3)
