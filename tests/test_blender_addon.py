@@ -320,3 +320,36 @@ def test_readme_demo_round_trip(tmp_path):
     assert acc["median_err_visible"] < ON_FEATURE_PX  # the number itself is in the README and docs/model.md
     still = cv2.imread(str(out / "still.png"))
     assert still.shape == (270, 480, 3)
+
+
+@pytest.mark.parametrize("kind", ["exr_half_pixels", "png16_files"])
+def test_linear_exr_and_16bit_png_plates(tmp_path, extension_zip, shot, backend, reference, kind):
+    """OpenEXR half (linear light) decoded by Blender and sent as float16, and 16-bit PNG read by
+    the backend: both reach the network exactly as the tracker itself would show them."""
+    import OpenEXR
+
+    from pipstrack.frames import display_transform
+
+    srgb = shot["rgbs"].astype(np.float32) / 255.0
+    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4).astype(np.float16)
+    d = tmp_path / kind
+    d.mkdir()
+    for i in range(T):
+        if kind.startswith("exr"):
+            chans = {c: np.ascontiguousarray(linear[i, ..., k]) for k, c in enumerate("RGB")}
+            OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}, chans).write(str(d / f"lin.{i + 1:04d}.exr"))
+        else:
+            cv2.imwrite(str(d / f"deep.{i + 1:04d}.png"), cv2.cvtColor(shot["rgbs"][i].astype(np.uint16) * 257, cv2.COLOR_RGB2BGR))
+    if kind.startswith("exr"):
+        first, prefs, seen = d / "lin.0001.exr", {"frames_via": "PIXELS"}, np.stack([display_transform(f.astype(np.float32)) for f in linear])
+    else:
+        first, prefs, seen = d / "deep.0001.png", {"frames_via": "FILES"}, shot["rgbs"]
+    pts = [0, 2]
+    steps = keyframe_steps(shot, pts, 0) + [{"op": "select", "tracks": ["p0", "p2"]},
+                                              {"op": "pipstrack.track_markers", "args": {"direction": "FORWARD"}}]
+    out = run_blender(tmp_path, extension_zip, first, steps, address=backend.address, prefs=prefs)
+    assert out["steps"][-1]["result"] == ["FINISHED"], out["steps"][-1]
+    anchors = [np.array([[0, *markers(out, f"p{n}")[1][:2]]]) for n in pts]
+    ref = reference(seen, anchors, direction="forward")
+    for j, n in enumerate(pts):
+        check_markers(markers(out, f"p{n}"), range(1, T + 1), ref.xy[:, j])
