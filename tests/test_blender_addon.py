@@ -64,18 +64,18 @@ def shot(tmp_path_factory):
 
 
 class Backend:
-    def __init__(self, tmp):
+    def __init__(self, tmp, *extra, keys=None):
         self.address = f"tcp://127.0.0.1:{free_port()}"
         self.log = Path(tmp) / f"serve-{time.monotonic_ns()}.log"
         # one thread, as the reference below: PIPs amplifies the last-bit differences of another
         # thread count's reductions into visible ones (docs/tracking.md), and these tests compare exactly
         env = dict(os.environ, PIPSTRACK_CLIENT_TIMEOUT="3", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipstrack", "serve", "--bind", self.address, "--device", "cpu"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipstrack", "serve", "--bind", self.address, "--device", "cpu", *extra],
                                      stdout=subprocess.DEVNULL, stderr=open(self.log, "w"), env=env)
         end = time.monotonic() + 60
         while True:
             try:
-                ping(self.address, timeout=1.0)
+                ping(self.address, timeout=1.0, keys_dir=keys)
                 return
             except TrackingError:
                 if self.proc.poll() is not None or time.monotonic() > end:
@@ -353,3 +353,25 @@ def test_linear_exr_and_16bit_png_plates(tmp_path, extension_zip, shot, backend,
     ref = reference(seen, anchors, direction="forward")
     for j, n in enumerate(pts):
         check_markers(markers(out, f"p{n}"), range(1, T + 1), ref.xy[:, j])
+
+
+def test_render_box_with_curve_keys(tmp_path, extension_zip, shot):
+    """A backend that only accepts allowed CurveZMQ keys: the add-on with the keys folder tracks
+    (frames sent as pixels, as to a render box); without keys it gets a clear message, tracks unchanged."""
+    keys = tmp_path / "keys"
+    subprocess.run([sys.executable, "-m", "pipstrack", "keys", str(keys)], check=True, capture_output=True)
+    b = Backend(tmp_path, "--keys", str(keys), keys=keys)
+    try:
+        steps = keyframe_steps(shot, [0], 0) + [{"op": "select", "tracks": ["p0"]}, {"op": "pipstrack.check_backend"},
+                                                 {"op": "pipstrack.track_markers", "args": {"direction": "FORWARD"}}]
+        out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=b.address,
+                          prefs={"keys_dir": str(keys), "frames_via": "PIXELS"})
+        assert out["steps"][-2]["result"] == ["FINISHED"] and out["steps"][-1]["result"] == ["FINISHED"]
+        assert len(markers(out, "p0")) == T
+        out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=b.address)
+        assert out["steps"][-2]["result"] == ["CANCELLED"]  # Check Backend: not reachable without keys
+        res = out["steps"][-1]["result"]
+        assert "error" in res and "not answering" in res["error"], res
+        assert markers(out, "p0") == {1: markers(out, "p0")[1]}  # only the keyframe: nothing written
+    finally:
+        b.kill()
