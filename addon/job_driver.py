@@ -49,7 +49,8 @@ def close_connections() -> None:
 
 def describe_error(code, message) -> str:
     if code == P.E_TIMEOUT:
-        return f"pipstrack backend not answering ({message}). Start it (PIPs tab > Backend) or check the address"
+        return (f"pipstrack backend not answering ({message}). Start it (PIPs tab > Backend), check the address, "
+                "or set the keys folder in the preferences for a secured render box")
     return f"pipstrack backend: {message} [{code}]"
 
 
