@@ -14,6 +14,7 @@ os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="pipstra
 
 import bpy  # noqa: E402
 
+from pipstrack.baselines import clip_editor_context  # noqa: E402
 from pipstrack.formats import read_points  # noqa: E402
 from pipstrack.sample import sample_clip_dir, sample_points_file  # noqa: E402
 
@@ -28,12 +29,7 @@ scene.frame_start, scene.frame_end = 1001, 1000 + clip.frame_duration
 scene.frame_set(1001)
 W, H = clip.size
 
-window = bpy.context.window_manager.windows[0]
-area = max(window.screen.areas, key=lambda a: a.width * a.height)
-area.type = "CLIP_EDITOR"
-space = area.spaces.active
-space.clip, space.mode = clip, "TRACKING"
-region = next(r for r in area.regions if r.type == "WINDOW")
+ctx = clip_editor_context(bpy, clip)  # headless bpy: a Clip Editor for the operator's context
 
 tracks = clip.tracking.objects.active.tracks
 for name, rows in read_points(sample_points_file()):
@@ -43,7 +39,7 @@ for name, rows in read_points(sample_points_file()):
         marker.co = ((x + 0.5) / W, 1.0 - (y + 0.5) / H)  # pixel centre -> Blender's normalised, y-up marker
         track.select = True
 
-with bpy.context.temp_override(window=window, screen=window.screen, area=area, region=region, space_data=space):
+with bpy.context.temp_override(**ctx):
     result = bpy.ops.pipstrack.track_markers(direction="BOTH")
 print(f"Blender: pipstrack.track_markers -> {sorted(result)}")
 

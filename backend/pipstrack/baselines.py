@@ -116,7 +116,7 @@ def _import_bpy():
     return bpy
 
 
-def _clip_editor(bpy, clip):
+def clip_editor_context(bpy, clip):
     """A window/screen/area/region whose Clip Editor shows ``clip``: what track_markers polls for.
 
     bpy-as-module has one window with the default screen and no event loop; we turn its
@@ -192,7 +192,7 @@ def blender_tracker(
             track.markers[0].co = (float(co0[i, 0]), float(co0[i, 1]))
             track.select = True
             made.append(track)
-        ctx = _clip_editor(bpy, clip)
+        ctx = clip_editor_context(bpy, clip)
         with bpy.context.temp_override(**ctx):
             if not bpy.ops.clip.track_markers.poll():
                 raise BaselineUnavailable("bpy.ops.clip.track_markers cannot run: no usable Clip Editor context")

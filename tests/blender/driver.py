@@ -18,19 +18,9 @@ os.environ["BLENDER_USER_RESOURCES"] = spec.get("user_resources") or tempfile.mk
 
 import bpy  # noqa: E402
 
+from pipstrack.baselines import clip_editor_context  # noqa: E402  (a Clip Editor for temp_override)
+
 out = {"reports": [], "steps": []}
-
-
-def clip_editor(clip):
-    window = bpy.context.window_manager.windows[0]
-    screen = window.screen
-    area = max(screen.areas, key=lambda a: a.width * a.height)
-    area.type = "CLIP_EDITOR"
-    space = area.spaces.active
-    space.clip = clip
-    space.mode = "TRACKING"
-    region = next(r for r in area.regions if r.type == "WINDOW")
-    return dict(window=window, screen=screen, area=area, region=region, space_data=space)
 
 
 def px_to_co(x, y, W, H):
@@ -65,7 +55,7 @@ try:
     scene.frame_end = spec.get("scene_end", clip.frame_start + clip.frame_duration - 1)
     for k, v in spec.get("settings", {}).items():
         setattr(scene.pipstrack, k, v)
-    ctx = clip_editor(clip)
+    ctx = clip_editor_context(bpy, clip)
     W, H = clip.size
     tracks = clip.tracking.objects.active.tracks
 
