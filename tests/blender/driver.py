@@ -18,8 +18,6 @@ os.environ["BLENDER_USER_RESOURCES"] = spec.get("user_resources") or tempfile.mk
 
 import bpy  # noqa: E402
 
-from pipstrack.baselines import clip_editor_context  # noqa: E402  (a Clip Editor for temp_override)
-
 out = {"reports": [], "steps": []}
 
 
@@ -42,6 +40,8 @@ try:
     pkg = "bl_ext.user_default.pipstrack"
     out["enabled"] = pkg in bpy.context.preferences.addons
     out["heavy_modules"] = sorted(m for m in ("torch", "pipstrack", "cv2") if m in sys.modules)
+    from pipstrack.baselines import clip_editor_context  # only now: it imports torch, the add-on must not
+
     prefs = bpy.context.preferences.addons[pkg].preferences
     for k, v in spec.get("prefs", {}).items():
         setattr(prefs, k, v)
