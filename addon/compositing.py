@@ -10,7 +10,8 @@ The compositor changed in Blender 5.0: the tree is a node-group data-block in
 ``scene.compositing_node_group`` (4.x: ``scene.node_tree`` with ``scene.use_nodes``), the
 Composite node became the tree's Group Output, and most node options became input sockets
 (Track Position's ``position`` -> its "Mode" input, Switch's ``check`` -> its "Switch" input,
-...). The helpers below detect which API they are talking to, never the version number.
+...). The helpers below detect which API they are talking to, not the version number (one
+measured placement quirk aside: :func:`rounds_odd_offsets_down`).
 
 Track Position outputs marker positions in pixels of the clip, origin bottom-left (marker
 ``co`` times the clip size); Corner Pin wants corners normalised to its input image (0..1,
@@ -192,6 +193,22 @@ def match_resolution(scene, clip) -> None:
     scene.render.resolution_percentage = 100
 
 
+def rounds_odd_offsets_down() -> bool:
+    """Whether the compositor puts an image whose size differs from the clip's by an odd number
+    of pixels half a pixel left of and below the clip's centre (its offset rounded down to whole
+    pixels). Measured in Blender 4.5 and 5.0; 4.2's CPU compositor snaps every translation to
+    whole pixels, where no half-pixel correction helps. A behaviour, not an API: the one place
+    this module asks for the version."""
+    return bpy.app.version >= (4, 5, 0)
+
+
+def centre_offset(clip_size, image_size):
+    """Where the compositor puts the centre of an image of ``image_size`` merged over the clip,
+    in Track Position pixels (docs/compositing.md)."""
+    odd = rounds_odd_offsets_down()
+    return tuple(c / 2.0 - (0.5 * ((int(c) - int(i)) % 2) if odd else 0.0) for c, i in zip(clip_size, image_size))
+
+
 # -- tracks -----------------------------------------------------------------------------------
 def marker_px(clip, track, clip_frame: int):
     """Position of ``track`` on ``clip_frame`` in Track Position units (pixels, origin
@@ -229,10 +246,16 @@ def pin_image(path: str, name: str, size: int):
         full = bpy.path.abspath(path)
         if not os.path.isfile(full):
             raise SetupError(f"no image at {full}")
+        known = set(bpy.data.images)
         try:
-            return bpy.data.images.load(full, check_existing=True)
+            image = bpy.data.images.load(full, check_existing=True)
         except RuntimeError as e:
             raise SetupError(f"Blender cannot read the image {full}: {e}") from e
+        if not (image.size[0] and image.size[1]):
+            if image not in known:
+                bpy.data.images.remove(image)
+            raise SetupError(f"Blender cannot read the image {full}")
+        return image
     image = bpy.data.images.get(name)
     if image is None or image.source != "GENERATED":
         image = bpy.data.images.new(name, size, size, alpha=True)
@@ -360,7 +383,7 @@ class PIPSTRACK_OT_setup_corner_pin(_SetupOperator, bpy.types.Operator):
         set_option(sc, "Type", "Absolute", "space", "ABSOLUTE")
         sc.inputs["X"].default_value, sc.inputs["Y"].default_value = float(W), float(H)
         b.link(img.outputs["Image"], sc.inputs["Image"])
-        cp = b.add("CompositorNodeCornerPin", 4, 0)
+        cp = b.add("CompositorNodeCornerPin", 3, 0)
         b.link(sc.outputs["Image"], cp.inputs["Image"])
         corners = ("Lower Left", "Lower Right", "Upper Right", "Upper Left")
         for i, (name, corner) in enumerate(zip(order, corners)):
@@ -373,7 +396,7 @@ class PIPSTRACK_OT_setup_corner_pin(_SetupOperator, bpy.types.Operator):
             b.link(u, xyz.inputs["X"])
             b.link(v, xyz.inputs["Y"])
             b.link(xyz.outputs[0], cp.inputs[corner])
-        mc = b.movie_clip(clip, 4, -1.5)
+        mc = b.movie_clip(clip, 4, 1.2)
         return b.finish(b.over(mc.outputs["Image"], cp.outputs["Image"], 5, 0), scene)
 
 
@@ -412,9 +435,12 @@ class PIPSTRACK_OT_setup_matchmove(_SetupOperator, bpy.types.Operator):
         set_option(tf, "Interpolation", "Bilinear", "filter_type", "BILINEAR")
         b.link(img.outputs["Image"], tf.inputs["Image"])
         t0 = b.track_position(clip, tracks[0], 0, 1.2)
-        # the image's centre sits on the clip's centre: move it by the track's offset from there
-        b.link(b.math("SUBTRACT", t0.outputs["X"], W / 2.0, 1, 1.2, "X from Centre"), tf.inputs["X"])
-        b.link(b.math("SUBTRACT", t0.outputs["Y"], H / 2.0, 1, 1.9, "Y from Centre"), tf.inputs["Y"])
+        # The image's centre sits on the clip's centre: move it by the track's offset from there.
+        # Blender aligns an image whose size differs from the clip's by an odd number of pixels
+        # half a pixel left/down of the centre (whole-pixel alignment): add that half back.
+        cx, cy = centre_offset(clip.size, image.size)
+        b.link(b.math("SUBTRACT", t0.outputs["X"], cx, 1, 1.2, "X from Centre"), tf.inputs["X"])
+        b.link(b.math("SUBTRACT", t0.outputs["Y"], cy, 1, 1.9, "Y from Centre"), tf.inputs["Y"])
         if ref is not None:
             t1 = b.track_position(clip, tracks[1], 0, 2.8)
             dx = b.math("SUBTRACT", t1.outputs["X"], t0.outputs["X"], 1, 2.8)
@@ -425,7 +451,7 @@ class PIPSTRACK_OT_setup_matchmove(_SetupOperator, bpy.types.Operator):
             length = b.math("SQRT", b.math("ADD", b.math("MULTIPLY", dx, dx, 2, 3.6), b.math("MULTIPLY", dy, dy, 2, 4.3),
                                            3, 3.6), 0.0, 3, 4.3)
             b.link(b.math("DIVIDE", length, math.hypot(*ref), 3.8, 4.3, "Scale from Reference Frame"), tf.inputs["Scale"])
-        mc = b.movie_clip(clip, 4, -1.5)
+        mc = b.movie_clip(clip, 4, 1.2)
         return b.finish(b.over(mc.outputs["Image"], tf.outputs["Image"], 5, 0), scene)
 
 
@@ -434,7 +460,6 @@ class PIPSTRACK_PT_compositing(bpy.types.Panel):
     bl_region_type = "UI"
     bl_category = "PIPs"
     bl_label = "Compositing"
-    bl_options = {"DEFAULT_CLOSED"}
 
     @classmethod
     def poll(cls, context):
@@ -445,7 +470,7 @@ class PIPSTRACK_PT_compositing(bpy.types.Panel):
         col = self.layout.column(align=True)
         col.operator("pipstrack.setup_stabilise", icon="VIEW_PAN")
         col.operator("pipstrack.setup_corner_pin", icon="MOD_MESHDEFORM")
-        col.operator("pipstrack.setup_matchmove", icon="TRACKER")
+        col.operator("pipstrack.setup_matchmove", icon="CON_FOLLOWTRACK")
         self.layout.label(text="Nodes go to the Compositor", icon="NODETREE")
 
 

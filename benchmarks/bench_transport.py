@@ -122,20 +122,24 @@ def main():
     ap.add_argument("--frames", type=int, default=48)
     ap.add_argument("--points", type=int, default=16)
     ap.add_argument("--model", default=None, help="weights for the job comparison (default: the shipped model)")
+    ap.add_argument("--jobs", default="1080p,4k", help="which job comparisons: 1080p, 4k or both (4K keeps the clip in RAM)")
+    ap.add_argument("--no-raw", action="store_true", help="skip the raw transport table")
     args = ap.parse_args()
     from pipstrack.weights import DEFAULT_MODEL
 
     model = args.model or str(DEFAULT_MODEL)
-    print("| payload | chunk | frames/s | MB/s |\n|---|---:|---:|---:|")
+    if not args.no_raw:
+        print("| payload | chunk | frames/s | MB/s |\n|---|---:|---:|---:|")
     for label, shape, dtype in (("1080p uint8", (1080, 1920, 3), np.uint8), ("4K float16", (2160, 3840, 3), np.float16)):
-        for chunk in (1, 4):
+        for chunk in () if args.no_raw else (1, 4):
             fps, mbs = raw_transport(shape, dtype, args.frames, chunk)
             print(f"| {label} | {chunk} | {fps:.0f} | {mbs:.0f} |")
     print(f"\n| job ({args.frames} frames, {args.points} points, working size 512) | in process | through the service | overhead | max difference |")
     print("|---|---:|---:|---:|---:|")
-    for label, shape, dtype in (("1080p uint8", (1080, 1920), "uint8"), ("4K float16 linear", (2160, 3840), "float16")):
+    jobs = {"1080p": ("1080p uint8", (1080, 1920), "uint8"), "4k": ("4K float16 linear", (2160, 3840), "float16")}
+    for label, shape, dtype in (jobs[j.strip().lower()] for j in args.jobs.split(",")):
         t_local, t_service, diff = service_vs_in_process(model, shape, dtype, args.frames, args.points, 512)
-        print(f"| {label} | {t_local:.2f} s | {t_service:.2f} s | {t_service - t_local:+.2f} s | {diff:.1e} px |")
+        print(f"| {label} | {t_local:.2f} s | {t_service:.2f} s | {t_service - t_local:+.2f} s ({100 * (t_service / t_local - 1):+.1f}%) | {diff:.1e} px |")
 
 
 if __name__ == "__main__":

@@ -53,3 +53,17 @@ def sample_clip():
     src = open_frames(sample_clip_dir())
     frames = np.stack([src.read(i) for i in range(len(src))])
     return frames, load_ground_truth()
+
+
+@pytest.fixture(scope="module")
+def extension_zip(tmp_path_factory):
+    """The Blender extension as users get it (tools/build_extension.py), without wheels: the
+    test Python already has pyzmq."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, str(HERE.parent / "tools" / "build_extension.py"), "--out", str(out), "--wheels", "none"],
+                   check=True, capture_output=True)
+    (zip_path,) = out.glob("*.zip")
+    return zip_path

@@ -37,15 +37,6 @@ ON_FEATURE_PX = 20.0
 
 
 @pytest.fixture(scope="module")
-def extension_zip(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, str(ROOT / "tools" / "build_extension.py"), "--out", str(out), "--wheels", "none"],
-                   check=True, capture_output=True)
-    (zip_path,) = out.glob("*.zip")
-    return zip_path
-
-
-@pytest.fixture(scope="module")
 def shot(tmp_path_factory):
     """A photo under a moving camera with a bar crossing it: PNG sequence 1001.. and an MP4-like movie."""
     from pipstrack.eval import load_photo
@@ -157,7 +148,7 @@ def test_track_both_directions_from_a_keyframe_matches_the_tracker_and_ground_tr
     ]
     out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=backend.address, disable=True)
     assert out["steps"][-1]["result"] == ["FINISHED"]
-    assert out["heavy_modules"] == ["cv2"] or out["heavy_modules"] == []  # never torch or the backend package
+    assert not {"torch", "pipstrack"} & set(out["heavy_modules"])  # the add-on needs numpy and pyzmq only
     # the anchors as Blender stores them (float32 marker positions), so the comparison is exact
     anchors = [np.array([[key, *markers(out, f"p{n}")[key + 1][:2]]]) for n in pts]
     np.testing.assert_allclose([a[0, 1:] for a in anchors], shot["trajs"][key, pts], atol=1e-4)

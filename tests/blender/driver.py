@@ -17,12 +17,9 @@ spec = json.load(open(sys.argv[1]))
 os.environ["BLENDER_USER_RESOURCES"] = spec.get("user_resources") or tempfile.mkdtemp(prefix="pipstrack-bl-")
 
 import bpy  # noqa: E402
+from bl_common import clip_editor, px_to_co  # noqa: E402
 
 out = {"reports": [], "steps": []}
-
-
-def px_to_co(x, y, W, H):
-    return ((x + 0.5) / W, 1.0 - (y + 0.5) / H)
 
 
 def dump(clip):
@@ -40,8 +37,6 @@ try:
     pkg = "bl_ext.user_default.pipstrack"
     out["enabled"] = pkg in bpy.context.preferences.addons
     out["heavy_modules"] = sorted(m for m in ("torch", "pipstrack", "cv2") if m in sys.modules)
-    from pipstrack.baselines import clip_editor_context  # only now: it imports torch, the add-on must not
-
     prefs = bpy.context.preferences.addons[pkg].preferences
     for k, v in spec.get("prefs", {}).items():
         setattr(prefs, k, v)
@@ -55,7 +50,7 @@ try:
     scene.frame_end = spec.get("scene_end", clip.frame_start + clip.frame_duration - 1)
     for k, v in spec.get("settings", {}).items():
         setattr(scene.pipstrack, k, v)
-    ctx = clip_editor_context(bpy, clip)
+    ctx = clip_editor(bpy, clip)
     W, H = clip.size
     tracks = clip.tracking.objects.active.tracks
 
