@@ -67,3 +67,47 @@ def extension_zip(tmp_path_factory):
                    check=True, capture_output=True)
     (zip_path,) = out.glob("*.zip")
     return zip_path
+
+
+class Backend:
+    """`python -m pipstrack serve` in a subprocess on a free loopback port, ready when returned."""
+
+    def __init__(self, tmp, *extra, keys=None):
+        import os
+        import subprocess
+        import sys
+        import time
+
+        from pipstrack.client import TrackingError, ping
+        from test_service import free_port
+
+        self.address = f"tcp://127.0.0.1:{free_port()}"
+        self.log = Path(tmp) / f"serve-{time.monotonic_ns()}.log"
+        # one thread, as the tests' in-process references: PIPs amplifies the last-bit differences of another
+        # thread count's reductions into visible ones (docs/tracking.md), and these tests compare exactly
+        env = dict(os.environ, PIPSTRACK_CLIENT_TIMEOUT="3", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipstrack", "serve", "--bind", self.address, "--device", "cpu", *extra],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "w"), env=env)
+        end = time.monotonic() + 60
+        while True:
+            try:
+                ping(self.address, timeout=1.0, keys_dir=keys)
+                return
+            except TrackingError:
+                if self.proc.poll() is not None or time.monotonic() > end:
+                    raise RuntimeError(f"backend did not start: {self.log.read_text()}")
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    """A real `pipstrack serve` on loopback with the shipped default model."""
+    b = Backend(tmp_path_factory.mktemp("backend"))
+    yield b
+    b.kill()
+
+

@@ -24,6 +24,7 @@ if importlib.util.find_spec("bpy") is None:  # found, not imported: bpy changes 
     pytest.skip("Blender's Python module (bpy) is not installed", allow_module_level=True)
 
 from pipstrack.client import TrackingError, ping  # noqa: E402
+from conftest import Backend  # noqa: E402
 from test_service import free_port  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
@@ -52,37 +53,6 @@ def shot(tmp_path_factory):
     writer.release()
     clip["dir"] = d
     return clip
-
-
-class Backend:
-    def __init__(self, tmp, *extra, keys=None):
-        self.address = f"tcp://127.0.0.1:{free_port()}"
-        self.log = Path(tmp) / f"serve-{time.monotonic_ns()}.log"
-        # one thread, as the reference below: PIPs amplifies the last-bit differences of another
-        # thread count's reductions into visible ones (docs/tracking.md), and these tests compare exactly
-        env = dict(os.environ, PIPSTRACK_CLIENT_TIMEOUT="3", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipstrack", "serve", "--bind", self.address, "--device", "cpu", *extra],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "w"), env=env)
-        end = time.monotonic() + 60
-        while True:
-            try:
-                ping(self.address, timeout=1.0, keys_dir=keys)
-                return
-            except TrackingError:
-                if self.proc.poll() is not None or time.monotonic() > end:
-                    raise RuntimeError(f"backend did not start: {self.log.read_text()}")
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory):
-    b = Backend(tmp_path_factory.mktemp("backend"))
-    yield b
-    b.kill()
 
 
 @pytest.fixture(scope="module")

@@ -203,3 +203,16 @@ def test_write_load_round_trip(tmp_path):
             assert np.array_equal(got[k], want[k])
         assert got["query_frame"] == 0
     assert synth.load_test_config(path) == cfg
+
+
+def test_slow_clips_move_slowly_and_leave_other_seeds_alone():
+    import numpy as np
+
+    from pipstrack import synth
+
+    speed = lambda c: float(np.linalg.norm(np.diff(c["trajs"], axis=0), axis=-1).mean())  # noqa: E731
+    normal = [synth.make_clip(np.random.default_rng([5, k]), synth.SynthConfig()) for k in range(6)]
+    slow = [synth.make_clip(np.random.default_rng([5, k]), synth.SynthConfig(slow_prob=1.0, slow_speed=(0.01, 0.1))) for k in range(6)]
+    assert np.median([speed(c) for c in slow]) < 0.2 * np.median([speed(c) for c in normal])
+    again = synth.make_clip(np.random.default_rng([5, 0]), synth.SynthConfig(slow_prob=0.0))
+    np.testing.assert_array_equal(again["rgbs"], normal[0]["rgbs"])  # off: the old stream, clip for clip

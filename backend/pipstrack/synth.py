@@ -69,6 +69,11 @@ class SynthConfig:
     noise_sigma: float = 6.0  # max noise std (0..255 scale)
     jpeg_prob: float = 0.3  # chance a clip is JPEG-compressed per frame
     jpeg_quality: tuple[int, int] = (40, 95)
+    # Slow clips: real shots are often near-static or slow; without them a model learns that
+    # everything moves fast and invents motion. A slow clip plays a random stretch of its
+    # motion at a speed drawn log-uniformly from ``slow_speed`` (all motions scale together).
+    slow_prob: float = 0.0
+    slow_speed: tuple[float, float] = (0.01, 0.5)
     # Point sampling.
     edge_margin: int = 2  # px kept clear of any layer boundary at frame 0
     sprite_share: float = 0.5  # share of points on sprites when any is visible
@@ -563,6 +568,10 @@ def make_clip(seed_or_rng, cfg: SynthConfig = SynthConfig(), debug: bool = False
     rng = seed_or_rng if isinstance(seed_or_rng, np.random.Generator) else np.random.default_rng(seed_or_rng)
     T, H, W, N = cfg.frames, cfg.height, cfg.width, cfg.points
     u = np.linspace(0.0, 1.0, T) if T > 1 else np.zeros(1)
+    if cfg.slow_prob > 0 and rng.random() < cfg.slow_prob:  # draws nothing when off: old seeds keep their clips
+        speed = float(np.exp(rng.uniform(*np.log(cfg.slow_speed))))
+        centre = float(rng.uniform(0, 1))
+        u = centre + speed * (u - centre)
 
     bg = _background(rng, cfg, u)
     layers = [bg] + _sprites(rng, cfg, u)

@@ -55,6 +55,7 @@ class TrainOptions:
     device: str = "cpu"
     threads: int | None = None
     init: str | None = None  # start from these weights (pipstrack or official file)
+    slow_prob: float = 0.0  # share of slow / near-static clips (synth.SynthConfig.slow_prob)
 
 
 def sequence_loss(preds, trajs, valid, gamma: float) -> torch.Tensor:
@@ -152,7 +153,7 @@ def train(opts: TrainOptions, log=print) -> Path:
         step, best = int(state["step"]), float(state["best"])
         log(f"resumed {last} at step {step}")
 
-    scfg = synth.SynthConfig(frames=model.S, height=opts.height, width=opts.width, points=opts.points)
+    scfg = synth.SynthConfig(frames=model.S, height=opts.height, width=opts.width, points=opts.points, slow_prob=opts.slow_prob)
     held_out_path = out / "heldout.npz"
     if not held_out_path.exists():
         synth.write_test_set(held_out_path, opts.eval_clips, seed=10_000 + opts.seed, cfg=scfg)

@@ -109,6 +109,10 @@ try:
                                            "PIPSTRACK_OT_setup_corner_pin", "PIPSTRACK_OT_setup_matchmove")
                                if hasattr(bpy.types, n))
 
+    prefs = bpy.context.preferences.addons[pkg].preferences
+    for k, v in spec.get("prefs", {}).items():  # e.g. the backend address for pipstrack.track_markers
+        setattr(prefs, k, v)
+
     scene = bpy.context.scene
     clip = bpy.data.movieclips.load(spec["clip"])
     clip.frame_start = spec.get("frame_start", 1)
@@ -137,6 +141,8 @@ try:
                 tracks.active = tracks[step["active"]]
         elif op == "frame":
             scene.frame_set(step["scene_frame"])
+        elif op == "markers":  # pixel positions of every track's markers, by clip frame
+            result = {t.name: [[m.frame, m.co[0] * W - 0.5, (1.0 - m.co[1]) * H - 0.5, m.mute] for m in t.markers] for t in tracks}
         elif op == "state":
             result = state(scene, clip)
         elif op == "switch":  # 5.0: a "Switch" input socket; 4.x: the node's `check` property
