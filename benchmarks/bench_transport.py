@@ -76,7 +76,9 @@ def service_vs_in_process(model_path, shape, dtype, frames, points, working_size
     import cv2
 
     big = cv2.resize(base, (shape[1] + 128, shape[0] + 128), interpolation=cv2.INTER_CUBIC)
-    clip = [big[t:t + shape[0], 2 * t:2 * t + shape[1]] for t in range(frames)]
+    # a slow back-and-forth camera move, any number of frames
+    offs = [(int(64 + 60 * np.sin(t / 11)), int(64 + 60 * np.cos(t / 17))) for t in range(frames)]
+    clip = [big[oy:oy + shape[0], ox:ox + shape[1]] for ox, oy in offs]
     if dtype == "float16":
         clip = [((c.astype(np.float32) / 255) ** 2.2).astype(np.float16) for c in clip]
     H, W = shape
