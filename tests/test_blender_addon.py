@@ -47,10 +47,11 @@ def shot(tmp_path_factory):
     d = tmp_path_factory.mktemp("shot")
     for i, img in enumerate(clip["rgbs"]):
         cv2.imwrite(str(d / f"plate.{1001 + i:04d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    writer = cv2.VideoWriter(str(d / "plate.avi"), cv2.VideoWriter_fourcc(*"FFV1"), 24, (W, H))  # lossless
-    for img in clip["rgbs"]:
-        writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    writer.release()
+    for name, codec in (("plate.avi", "FFV1"), ("plate.mp4", "mp4v")):  # lossless, and a lossy MPEG-4
+        writer = cv2.VideoWriter(str(d / name), cv2.VideoWriter_fourcc(*codec), 24, (W, H))
+        for img in clip["rgbs"]:
+            writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        writer.release()
     clip["dir"] = d
     return clip
 
@@ -189,7 +190,12 @@ def test_backward_on_a_shifted_clip_and_pixels_decoded_by_blender(tmp_path, exte
         assert np.median(err[shot["visible"][off : off + key + 1, n]]) < ON_FEATURE_PX
 
 
-def test_movie_clip_read_by_the_backend_and_occlusion_choice(tmp_path, extension_zip, shot, backend, reference):
+@pytest.mark.parametrize("movie", ["plate.avi", "plate.mp4"])
+def test_movie_clip_read_by_the_backend_and_occlusion_choice(tmp_path, extension_zip, shot, backend, reference, movie):
+    from pipstrack.frames import open_frames
+
+    src = open_frames(shot["dir"] / movie)  # what the backend decodes (lossy for MP4)
+    decoded = np.stack([src.read(i) for i in range(len(src))])
     pts = [1, 2, 3]
     steps = keyframe_steps(shot, pts, 0) + [
         {"op": "select", "tracks": [f"p{n}" for n in pts]},
@@ -199,12 +205,12 @@ def test_movie_clip_read_by_the_backend_and_occlusion_choice(tmp_path, extension
         {"op": "set", "name": "occlusion", "value": "KEEP"},
         {"op": "pipstrack.apply_occlusion"},
     ]
-    out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.avi", steps, address=backend.address)
-    assert out["clip"]["source"] == "MOVIE"
+    out = run_blender(tmp_path, extension_zip, shot["dir"] / movie, steps, address=backend.address)
+    assert out["clip"]["source"] == "MOVIE" and out["clip"]["duration"] == T
     assert out["steps"][len(pts) + 2]["result"] == ["FINISHED"]
     disabled = out["steps"][len(pts) + 3]["result"]
     anchors = [np.array([[0, *markers(out, f"p{n}")[1][:2]]]) for n in pts]
-    ref = reference(shot["rgbs"], anchors, direction="forward")
+    ref = reference(decoded, anchors, direction="forward")
     n_muted = 0
     for j, n in enumerate(pts):
         got = {f: (x, y, mute, keyed) for f, x, y, mute, keyed in disabled["tracks"][f"p{n}"]}
