@@ -3,11 +3,12 @@
 The add-on is a thin client: it sends a clip's frames (or their file paths) and the selected
 tracks' keyframes to `pipstrack serve` over ZeroMQ and writes the trajectories back as
 ordinary tracking markers. It needs only numpy and pyzmq (no torch) so it loads instantly.
-``wire/`` is a build-time copy of the backend's protocol and client (tools/build_extension.py).
+``_pipstrack/`` is a build-time copy of the backend modules it shares (protocol, client, track
+file formats and exporters; tools/build_extension.py).
 """
-from . import compositing, operators, panels, preferences, properties
+from . import compositing, exporting, operators, panels, preferences, properties
 
-_modules = (preferences, properties, operators, panels, compositing)
+_modules = (preferences, properties, operators, exporting, panels, compositing)
 
 
 def register():

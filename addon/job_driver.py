@@ -17,8 +17,8 @@ import numpy as np
 
 from . import marker_writer as mw
 from .clip_source import ClipFrames, ClipSourceError
-from .wire import client as wire_client
-from .wire import protocol as P
+from ._pipstrack import client as wire_client
+from ._pipstrack import protocol as P
 
 
 class RunError(RuntimeError):

@@ -16,8 +16,8 @@ from . import job_driver as jd
 from . import marker_writer as mw
 from .clip_source import scene_to_clip
 from .preferences import addon_prefs
-from .wire import client as wire_client
-from .wire import protocol as P
+from ._pipstrack import client as wire_client
+from ._pipstrack import protocol as P
 
 
 # -- helpers ---------------------------------------------------------------------------------

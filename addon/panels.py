@@ -77,14 +77,25 @@ class PIPSTRACK_PT_grid(_PipsPanel, bpy.types.Panel):
         layout.operator("pipstrack.add_grid", icon="MESH_GRID")
 
 
+class PIPSTRACK_PT_export(_PipsPanel, bpy.types.Panel):
+    bl_label = "Export"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        layout = self.layout
+        for fmt, label in (("nk", "Nuke"), ("ae", "After Effects"), ("fusion", "Fusion / Resolve")):
+            layout.operator("pipstrack.export_tracks", text=label, icon="EXPORT").fmt = fmt
+
+
 def track_menu(self, context):
     layout = self.layout
     layout.separator()
     layout.operator("pipstrack.track_markers", text="Track with PIPs").direction = "BOTH"
     layout.operator("pipstrack.fill_gaps")
+    layout.operator("pipstrack.export_tracks", text="Export Tracks (Nuke, After Effects, Fusion)...")
 
 
-classes = (PIPSTRACK_PT_backend, PIPSTRACK_PT_track, PIPSTRACK_PT_occlusion, PIPSTRACK_PT_grid)
+classes = (PIPSTRACK_PT_backend, PIPSTRACK_PT_track, PIPSTRACK_PT_occlusion, PIPSTRACK_PT_grid, PIPSTRACK_PT_export)
 
 
 def register():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
-from .wire import protocol as P
+from ._pipstrack import protocol as P
 
 
 def addon_prefs(context=None):

@@ -342,3 +342,35 @@ def test_render_box_with_curve_keys(tmp_path, extension_zip, shot):
         assert markers(out, "p0") == {1: markers(out, "p0")[1]}  # only the keyframe: nothing written
     finally:
         b.kill()
+
+
+def test_export_from_blender_to_nuke_and_after_effects(tmp_path, extension_zip, shot):
+    """Markers exported by the add-on (the same writers as `pipstrack export`), parsed back:
+    frames are the sequence's file numbers, positions convert exactly."""
+    from test_export import read_ae, read_nk
+
+    pts = [0, 1, 2, 3]
+    steps = [{"op": "marker", "track": f"p{n}", "frame": i + 1, "x": float(shot["trajs"][i, n, 0]),
+              "y": float(shot["trajs"][i, n, 1]), "keyed": i == 0, "mute": not shot["visible"][i, n]}
+             for n in pts for i in range(T)]
+    nk, ae = tmp_path / "shot.nk", tmp_path / "shot.txt"
+    steps += [{"op": "select", "tracks": [f"p{n}" for n in pts]},
+              {"op": "pipstrack.export_tracks", "args": {"filepath": str(nk), "fmt": "nk", "corner_pin": True}},
+              {"op": "select", "tracks": ["p2"]},
+              {"op": "pipstrack.export_tracks", "args": {"filepath": str(ae), "fmt": "ae", "skip_occluded": True}},
+              {"op": "pipstrack.export_tracks", "args": {"filepath": str(tmp_path / "bad.nk"), "fmt": "nk", "corner_pin": True}}]
+    out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address="tcp://127.0.0.1:1")
+    assert out["steps"][-4]["result"] == ["FINISHED"] and out["steps"][-2]["result"] == ["FINISHED"]
+    assert "4 selected tracks" in out["steps"][-1]["result"]["error"] and not (tmp_path / "bad.nk").exists()
+    tracks, pin = read_nk(nk.read_text())
+    assert sorted(tracks) == [f"p{n}" for n in pts] and set(pin) >= {"to1", "to2", "to3", "to4"}
+    for n in pts:
+        got = tracks[f"p{n}"]
+        assert sorted(got) == list(range(1001, 1001 + T))  # file numbers
+        xy = np.array([(x - 0.5, H - y - 0.5) for _, (x, y) in sorted(got.items())])  # Nuke: y up, centres at +0.5
+        np.testing.assert_allclose(xy, shot["trajs"][:, n], atol=2e-3)
+    _, blocks = read_ae(ae.read_text())
+    (pos,) = blocks.values()
+    vis = shot["visible"][:, 2]
+    assert sorted(pos) == [i for i in range(T) if vis[i]]  # AE: frames from the first, occluded ones skipped
+    np.testing.assert_allclose([np.subtract(pos[i], 0.5) for i in sorted(pos)], shot["trajs"][vis, 2], atol=2e-3)

@@ -4,8 +4,9 @@
     python tools/build_extension.py --wheels none   # no wheels (a Blender whose Python has pyzmq; tests)
     python tools/build_extension.py --wheels host   # this platform's wheel only
 
-The wire protocol has one source, backend/pipstrack/{protocol,client}.py; this step copies it
-into the extension as ``wire/`` (never edit a copy). Wheels come from the package index
+The modules the add-on shares with the backend have one source, backend/pipstrack/ (the wire
+protocol and client, the track file formats and the exporters); this step copies them into the
+extension as ``_pipstrack/`` (never edit a copy). Wheels come from the package index
 (``pip download``), for Blender's Python 3.11.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ADDON = ROOT / "addon"
-WIRE = ("protocol.py", "client.py")
+SHARED = ("protocol.py", "client.py", "formats.py", "export.py")  # numpy + pyzmq + stdlib only
 PYZMQ = "pyzmq==27.3.0"
 # Blender platform tag -> pip --platform tags for a CPython 3.11 wheel
 PLATFORMS = {
@@ -87,9 +88,9 @@ def build(out_dir: Path, wheels_mode: str = "all") -> Path:
             z.writestr("blender_manifest.toml", manifest([w.name for w in wheels], platforms or None))
             for f in sorted(ADDON.glob("*.py")):
                 z.write(f, f.name)
-            z.writestr("wire/__init__.py", '"""Build-time copy of pipstrack.protocol and pipstrack.client: do not edit."""\n')
-            for name in WIRE:
-                z.write(ROOT / "backend" / "pipstrack" / name, f"wire/{name}")
+            z.writestr("_pipstrack/__init__.py", '"""Build-time copy of parts of the pipstrack package: do not edit."""\n')
+            for name in SHARED:
+                z.write(ROOT / "backend" / "pipstrack" / name, f"_pipstrack/{name}")
             for w in wheels:
                 z.write(w, f"wheels/{w.name}")
         partial.replace(target)
