@@ -288,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--iters", type=int, default=4, help="refinement iterations in training (inference uses 6 by default)")
     tr.add_argument("--slow", type=float, default=0.0, metavar="P",
                     help="share of slow / near-static clips (0..1); real shots are often slow")
+    tr.add_argument("--shake", type=float, default=0.0, metavar="P", help="share of clips with hand-held camera shake (0..1)")
     tr.set_defaults(func=cmd_train)
 
     sv = sub.add_parser("serve", help="run the tracking service (ZeroMQ) for the Blender add-on and scripts")
@@ -368,10 +369,11 @@ def cmd_train(args) -> int:
     opts = TrainOptions(
         out=Path(args.out), config=args.config, steps=args.steps, batch=args.batch, lr=args.lr, height=h, width=w,
         device=str(resolve_device(args.device)), threads=args.threads, eval_every=args.eval_every, init=args.init, seed=args.seed,
-        iters=args.iters, slow_prob=args.slow,
+        iters=args.iters, slow_prob=args.slow, shake_prob=args.shake,
     )
-    if not 0.0 <= args.slow <= 1.0:
-        raise CliError(f"--slow must be a share between 0 and 1, got {args.slow}")
+    for name in ("slow", "shake"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise CliError(f"--{name} must be a share between 0 and 1, got {getattr(args, name)}")
     best = train(opts, log=lambda m: print(m, file=sys.stderr))
     print(f"best weights: {best}")
     return 0

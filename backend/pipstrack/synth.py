@@ -74,6 +74,10 @@ class SynthConfig:
     # motion at a speed drawn log-uniformly from ``slow_speed`` (all motions scale together).
     slow_prob: float = 0.0
     slow_speed: tuple[float, float] = (0.01, 0.5)
+    # Camera shake: a per-frame random jolt (std drawn from ``shake_px``) moving every layer
+    # together, as a hand-held or vibrating camera does; smooth paths alone never teach it.
+    shake_prob: float = 0.0
+    shake_px: tuple[float, float] = (0.3, 3.0)
     # Point sampling.
     edge_margin: int = 2  # px kept clear of any layer boundary at frame 0
     sprite_share: float = 0.5  # share of points on sprites when any is visible
@@ -399,14 +403,14 @@ class _Layer:
     centre: np.ndarray | None = None  # (T, 2) frame position of the centre
 
 
-def _background(rng, cfg: SynthConfig, u: np.ndarray) -> _Layer:
+def _background(rng, cfg: SynthConfig, u: np.ndarray, jitter=0.0) -> _Layer:
     H, W = cfg.height, cfg.width
     s0 = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
     scale = s0 * np.exp(rng.uniform(-1, 1) * cfg.bg_zoom * _ease(rng, u))
     theta = rng.uniform(-np.pi, np.pi) + rng.uniform(-1, 1) * cfg.bg_rot * _ease(rng, u)
     disp = _rand_dir(rng) * rng.uniform(0, cfg.bg_shift) * W
     mid = np.array([(W - 1) / 2, (H - 1) / 2]) + rng.uniform(-0.1, 0.1, 2) * [W, H]
-    pos = _path(rng, u, mid, disp, rng.uniform(-0.3, 0.3))
+    pos = _path(rng, u, mid, disp, rng.uniform(-0.3, 0.3)) + jitter
     L = max(W, H) / 2 / s0  # half extent of the visible texture
     p0 = rng.uniform(-1, 1, 2) * cfg.bg_persp
     p1 = rng.uniform(-1, 1, 2) * cfg.bg_persp
@@ -428,7 +432,7 @@ def _background(rng, cfg: SynthConfig, u: np.ndarray) -> _Layer:
     return _Layer(rgb=rgb, alpha=np.full((th, tw), 255, np.uint8), H=M0 @ Toff, centre=pos)
 
 
-def _sprites(rng, cfg: SynthConfig, u: np.ndarray) -> list[_Layer]:
+def _sprites(rng, cfg: SynthConfig, u: np.ndarray, jitter=0.0) -> list[_Layer]:
     H, W = cfg.height, cfg.width
     n = int(rng.integers(cfg.min_sprites, cfg.max_sprites + 1))
     out: list[_Layer] = []
@@ -445,7 +449,7 @@ def _sprites(rng, cfg: SynthConfig, u: np.ndarray) -> list[_Layer]:
             mid = rng.uniform([-0.05 * W, -0.05 * H], [1.05 * W, 1.05 * H])
         mids.append(mid)
         disp = _rand_dir(rng) * cfg.sprite_shift * W * rng.random() ** 0.7
-        pos = _path(rng, u, mid, disp, rng.uniform(-0.4, 0.4))
+        pos = _path(rng, u, mid, disp, rng.uniform(-0.4, 0.4)) + jitter
         theta = rng.uniform(-np.pi, np.pi) + rng.uniform(-1, 1) * cfg.sprite_rot * _ease(rng, u)
         scale = s0 * np.exp(rng.uniform(-1, 1) * cfg.sprite_zoom * _ease(rng, u))
         p0 = rng.uniform(-1, 1, 2) * cfg.sprite_persp
@@ -573,8 +577,11 @@ def make_clip(seed_or_rng, cfg: SynthConfig = SynthConfig(), debug: bool = False
         centre = float(rng.uniform(0, 1))
         u = centre + speed * (u - centre)
 
-    bg = _background(rng, cfg, u)
-    layers = [bg] + _sprites(rng, cfg, u)
+    jitter = 0.0
+    if cfg.shake_prob > 0 and rng.random() < cfg.shake_prob:  # draws nothing when off
+        jitter = rng.normal(0.0, rng.uniform(*cfg.shake_px), (T, 2))
+    bg = _background(rng, cfg, u, jitter)
+    layers = [bg] + _sprites(rng, cfg, u, jitter)
     L = len(layers)
 
     # Per-clip appearance choices (all drawn even when off, so the geometry of

@@ -56,6 +56,7 @@ class TrainOptions:
     threads: int | None = None
     init: str | None = None  # start from these weights (pipstrack or official file)
     slow_prob: float = 0.0  # share of slow / near-static clips (synth.SynthConfig.slow_prob)
+    shake_prob: float = 0.0  # share of clips with camera shake (synth.SynthConfig.shake_prob)
 
 
 def sequence_loss(preds, trajs, valid, gamma: float) -> torch.Tensor:
@@ -153,7 +154,8 @@ def train(opts: TrainOptions, log=print) -> Path:
         step, best = int(state["step"]), float(state["best"])
         log(f"resumed {last} at step {step}")
 
-    scfg = synth.SynthConfig(frames=model.S, height=opts.height, width=opts.width, points=opts.points, slow_prob=opts.slow_prob)
+    scfg = synth.SynthConfig(frames=model.S, height=opts.height, width=opts.width, points=opts.points, slow_prob=opts.slow_prob,
+                             shake_prob=opts.shake_prob)
     held_out_path = out / "heldout.npz"
     if not held_out_path.exists():
         synth.write_test_set(held_out_path, opts.eval_clips, seed=10_000 + opts.seed, cfg=scfg)
