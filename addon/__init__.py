@@ -8,7 +8,7 @@ file formats and exporters; tools/build_extension.py).
 """
 from . import compositing, exporting, operators, panels, preferences, properties
 
-_modules = (preferences, properties, operators, exporting, panels, compositing)
+_modules = (preferences, properties, operators, compositing, exporting, panels)  # panels last: they draw the others
 
 
 def register():

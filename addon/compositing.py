@@ -455,34 +455,5 @@ class PIPSTRACK_OT_setup_matchmove(_SetupOperator, bpy.types.Operator):
         return b.finish(b.over(mc.outputs["Image"], tf.outputs["Image"], 5, 0), scene)
 
 
-class PIPSTRACK_PT_compositing(bpy.types.Panel):
-    bl_space_type = "CLIP_EDITOR"
-    bl_region_type = "UI"
-    bl_category = "PIPs"
-    bl_label = "Compositing"
-
-    @classmethod
-    def poll(cls, context):
-        space = context.space_data
-        return space is not None and space.mode == "TRACKING" and edited_clip(context) is not None
-
-    def draw(self, context):
-        col = self.layout.column(align=True)
-        col.operator("pipstrack.setup_stabilise", icon="VIEW_PAN")
-        col.operator("pipstrack.setup_corner_pin", icon="MOD_MESHDEFORM")
-        col.operator("pipstrack.setup_matchmove", icon="CON_FOLLOWTRACK")
-        self.layout.label(text="Nodes go to the Compositor", icon="NODETREE")
-
-
-classes = (PIPSTRACK_OT_setup_stabilise, PIPSTRACK_OT_setup_corner_pin, PIPSTRACK_OT_setup_matchmove,
-           PIPSTRACK_PT_compositing)
-
-
-def register():
-    for c in classes:
-        bpy.utils.register_class(c)
-
-
-def unregister():
-    for c in reversed(classes):
-        bpy.utils.unregister_class(c)
+classes = (PIPSTRACK_OT_setup_stabilise, PIPSTRACK_OT_setup_corner_pin, PIPSTRACK_OT_setup_matchmove)
+register, unregister = bpy.utils.register_classes_factory(classes)

@@ -128,9 +128,4 @@ def corner_order(clip, tracks, scene_frame: int) -> list[str]:
     return [tracks[i].name for i in order]
 
 
-def register():
-    bpy.utils.register_class(PIPSTRACK_OT_export_tracks)
-
-
-def unregister():
-    bpy.utils.unregister_class(PIPSTRACK_OT_export_tracks)
+register, unregister = bpy.utils.register_classes_factory((PIPSTRACK_OT_export_tracks,))

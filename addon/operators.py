@@ -304,13 +304,14 @@ classes = (PIPSTRACK_OT_track_markers, PIPSTRACK_OT_fill_gaps, PIPSTRACK_OT_add_
            PIPSTRACK_OT_check_backend, PIPSTRACK_OT_start_backend)
 
 
+_register, _unregister = bpy.utils.register_classes_factory(classes)
+
+
 def register():
-    for c in classes:
-        bpy.utils.register_class(c)
+    _register()
 
 
 def unregister():
-    for c in reversed(classes):
-        bpy.utils.unregister_class(c)
+    _unregister()
     stop_local_backend()
     jd.close_connections()

@@ -87,6 +87,17 @@ class PIPSTRACK_PT_export(_PipsPanel, bpy.types.Panel):
             layout.operator("pipstrack.export_tracks", text=label, icon="EXPORT").fmt = fmt
 
 
+class PIPSTRACK_PT_compositing(_PipsPanel, bpy.types.Panel):
+    bl_label = "Compositing"
+
+    def draw(self, context):
+        col = self.layout.column(align=True)
+        col.operator("pipstrack.setup_stabilise", icon="VIEW_PAN")
+        col.operator("pipstrack.setup_corner_pin", icon="MOD_MESHDEFORM")
+        col.operator("pipstrack.setup_matchmove", icon="CON_FOLLOWTRACK")
+        self.layout.label(text="Nodes go to the Compositor", icon="NODETREE")
+
+
 def track_menu(self, context):
     layout = self.layout
     layout.separator()
@@ -95,16 +106,16 @@ def track_menu(self, context):
     layout.operator("pipstrack.export_tracks", text="Export Tracks (Nuke, After Effects, Fusion)...")
 
 
-classes = (PIPSTRACK_PT_backend, PIPSTRACK_PT_track, PIPSTRACK_PT_occlusion, PIPSTRACK_PT_grid, PIPSTRACK_PT_export)
+classes = (PIPSTRACK_PT_backend, PIPSTRACK_PT_track, PIPSTRACK_PT_occlusion, PIPSTRACK_PT_grid, PIPSTRACK_PT_compositing,
+           PIPSTRACK_PT_export)
+_register, _unregister = bpy.utils.register_classes_factory(classes)
 
 
 def register():
-    for c in classes:
-        bpy.utils.register_class(c)
+    _register()
     bpy.types.CLIP_MT_track.append(track_menu)
 
 
 def unregister():
     bpy.types.CLIP_MT_track.remove(track_menu)
-    for c in reversed(classes):
-        bpy.utils.unregister_class(c)
+    _unregister()
