@@ -197,6 +197,7 @@ class TrackingRun:
         if self.state == "running":
             self.job.cancel()
             self.job.conn.pump()
+            self.job.conn.jobs.pop(self.job.id, None)  # nobody polls it any more: its last events are dropped
             self._fail("cancelled", "pipstrack: tracking cancelled; tracks restored")
 
     def run_blocking(self, timeout: float | None = None, on_progress=None) -> str:
