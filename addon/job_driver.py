@@ -77,6 +77,7 @@ class Settings:
     frames_via: str = "AUTO"  # AUTO / FILES / PIXELS
     working_size: int = 512
     iters: int = 6
+    refine: bool = True
     address: str = "tcp://127.0.0.1:5555"
     keys_dir: str | None = None
     partial_interval: float = 1.0
@@ -155,6 +156,7 @@ class TrackingRun:
             self.job = conn.submit(source.pop("frames", None), [p.anchors for p in self.plans],
                                    frame_range=(s.first - 1, s.last - 1), direction=direction,
                                    working_size=s.working_size, iters=s.iters, partial_interval=s.partial_interval,
+                                   refine=s.refine,
                                    **source)
         except (ClipSourceError, ValueError, OSError) as e:
             raise RunError(str(e)) from None

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import bpy
-from bpy.props import EnumProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
 from ._pipstrack import protocol as P
 
@@ -44,6 +44,9 @@ class PIPSTRACK_AddonPreferences(bpy.types.AddonPreferences):
                     "Larger is slower and can be more precise")
     iters: IntProperty(name="Iterations", default=6, min=1, max=P.MAX_ITERS,
                        description="Refinement iterations per window (the model's default is 6)")
+    refine: BoolProperty(name="Sub-pixel Refinement", default=True,
+                         description="Polish visible frames with Lucas-Kanade steps seeded by PIPs "
+                                     "(off: the network's own positions)")
 
     def draw(self, context):
         layout = self.layout
@@ -59,6 +62,7 @@ class PIPSTRACK_AddonPreferences(bpy.types.AddonPreferences):
         col = layout.column(heading="Tracking")
         col.prop(self, "working_size")
         col.prop(self, "iters")
+        col.prop(self, "refine")
 
 
 def register():

@@ -76,7 +76,7 @@ def test_engine_follows_the_per_point_procedure_exactly(default_model, sample_cl
     clip, trajs, _ = small_clip(sample_clip, frames=20)
     starts = [0, 0, 6, 19]
     queries = np.array([[f, *trajs[f, i]] for i, f in enumerate(starts)])
-    result = Tracker(model, device="cpu", working_long_side=None, max_points_per_call=1).track(clip, queries)
+    result = Tracker(model, device="cpu", working_long_side=None, max_points_per_call=1, refine=False).track(clip, queries)
     assert result.stats["frames_encoded"] == len(clip)
     for i, f in enumerate(starts):
         if f < len(clip) - 1:
@@ -110,7 +110,7 @@ def test_batched_tracking_matches_per_point_tracking_closely(default_model, samp
     tracks within the network's rounding sensitivity."""
     clip, trajs, _ = small_clip(sample_clip, frames=16)
     queries = np.array([[0, *trajs[0, i]] for i in range(6)])
-    batched = Tracker(default_model, device="cpu", working_long_side=None).track(clip, queries)
+    batched = Tracker(default_model, device="cpu", working_long_side=None, refine=False).track(clip, queries)
     for i in range(len(queries)):
         ref, _ = track_point_reference(default_model, clip, queries[i, 1:])
         assert np.median(np.abs(batched.xy[:, i] - ref)) < 0.5

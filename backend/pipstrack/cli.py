@@ -106,7 +106,8 @@ def cmd_track(args) -> int:
     first, last = _parse_frames(args.frames, list(source.frame_numbers))
     names, anchors, queries = _queries(args, source, first)
     model = load_model(args.model)
-    tracker = Tracker(model, device=args.device, iters=args.iters, working_long_side=args.working_size)
+    tracker = Tracker(model, device=args.device, iters=args.iters, working_long_side=args.working_size,
+                      refine=not getattr(args, "no_refine", False))
     log = logging.getLogger("pipstrack")
     log.info("tracking %d points over frames %s..%s of %s on %s", len(queries), source.frame_numbers[first], source.frame_numbers[last], source.name, tracker.device)
     bar, update = _progress_bar("tracking", "frame")
@@ -246,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--iters", type=int, default=6, help="refinement iterations per window")
     t.add_argument("--working-size", type=int, default=512, help="long side in pixels the network works at (0: full resolution)")
+    t.add_argument("--no-refine", action="store_true",
+                   help="keep the network's own positions (default: sub-pixel Lucas-Kanade polish of visible frames)")
     t.add_argument("--exposure", type=float, default=0.0, help="stops applied to linear (EXR) plates before the display transform")
     t.add_argument("--out", required=True, help="tracks.json or tracks.csv")
     t.add_argument("--preview", metavar="FILE", help="also write the frames with the tracks drawn (.mp4, or .png sequence)")

@@ -450,7 +450,8 @@ class Server:
 
             t0 = time.perf_counter()
             try:
-                tracker = Tracker(self.model, device=self.device, iters=spec.iters, working_long_side=spec.working_size)
+                tracker = Tracker(self.model, device=self.device, iters=spec.iters, working_long_side=spec.working_size,
+                                  refine=spec.refine)
                 result = tracker.track(job.frames, spec.anchors(), frame_range=(spec.first, spec.last), direction=spec.direction,
                                        progress=progress, cancel=job.cancel, partial=partial if spec.partial_interval > 0 else None,
                                        partial_interval=spec.partial_interval)

@@ -136,8 +136,9 @@ class _Segment:
 class _FeatureCache:
     """Encoded frames by frame index, least recently used dropped beyond a byte budget."""
 
-    def __init__(self, budget_bytes: int):
+    def __init__(self, budget_bytes: int, keep_gray: bool = False):
         self.budget = budget_bytes
+        self.grays: dict[int, np.ndarray] | None = {} if keep_gray else None  # working-size grey frames, for refine
         self.maps: OrderedDict[int, torch.Tensor] = OrderedDict()
         self.bytes = 0
         self.encoded = 0
@@ -205,13 +206,17 @@ class Tracker:
         working_long_side: int | None = 512,
         max_points_per_call: int = 256,
         cache_mb: int = 4096,
+        refine: bool = True,
     ):
+        """``refine``: polish visible frames with sub-pixel Lucas-Kanade steps seeded by PIPs
+        (:mod:`pipstrack.refine`); False gives the network's own trajectories."""
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.iters = int(iters)
         self.working_long_side = working_long_side
         self.max_points_per_call = int(max_points_per_call)
         self.cache_bytes = int(cache_mb) * 2**20
+        self.refine = bool(refine)
         self.S = model.S
         self.dtype = next(self.model.parameters()).dtype
 
@@ -271,8 +276,33 @@ class Tracker:
                     clock["last"] = now
                     partial(self._assemble(points, segments, first, last, (H, W), work, dict(stats), final=False))
 
-        stats = self._run(source, segments, work, progress, cancel, snapshot)
-        return self._assemble(points, segments, first, last, (H, W), work, stats)
+        cache = _FeatureCache(self.cache_bytes, keep_gray=self.refine)
+        stats = self._run(source, segments, work, progress, cancel, snapshot, cache)
+        result = self._assemble(points, segments, first, last, (H, W), work, stats)
+        if self.refine:
+            self._refine(source, result, points, (H, W), work, cache.grays)
+        return result
+
+    def _refine(self, source, result: TrackResult, points, size, work, grays: dict) -> None:
+        """Sub-pixel Lucas-Kanade polish at the working resolution, on the frames the network
+        saw (so a service that keeps only working-size frames refines identically, and no frame
+        is read twice)."""
+        from .refine import refine_trajectories
+
+        xyw = to_working(result.xy.astype(np.float64), size, work)
+        anchors = [np.column_stack([p[:, 0], to_working(p[:, 1:], size, work)]) for p in points]
+        def gray(i):  # grays: every frame the network saw, kept grey at the working size while encoding
+            if i not in grays:  # not encoded (a frame no window needed): read it now
+                grays[i] = cv2.cvtColor(np.ascontiguousarray(self._read_work(source, i, work)), cv2.COLOR_RGB2GRAY)
+            return grays[i]
+
+        refined, stats = refine_trajectories(gray, result.frame_indices, xyw, result.visible, anchors)
+        out = to_source(refined.astype(np.float64), size, work)
+        for i, p in enumerate(points):  # anchors stay exact
+            rows = p[:, 0].astype(int) - int(result.frame_indices[0])
+            out[rows, i] = p[:, 1:]
+        result.xy = out.astype(np.float32)
+        result.stats.update(stats)
 
     # -- planning -----------------------------------------------------------------------
     def _plan(self, points, first, last, direction, size, work) -> list[_Segment]:
@@ -296,8 +326,7 @@ class Tracker:
         return segs
 
     # -- running ------------------------------------------------------------------------
-    def _run(self, source, segments, work, progress, cancel, snapshot=None) -> dict:
-        cache = _FeatureCache(self.cache_bytes)
+    def _run(self, source, segments, work, progress, cancel, snapshot, cache: _FeatureCache) -> dict:
         stats = {"windows": 0, "model_calls": 0}
         total = sum(s.length for s in segments)
         # Forward runs first, in time order, then backward runs, in reverse time order:
@@ -330,17 +359,23 @@ class Tracker:
         if is_set:
             raise TrackingCancelled("tracking cancelled")
 
+    @staticmethod
+    def _read_work(source, index: int, work) -> np.ndarray:
+        """Frame ``index`` at the working size (area resampling when shrinking)."""
+        h, w = work
+        img = source.read(index)
+        if img.shape[:2] != (h, w):
+            interp = cv2.INTER_AREA if img.shape[0] > h else cv2.INTER_LINEAR
+            img = cv2.resize(img, (w, h), interpolation=interp)
+        return img
+
     def _encode(self, source, cache, frames: tuple[int, ...], work):
         needed = [f for f in dict.fromkeys(frames) if cache.get(f) is None]
         if needed:
-            h, w = work
-            imgs = []
-            for f in needed:
-                img = source.read(f)
-                if img.shape[:2] != (h, w):
-                    interp = cv2.INTER_AREA if img.shape[0] > h else cv2.INTER_LINEAR
-                    img = cv2.resize(img, (w, h), interpolation=interp)
-                imgs.append(img)
+            imgs = [self._read_work(source, f, work) for f in needed]
+            if cache.grays is not None:
+                for f, img in zip(needed, imgs):
+                    cache.grays[f] = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
             keep = set(frames)
             with torch.no_grad():
                 for f, img in zip(needed, imgs):
