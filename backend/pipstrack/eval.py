@@ -305,7 +305,10 @@ def evaluate(
         methods["pipstrack"] = pipstrack_method(model, device)
         meta = getattr(model, "meta", None) or {}
         about = ", ".join(f"{k} {meta[k]}" for k in ("step", "note") if k in meta)
-        descriptions["pipstrack"] = f"pipstrack, {model_label}{f' ({about})' if about else ''}, on {methods['pipstrack'].tracker.device}"
+        descriptions["pipstrack"] = (f"pipstrack, {model_label}{f' ({about})' if about else ''}, on {methods['pipstrack'].tracker.device}, "
+                                     "with sub-pixel refinement (the default)")
+        methods["pipstrack-raw"] = pipstrack_method(model, device, refine=False)
+        descriptions["pipstrack-raw"] = "the same network's own positions, without the Lucas-Kanade refinement"
     for b in baselines:
         descriptions[b], methods[b] = BASELINES[b]
     if any(b.startswith("blender") for b in baselines):
