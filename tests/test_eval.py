@@ -147,5 +147,5 @@ def test_eval_command_prints_one_table():
     assert r.returncode == 0, r.stderr
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| method |") and "synthetic (2) δavg %" in rows[0] and "photo (1) AJ %" in rows[0]
-    assert [row.split("|")[1].strip() for row in rows[1:]] == ["pipstrack", "zero", "lk"]
+    assert [row.split("|")[1].strip() for row in rows[1:]] == ["pipstrack", "pipstrack-raw", "zero", "lk"]
     assert all("n/a" not in row for row in rows)
