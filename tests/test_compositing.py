@@ -172,8 +172,6 @@ def test_stabilise_removes_the_known_shake(tmp_path, extension_zip, shaky):
     assert np.abs(read_rgb(original[0]) - src[-1]).max() < 0.01
 
 
-@pytest.mark.xfail(reason="the shipped default model tracks this 6 px shake to ~4 px (issue 3): the set-up is exact "
-                          "(test above), the tracks are not yet", strict=False)
 def test_stabilise_from_tracks_pipstrack_made(tmp_path, extension_zip, shaky, backend):
     """The whole chain: keys on frame 1, tracked by the add-on through a real backend with the
     shipped model, stabilised by the set-up, rendered; the residual shake is measured."""
@@ -192,8 +190,9 @@ def test_stabilise_from_tracks_pipstrack_made(tmp_path, extension_zip, shaky, ba
     shake_px = np.linalg.norm(shaky["shake"], axis=1)
     print(f"\npipstrack-tracked stabilise: track error median {np.median(track_err):.2f} px; input shake mean "
           f"{shake_px[1:].mean():.2f} px, residual mean {residual[1:].mean():.2f} px max {residual.max():.2f} px")
-    # docs/compositing.md states the figures; the bound is what the shipped model achieves with margin
-    assert residual[1:].mean() < 0.5 * shake_px[1:].mean()
+    # docs/compositing.md states the figures (today 0.01 px mean, 0.02 px max, for a 4.3 px mean shake)
+    assert track_err.max() < 0.5
+    assert residual.max() < 0.1 * shake_px.max() and residual[1:].mean() < 0.05 * shake_px[1:].mean()
 
 
 # -- corner pin -------------------------------------------------------------------------------

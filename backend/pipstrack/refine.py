@@ -15,11 +15,26 @@ import cv2
 import numpy as np
 
 WIN = 15  # LK window (px)
-LEVELS = 1  # pyramid levels above full resolution: PIPs' seed is already close
+LEVELS = 2  # pyramid levels above full resolution: PIPs' seed can be several px off
 FB_MAX = 0.5  # max forward-backward disagreement (px)
+NCC_VISIBLE = 0.7  # patch similarity a step needs where PIPs says the point is visible
+NCC_HIDDEN = 0.95  # ... and where PIPs says it is hidden (PIPs' occlusion calls are not always right)
 
 
-def refine_trajectories(gray, frame_indices, xy, visible, anchors, *, radius: float = 12.0) -> tuple[np.ndarray, dict]:
+def _ncc(g0, p0, g1, p1) -> np.ndarray:
+    """Normalised cross-correlation of WIN x WIN patches around p0 in g0 and p1 in g1."""
+    out = np.empty(len(p0))
+    for k, (a, b) in enumerate(zip(p0, p1)):
+        pa = cv2.getRectSubPix(g0, (WIN, WIN), (float(a[0]), float(a[1]))).astype(np.float64).ravel()
+        pb = cv2.getRectSubPix(g1, (WIN, WIN), (float(b[0]), float(b[1]))).astype(np.float64).ravel()
+        pa -= pa.mean()
+        pb -= pb.mean()
+        den = np.sqrt((pa * pa).sum() * (pb * pb).sum())
+        out[k] = (pa * pb).sum() / den if den > 0 else 0.0
+    return out
+
+
+def refine_trajectories(gray, frame_indices, xy, visible, anchors, *, radius: float = 20.0) -> tuple[np.ndarray, dict]:
     """Refined copy of ``xy`` (T,N,2 source pixels) and counts.
 
     ``gray(i)``: the grey (H,W uint8) frame of 0-based source index ``i``; ``frame_indices``:
@@ -52,7 +67,7 @@ def refine_trajectories(gray, frame_indices, xy, visible, anchors, *, radius: fl
             ahead = (t > start) if step == 1 else (t < start)
             for n in np.nonzero(ahead & keyed[t])[0]:
                 last_t[n] = t
-            go = ahead & visible[t] & ~keyed[t] & np.isfinite(xy[t, :, 0])
+            go = ahead & ~keyed[t] & np.isfinite(xy[t, :, 0])
             for lt in np.unique(last_t[go]):
                 idx = np.nonzero(go & (last_t == lt))[0]
                 p0 = out[lt, idx].astype(np.float32).reshape(-1, 1, 2)
@@ -64,6 +79,8 @@ def refine_trajectories(gray, frame_indices, xy, visible, anchors, *, radius: fl
                 ok = (st1.ravel() == 1) & (st2.ravel() == 1)
                 ok &= np.linalg.norm(back - p0.reshape(-1, 2), axis=1) < FB_MAX
                 ok &= np.linalg.norm(p1 - xy[t, idx], axis=1) < radius
+                ncc = _ncc(g0, p0.reshape(-1, 2), g1, p1)
+                ok &= ncc > np.where(visible[t, idx], NCC_VISIBLE, NCC_HIDDEN)
                 out[t, idx[ok]] = p1[ok]
                 last_t[idx[ok]] = t
                 stats["refined"] += int(ok.sum())
