@@ -70,9 +70,11 @@ def extension_zip(tmp_path_factory):
 
 
 class Backend:
-    """`python -m pipstrack serve` in a subprocess on a free loopback port, ready when returned."""
+    """`python -m pipstrack serve` in a subprocess on a free loopback port (or ``bind``), ready
+    when returned (unless ``wait=False``). One torch thread, as the tests' in-process references:
+    PIPs amplifies the last-bit differences of another thread count's reductions (docs/tracking.md)."""
 
-    def __init__(self, tmp, *extra, keys=None):
+    def __init__(self, tmp, *extra, model=None, bind=None, wait=True, keys=None, env=None, client_timeout="3"):
         import os
         import subprocess
         import sys
@@ -81,21 +83,24 @@ class Backend:
         from pipstrack.client import TrackingError, ping
         from test_service import free_port
 
-        self.address = f"tcp://127.0.0.1:{free_port()}"
+        self.address = bind or f"tcp://127.0.0.1:{free_port()}"
         self.log = Path(tmp) / f"serve-{time.monotonic_ns()}.log"
-        # one thread, as the tests' in-process references: PIPs amplifies the last-bit differences of another
-        # thread count's reductions into visible ones (docs/tracking.md), and these tests compare exactly
-        env = dict(os.environ, PIPSTRACK_CLIENT_TIMEOUT="3", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipstrack", "serve", "--bind", self.address, "--device", "cpu", *extra],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "w"), env=env)
+        env = dict(os.environ, OMP_NUM_THREADS="1", PIPSTRACK_CLIENT_TIMEOUT=client_timeout, PYTHONUNBUFFERED="1", **(env or {}))
+        cmd = [sys.executable, "-m", "pipstrack", "serve", "--bind", self.address, "--device", "cpu", *extra]
+        if model is not None:
+            cmd += ["--model", str(model)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.log, "w"), env=env)
         end = time.monotonic() + 60
-        while True:
+        while wait:
             try:
                 ping(self.address, timeout=1.0, keys_dir=keys)
                 return
             except TrackingError:
                 if self.proc.poll() is not None or time.monotonic() > end:
-                    raise RuntimeError(f"backend did not start: {self.log.read_text()}")
+                    raise RuntimeError(f"backend did not start: {self.text()}")
+
+    def text(self) -> str:
+        return self.log.read_text()
 
     def kill(self):
         if self.proc.poll() is None:

@@ -1,6 +1,5 @@
 """The tracking service end to end: a real `python -m pipstrack serve` subprocess on loopback."""
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -38,30 +37,11 @@ def tiny_model(tmp_path_factory):
     return path
 
 
-class ServerProcess:
-    def __init__(self, model, tmp, *extra, bind=None, wait=True, keys=None, env=None):
-        self.address = bind or f"tcp://127.0.0.1:{free_port()}"
-        env = dict(os.environ, OMP_NUM_THREADS="1", PIPSTRACK_CLIENT_TIMEOUT="1.5", PYTHONUNBUFFERED="1", **(env or {}))
-        self.log = Path(tmp) / f"server-{time.monotonic_ns()}.log"
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipstrack", "serve", "--bind", self.address, "--model", str(model),
-                                      "--device", "cpu", *extra], stdout=subprocess.DEVNULL, stderr=open(self.log, "w"), env=env)
-        if wait:
-            end = time.monotonic() + 60
-            while True:
-                try:
-                    ping(self.address, timeout=1.0, keys_dir=keys)
-                    break
-                except TrackingError:
-                    if self.proc.poll() is not None or time.monotonic() > end:
-                        raise RuntimeError(f"server did not start: {self.text()}")
+def ServerProcess(model, tmp, *extra, **kw):
+    """A real server with these tests' model and a short client timeout (conftest.Backend)."""
+    from conftest import Backend
 
-    def text(self) -> str:
-        return self.log.read_text()
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
+    return Backend(tmp, *extra, model=model, client_timeout="1.5", **kw)
 
 
 @pytest.fixture
