@@ -172,9 +172,13 @@ class TrackingRun:
             return self.state
         try:
             events = self.job.poll()
-        except Exception as e:  # the client must never take Blender down
-            self._fail("failed", f"pipstrack client error: {type(e).__name__}: {e}")
-            return self.state
+            self._handle(events)
+        except Exception as e:  # the client or a marker write failed: never half-written tracks, never a crash
+            self.job.cancel()  # a no-op once the job has ended
+            self._fail("failed", f"pipstrack: {type(e).__name__}: {e}; tracks restored")
+        return self.state
+
+    def _handle(self, events) -> None:
         for ev in events:
             t = ev["type"]
             if t == P.PROGRESS:
@@ -192,7 +196,6 @@ class TrackingRun:
                 self._fail("cancelled", "pipstrack: tracking cancelled; tracks restored")
             elif t == P.ERROR:
                 self._fail("failed", describe_error(ev.get("code"), ev.get("message")) + "; tracks unchanged")
-        return self.state
 
     def cancel(self) -> None:
         """Stops now: the tracks go back as they were, the backend is told to stop the job."""

@@ -120,7 +120,7 @@ def write_track(track, frames, xy, confidence, size, *, occlusion: str = "KEEP",
         else:
             m.co = (float(c[0]), float(c[1]))
         m.is_keyed = False
-        m.mute = outside or (occlusion == "DISABLE" and conf < threshold)
+        m.mute = bool(outside or (occlusion == "DISABLE" and conf < threshold))  # numpy bools: Blender 4.2 refuses them
         written += 1
     return written
 
@@ -161,7 +161,7 @@ def apply_occlusion(clip, track, mode: str, threshold: float = 0.5) -> int:
         m = track.markers.find_frame(int(f), exact=True)
         if m is None or m.is_keyed:
             continue
-        mute = bool(outside) or (mode == "DISABLE" and conf < threshold)
+        mute = bool(outside) or bool(mode == "DISABLE" and conf < threshold)
         if m.mute != mute:
             m.mute = mute
             changed += 1

@@ -29,6 +29,9 @@ from test_service import free_port  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 DRIVER = ROOT / "tests" / "blender" / "driver.py"
+# Another Python with bpy (and numpy, pyzmq) runs the Blender side, e.g. pip's bpy==4.2.0 for the
+# manifest's minimum version: PIPSTRACK_BLENDER_PYTHON=/path/to/python pytest tests/test_blender_addon.py
+BLENDER_PYTHON = os.environ.get("PIPSTRACK_BLENDER_PYTHON") or sys.executable
 T, H, W = 20, 128, 224
 ITERS = 3  # the backend and the reference use the same settings; fewer iterations keep the suite quick
 # Exactness is checked against the in-process tracker; against the ground truth, medians per
@@ -78,7 +81,7 @@ def run_blender(tmp_path, zip_path, clip_path, steps, *, address, timeout=300, *
     sp, op = tmp_path / f"spec-{time.monotonic_ns()}.json", tmp_path / f"out-{time.monotonic_ns()}.json"
     sp.write_text(json.dumps(spec))
     env = dict(os.environ, PIPSTRACK_SERVER_TIMEOUT="2", PIPSTRACK_HEARTBEAT="0.3")  # the add-on gives up on a silent backend after 2 s
-    proc = subprocess.run([sys.executable, str(DRIVER), str(sp), str(op)], capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run([BLENDER_PYTHON, str(DRIVER), str(sp), str(op)], capture_output=True, text=True, timeout=timeout, env=env)
     assert op.exists(), f"driver died: {proc.stdout[-2000:]} {proc.stderr[-4000:]}"
     out = json.loads(op.read_text())
     assert "exception" not in out, out["exception"]
@@ -319,6 +322,18 @@ def test_linear_exr_and_16bit_png_plates(tmp_path, extension_zip, shot, backend,
     ref = reference(seen, anchors, direction="forward")
     for j, n in enumerate(pts):
         check_markers(markers(out, f"p{n}"), range(1, T + 1), ref.xy[:, j])
+
+
+def test_a_failure_while_writing_markers_restores_the_tracks(tmp_path, extension_zip, shot, backend):
+    """Nothing half-written: if writing the markers fails midway (here the second track raises),
+    the run restores every track and reports the error instead of crashing."""
+    steps = keyframe_steps(shot, [0, 1, 2], 5) + [{"op": "select", "tracks": ["p0", "p1", "p2"]}, {"op": "dump"},
+                                                   {"op": "break_writer", "after": 2}, {"op": "pipstrack.track_markers"}]
+    out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=backend.address,
+                      prefs={"iters": 2})
+    res = out["steps"][-1]["result"]
+    assert "error" in res and "simulated failure" in res["error"] and "tracks restored" in res["error"], res
+    assert out["final"]["tracks"] == out["steps"][-3]["result"]["tracks"] and out["final"]["store"] == {}
 
 
 def test_render_box_with_curve_keys(tmp_path, extension_zip, shot):

@@ -74,6 +74,19 @@ try:
             result = dump(clip)
         elif op == "save":
             bpy.ops.wm.save_as_mainfile(filepath=step["path"])
+        elif op == "break_writer":  # the marker writer fails after writing some markers (e.g. a Blender API change)
+            mw = sys.modules[pkg].marker_writer
+            real = mw.write_track
+            calls = []
+
+            def failing(*a, **kw):
+                calls.append(1)
+                n = real(*a, **kw)
+                if len(calls) >= step.get("after", 1):
+                    raise TypeError("simulated failure while writing markers")
+                return n
+
+            mw.write_track = failing
         elif op == "kill_after":  # SIGKILL a process (the backend) while the next step runs
             import signal
             import threading
