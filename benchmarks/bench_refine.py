@@ -14,6 +14,6 @@ start = np.c_[rng.uniform(20, W - 20, N), rng.uniform(20, H - 20, N)]
 truth = start[None] + shift[:, None]
 rough = truth + rng.normal(0, 2, truth.shape); rough[0] = truth[0]
 t0 = time.perf_counter()
-out, st = refine_trajectories(lambda i: frames[i], np.arange(T), rough, np.ones((T, N), bool), [np.array([[0, *s]]) for s in start])
+out, st = refine_trajectories(lambda i: frames[i], np.arange(T), rough, np.ones((T, N), bool), [[0]] * N)
 dt = time.perf_counter() - t0
 print(f"refine {N} points x {T} frames at {W}x{H}: {dt:.2f} s ({N*T/dt:.0f} point-frames/s); median err {np.median(np.linalg.norm(out-truth,axis=2)):.3f} px from {np.median(np.linalg.norm(rough-truth,axis=2)):.2f}")

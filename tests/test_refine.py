@@ -27,8 +27,7 @@ def test_rough_estimates_are_polished_on_visible_frames_only():
     rough[0] = truth[0]  # the query frame is exact
     visible = np.ones((T, 3), bool)
     visible[5:8, 2] = False  # point 2 occluded for three frames
-    anchors = [np.array([[0, *truth[0, n]]]) for n in range(3)]
-    out, stats = refine_trajectories(lambda i: frames[i], np.arange(T), rough, visible, anchors)
+    out, stats = refine_trajectories(lambda i: frames[i], np.arange(T), rough, visible, [[0]] * 3)
     err_rough = np.linalg.norm(rough - truth, axis=2)
     err = np.linalg.norm(out - truth, axis=2)
     assert np.median(err[visible]) < 0.1 < np.median(err_rough[visible])
@@ -44,5 +43,5 @@ def test_a_wrong_feature_far_from_the_seed_is_not_taken():
     truth = np.array([[50.0, 40.0]])[None] + shift[:, None]
     far = truth.copy()
     far[1:] += 25.0  # PIPs lost it: 35 px off, beyond the 12 px radius
-    out, _ = refine_trajectories(lambda i: frames[i], np.arange(T), far, np.ones((T, 1), bool), [np.array([[0, *truth[0, 0]]])])
+    out, _ = refine_trajectories(lambda i: frames[i], np.arange(T), far, np.ones((T, 1), bool), [[0]])
     np.testing.assert_allclose(out[1:], far[1:], atol=1e-4)  # left as PIPs said, not pulled elsewhere

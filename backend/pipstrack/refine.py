@@ -1,13 +1,14 @@
-"""Sub-pixel refinement of PIPs trajectories on the frames where the point is visible.
+"""Sub-pixel refinement of PIPs trajectories (docs/tracking.md).
 
 Why: PIPs is robust (it keeps a point through occlusions and fast motion, and never loses it
 for good) but a small network trained on a CPU is only precise to a few pixels, while a
 pyramidal Lucas-Kanade step (Blender's KLT is one) is precise to a few hundredths of a pixel on
-a clean, visible feature and hopeless through an occluder. So each visible frame's PIPs position
-seeds one Lucas-Kanade step from the previous refined position (chained away from the point's
-anchor, in full resolution), and the step is kept only when it is forward-backward consistent
-and stays near what PIPs says; otherwise the PIPs estimate stands. Occluded frames and anchors
-are never touched: PIPs keeps the point, LK polishes it.
+a clean, visible feature and hopeless through an occluder. So each frame's PIPs position seeds
+one Lucas-Kanade step from the point's last trustworthy position (chained away from its first
+keyframe, in the frames' own pixels), kept only when it is forward-backward consistent, stays
+near what PIPs says and the patch looks like the template (stricter where PIPs says hidden).
+Frames no step polished take the interpolated correction of their polished neighbours;
+keyframes never move. PIPs keeps the point, LK polishes it.
 """
 from __future__ import annotations
 
@@ -34,11 +35,12 @@ def _ncc(g0, p0, g1, p1) -> np.ndarray:
     return out
 
 
-def refine_trajectories(gray, frame_indices, xy, visible, anchors, *, radius: float = 20.0) -> tuple[np.ndarray, dict]:
+def refine_trajectories(gray, frame_indices, xy, visible, keyframes, *, radius: float = 20.0) -> tuple[np.ndarray, dict]:
     """Refined copy of ``xy`` (T,N,2 source pixels) and counts.
 
     ``gray(i)``: the grey (H,W uint8) frame of 0-based source index ``i``; ``frame_indices``:
-    the (T,) source indices of the rows; ``anchors``: per point (K,3) rows [index, x, y].
+    the (T,) source indices of the rows; ``keyframes``: per point, the source indices of its
+    keyframes (the first one starts its chains).
     A refined position may move at most ``radius`` pixels from PIPs' estimate (all in the
     frames' own pixels).
     """
@@ -46,15 +48,16 @@ def refine_trajectories(gray, frame_indices, xy, visible, anchors, *, radius: fl
     out = xy.astype(np.float64).copy()
     row = {int(f): t for t, f in enumerate(frame_indices)}
     # The row of each point's first anchor: frames after it chain forward, before it backward.
-    start = np.array([row.get(int(a[0, 0]), 0) for a in anchors])
+    start = np.array([row.get(int(k[0]), 0) for k in keyframes])
     keyed = np.zeros((T, N), bool)
-    for n, a in enumerate(anchors):
-        for f in a[:, 0].astype(int):
+    for n, k in enumerate(keyframes):
+        for f in np.asarray(k).astype(int):
             if f in row:
                 keyed[row[f], n] = True
     criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.001)
     kw = dict(winSize=(WIN, WIN), maxLevel=LEVELS, criteria=criteria)
     stats = {"refined": 0, "kept_pips": 0}
+    polished = keyed.copy()  # frames whose position is trustworthy: keyframes and accepted steps
 
     def frame(t):
         return gray(int(frame_indices[t]))
@@ -82,15 +85,16 @@ def refine_trajectories(gray, frame_indices, xy, visible, anchors, *, radius: fl
                 ncc = _ncc(g0, p0.reshape(-1, 2), g1, p1)
                 ok &= ncc > np.where(visible[t, idx], NCC_VISIBLE, NCC_HIDDEN)
                 out[t, idx[ok]] = p1[ok]
+                polished[t, idx[ok]] = True
                 last_t[idx[ok]] = t
                 stats["refined"] += int(ok.sum())
                 stats["kept_pips"] += int((~ok).sum())
     # Frames LK could not polish (occluded, rejected) inherit the correction of their refined
     # neighbours, interpolated in time: PIPs' error changes slowly along a trajectory.
-    done = np.isfinite(xy[..., 0]) & (np.abs(out - xy).sum(-1) > 0) | keyed
+    tracked = np.isfinite(xy[..., 0])
     for n in range(N):
-        good = np.nonzero(done[:, n] & np.isfinite(xy[:, n, 0]))[0]
-        rest = np.nonzero(~done[:, n] & np.isfinite(xy[:, n, 0]))[0]
+        good = np.nonzero(polished[:, n] & tracked[:, n])[0]
+        rest = np.nonzero(~polished[:, n] & tracked[:, n])[0]
         if len(good) == 0 or len(rest) == 0:
             continue
         for c in range(2):

@@ -290,13 +290,13 @@ class Tracker:
         from .refine import refine_trajectories
 
         xyw = to_working(result.xy.astype(np.float64), size, work)
-        anchors = [np.column_stack([p[:, 0], to_working(p[:, 1:], size, work)]) for p in points]
+
         def gray(i):  # grays: every frame the network saw, kept grey at the working size while encoding
             if i not in grays:  # not encoded (a frame no window needed): read it now
                 grays[i] = cv2.cvtColor(np.ascontiguousarray(self._read_work(source, i, work)), cv2.COLOR_RGB2GRAY)
             return grays[i]
 
-        refined, stats = refine_trajectories(gray, result.frame_indices, xyw, result.visible, anchors)
+        refined, stats = refine_trajectories(gray, result.frame_indices, xyw, result.visible, [p[:, 0] for p in points])
         out = to_source(refined.astype(np.float64), size, work)
         for i, p in enumerate(points):  # anchors stay exact
             rows = p[:, 0].astype(int) - int(result.frame_indices[0])
