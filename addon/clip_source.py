@@ -66,6 +66,12 @@ class ClipFrames:
         head, first, digits, tail = self._parts
         return f"{head}{first + index + self.offset:0{digits}d}{tail}"
 
+    def frame_number(self, clip_frame: int) -> int:
+        """The number a compositor reads for ``clip_frame``: a sequence's file number, or a
+        movie's frame counted from 1 (both shifted by the clip's frame offset)."""
+        first = self._parts[1] if self._parts is not None else 1
+        return first + clip_frame - 1 + self.offset
+
     def missing(self, first: int, last: int) -> list[int]:
         """Job indices in first..last whose file does not exist (sequences only)."""
         if self.kind != "SEQUENCE":
@@ -79,23 +85,21 @@ class ClipFrames:
         ``mode``: "FILES" (backend reads the files: same machine or shared storage) or
         "PIXELS" (frames decoded here and sent over the socket)."""
         common = dict(frame_count=self.count, frame_shape=(self.height, self.width))
-        if mode == "FILES":
-            if self.kind == "MOVIE":
-                if self.offset:
-                    raise ClipSourceError("a movie clip with a frame offset cannot be sent as a file; use 'Send pixels'")
-                return dict(video=self.path, **common)
-            gone = self.missing(first, last)
-            if gone:
-                raise ClipSourceError(f"{len(gone)} frame file(s) of the clip are missing, first {self.file_for(gone[0])}")
-            return dict(paths=[self.file_for(i) for i in range(self.count)], **common)
         if self.kind == "MOVIE":
-            raise ClipSourceError("movie clips are read by the backend itself: a render box needs the movie on shared "
-                                  "storage (Send frames: Files), or convert the clip to an image sequence")
+            if mode != "FILES":
+                raise ClipSourceError("movie clips are read by the backend itself: a render box needs the movie on shared "
+                                      "storage (Send frames: Files), or convert the clip to an image sequence")
+            if self.offset:
+                raise ClipSourceError("a movie clip with a frame offset cannot be sent as a file; use 'Send pixels'")
+            return dict(video=self.path, **common)
         gone = self.missing(first, last)
         if gone:
             raise ClipSourceError(f"{len(gone)} frame file(s) of the clip are missing, first {self.file_for(gone[0])}")
-        probe = self.read(first)
-        return dict(frames=self.read, dtype=str(probe.dtype), colour="linear" if probe.dtype != np.uint8 else "srgb", **common)
+        if mode == "FILES":
+            return dict(paths=[self.file_for(i) for i in range(self.count)], **common)
+        # The client decodes the first frame to learn its dtype (uint8 -> sRGB, float16 -> linear)
+        # and sends that same decoded frame: no frame is read twice.
+        return dict(frames=self.read, **common)
 
     def read(self, index: int) -> np.ndarray:
         """Clip frame ``index + 1`` as (H,W,3), top row first: uint8 sRGB, or float16 linear."""

@@ -220,16 +220,20 @@ def marker_px(clip, track, clip_frame: int):
     return (m.co[0] * clip.size[0], m.co[1] * clip.size[1])
 
 
-def order_quad(points: dict):
-    """Names of four tracks ordered bottom-left, bottom-right, top-right, top-left (y up).
-
-    Counter-clockwise around their centroid, starting at the corner nearest the bottom-left;
-    raises SetupError unless they form a convex quadrilateral."""
+def quad_order(points: dict) -> list:
+    """Names of four points (name -> (x, y), y up) ordered bottom-left, bottom-right,
+    top-right, top-left: counter-clockwise around their centroid, starting at the corner
+    nearest the bottom-left."""
     cx = sum(p[0] for p in points.values()) / 4.0
     cy = sum(p[1] for p in points.values()) / 4.0
     ccw = sorted(points, key=lambda n: math.atan2(points[n][1] - cy, points[n][0] - cx))
     start = min(range(4), key=lambda i: points[ccw[i]][0] + points[ccw[i]][1])
-    ordered = ccw[start:] + ccw[:start]
+    return ccw[start:] + ccw[:start]
+
+
+def order_quad(points: dict):
+    """:func:`quad_order`, raising SetupError unless the four form a convex quadrilateral."""
+    ordered = quad_order(points)
     p = [points[n] for n in ordered]
     for i in range(4):
         a, b, c = p[i], p[(i + 1) % 4], p[(i + 2) % 4]

@@ -15,17 +15,11 @@ from bpy_extras.io_utils import ExportHelper
 from . import marker_writer as mw
 from ._pipstrack import export as exporters
 from ._pipstrack import formats
-from .clip_source import ClipFrames
+from .clip_source import ClipFrames, scene_to_clip
+from .compositing import quad_order
 from .operators import clip_has_selection, edited_clip, selected_tracks
 
 SUFFIX = {"nk": ".nk", "ae": ".txt", "fusion": ".setting", "csv": ".csv", "json": ".json"}
-
-
-def frame_number(clip, frames: ClipFrames, clip_frame: int) -> int:
-    """The number a compositor sees for clip frame ``clip_frame`` (module docstring)."""
-    if frames.kind == "SEQUENCE" and frames._parts is not None:
-        return frames._parts[1] + clip_frame - 1 + frames.offset
-    return clip_frame + frames.offset
 
 
 def tracks_document(clip, tracks) -> dict:
@@ -41,7 +35,7 @@ def tracks_document(clip, tracks) -> dict:
             if not 1 <= m.frame <= frames.count:
                 continue  # Blender's sentinel markers before/after a tracked run
             x, y = (float(v) for v in mw.from_marker(np.array(m.co[:]), size))
-            f = frame_number(clip, frames, m.frame)
+            f = frames.frame_number(m.frame)
             numbers.add(f)
             pts.append([f, round(x, 4), round(y, 4), not m.mute, round(float(conf.get(m.frame, 0.0 if m.mute else 1.0)), 4)])
             if m.is_keyed:
@@ -119,13 +113,10 @@ class PIPSTRACK_OT_export_tracks(bpy.types.Operator, ExportHelper):
 
 
 def corner_order(clip, tracks, scene_frame: int) -> list[str]:
-    """Names of four tracks as bottom-left, bottom-right, top-right, top-left on screen
-    (by angle around their centre on the given frame)."""
-    frame = scene_frame - clip.frame_start + 1
-    co = np.array([t.markers.find_frame(frame, exact=False).co[:] for t in tracks])  # nearest marker at or before
-    angle = np.arctan2(co[:, 1] - co[:, 1].mean(), co[:, 0] - co[:, 0].mean())  # y up: BL is about -135 deg
-    order = np.argsort((angle + 2 * np.pi - np.radians(-135)) % (2 * np.pi))
-    return [tracks[i].name for i in order]
+    """Names of four tracks as bottom-left, bottom-right, top-right, top-left on screen, by
+    their markers at or before the given frame (the corner pin set-up's ordering)."""
+    frame = scene_to_clip(clip, scene_frame)
+    return quad_order({t.name: tuple(t.markers.find_frame(frame, exact=False).co) for t in tracks})
 
 
 register, unregister = bpy.utils.register_classes_factory((PIPSTRACK_OT_export_tracks,))

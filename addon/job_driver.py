@@ -174,7 +174,7 @@ class TrackingRun:
             events = self.job.poll()
             self._handle(events)
         except Exception as e:  # the client or a marker write failed: never half-written tracks, never a crash
-            self.job.cancel()  # a no-op once the job has ended
+            self._stop_job()
             self._fail("failed", f"pipstrack: {type(e).__name__}: {e}; tracks restored")
         return self.state
 
@@ -183,7 +183,7 @@ class TrackingRun:
             t = ev["type"]
             if t == P.PROGRESS:
                 up, tr = self.job.uploaded, self.job.progress
-                upf = up[0] / up[1] if up[1] else (1.0 if self.job.spec.source != "frames" else 0.0)
+                upf = up[0] / up[1] if up[1] else 0.0
                 trf = tr[0] / tr[1] if tr[1] else 0.0
                 self.progress = 0.3 * upf + 0.7 * trf if self.job.spec.source == "frames" else trf
             elif t == P.PARTIAL:
@@ -200,10 +200,15 @@ class TrackingRun:
     def cancel(self) -> None:
         """Stops now: the tracks go back as they were, the backend is told to stop the job."""
         if self.state == "running":
-            self.job.cancel()
-            self.job.conn.pump()
-            self.job.conn.jobs.pop(self.job.id, None)  # nobody polls it any more: its last events are dropped
+            self._stop_job()
             self._fail("cancelled", "pipstrack: tracking cancelled; tracks restored")
+
+    def _stop_job(self) -> None:
+        """Tells the backend to stop (a no-op once the job ended) and leaves the shared
+        connection: nobody polls the job any more, its last events are dropped."""
+        self.job.cancel()
+        self.job.conn.pump()
+        self.job.conn.jobs.pop(self.job.id, None)
 
     def run_blocking(self, timeout: float | None = None, on_progress=None) -> str:
         """The synchronous path (scripts, tests, bpy without an event loop)."""
@@ -229,7 +234,7 @@ class TrackingRun:
         tracks = self.collection
         frames = np.asarray(ev["frame_indices"]) + 1  # clip frames
         xy, conf = ev["xy"], ev["confidence"]
-        written = 0
+        written, seen = 0, {}
         for n, p in enumerate(self.plans):
             track = tracks.get(p.track_name)
             if track is None:  # renamed or deleted while tracking: skip it
@@ -239,6 +244,7 @@ class TrackingRun:
                                       occlusion=self.s.occlusion, threshold=self.s.threshold, keep_frames=p.keep)
             if final:
                 ok = rows & ~np.isnan(xy[:, n, 0]) & ~np.isin(frames, list(p.keep))
-                mw.remember(self.clip, p.track_name, frames[ok], conf[ok, n], mw.outside_frame(xy[ok, n], self.size))
+                seen[p.track_name] = (frames[ok], conf[ok, n], mw.outside_frame(xy[ok, n], self.size))
         if final:
+            mw.remember(self.clip, seen)
             self.written = written

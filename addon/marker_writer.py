@@ -107,12 +107,12 @@ def write_track(track, frames, xy, confidence, size, *, occlusion: str = "KEEP",
     Blender keeps markers inside the frame, so the position there would be wrong.
     """
     co = to_marker(xy, size)
+    outside = outside_frame(xy, size)
     written = 0
-    for f, c, conf in zip(frames, co, confidence):
+    for f, c, conf, out in zip(frames, co, confidence, outside):
         f = int(f)
         if f in keep_frames or not np.isfinite(c).all():
             continue
-        outside = not (0.0 <= c[0] <= 1.0 and 0.0 <= c[1] <= 1.0)
         c = np.clip(c, 0.0, 1.0)
         m = track.markers.find_frame(f, exact=True)
         if m is None:
@@ -120,9 +120,15 @@ def write_track(track, frames, xy, confidence, size, *, occlusion: str = "KEEP",
         else:
             m.co = (float(c[0]), float(c[1]))
         m.is_keyed = False
-        m.mute = bool(outside or (occlusion == "DISABLE" and conf < threshold))  # numpy bools: Blender 4.2 refuses them
+        m.mute = is_muted(out, conf, occlusion, threshold)
         written += 1
     return written
+
+
+def is_muted(outside, confidence, occlusion: str, threshold: float) -> bool:
+    """The occlusion rule: disabled outside the frame always, below the threshold with "DISABLE".
+    A plain bool: Blender 4.2 refuses numpy booleans for marker flags."""
+    return bool(outside) or bool(occlusion == "DISABLE" and confidence < threshold)
 
 
 def outside_frame(xy, size) -> np.ndarray:
@@ -131,38 +137,40 @@ def outside_frame(xy, size) -> np.ndarray:
     return ~((co >= 0.0) & (co <= 1.0)).all(axis=-1)
 
 
-def remember(clip, track_name: str, frames, confidence, outside) -> None:
+def remember(clip, results: dict) -> None:
     """Keeps per-frame visibility on the clip (tracks cannot hold custom properties), merged
     with what earlier runs stored, so the occlusion choice can change without re-tracking.
-    ``confidence`` is PIPs' visibility probability; ``outside`` marks frames out of the image."""
+    ``results``: track name -> (clip frames, PIPs' visibility probability, outside-the-image
+    flags). The store is read and written once for all tracks of a run."""
     data = stored(clip)
-    old = data.get(track_name, {"frames": [], "confidence": [], "outside": []})
-    merged = {int(f): (float(c), bool(o)) for f, c, o in zip(old["frames"], old["confidence"], old["outside"])}
-    for f, c, o in zip(frames, confidence, outside):
-        if np.isfinite(c):
-            merged[int(f)] = (float(c), bool(o))
-    keys = sorted(merged)
-    data[track_name] = {"frames": keys, "confidence": [merged[k][0] for k in keys],
-                        "outside": [int(merged[k][1]) for k in keys]}
+    for name, (frames, confidence, outside) in results.items():
+        old = data.get(name, {"frames": [], "confidence": [], "outside": []})
+        merged = {int(f): (float(c), bool(o)) for f, c, o in zip(old["frames"], old["confidence"], old["outside"])}
+        for f, c, o in zip(frames, confidence, outside):
+            if np.isfinite(c):
+                merged[int(f)] = (float(c), bool(o))
+        keys = sorted(merged)
+        data[name] = {"frames": keys, "confidence": [merged[k][0] for k in keys],
+                      "outside": [int(merged[k][1]) for k in keys]}
     clip[STORE_KEY] = data
 
 
-def apply_occlusion(clip, track, mode: str, threshold: float = 0.5) -> int:
-    """Re-applies the occlusion choice to a track's pipstrack markers from the stored confidence.
-
-    Only tracked (not keyed) markers on frames pipstrack estimated change; returns how many."""
+def apply_occlusion(clip, tracks, mode: str, threshold: float = 0.5) -> int:
+    """Re-applies the occlusion choice to ``tracks``' pipstrack markers from the stored
+    confidence (read once). Only tracked (not keyed) markers on frames pipstrack estimated
+    change; returns how many."""
     if mode not in OCCLUSION_MODES:
         raise ValueError(f"occlusion mode must be one of {OCCLUSION_MODES}, not {mode!r}")
-    data = stored(clip).get(track.name)
-    if not data:
-        return 0
+    store = stored(clip)
     changed = 0
-    for f, conf, outside in zip(data["frames"], data["confidence"], data["outside"]):
-        m = track.markers.find_frame(int(f), exact=True)
-        if m is None or m.is_keyed:
-            continue
-        mute = bool(outside) or bool(mode == "DISABLE" and conf < threshold)
-        if m.mute != mute:
-            m.mute = mute
-            changed += 1
+    for track in tracks:
+        data = store.get(track.name) or {"frames": [], "confidence": [], "outside": []}
+        for f, conf, outside in zip(data["frames"], data["confidence"], data["outside"]):
+            m = track.markers.find_frame(int(f), exact=True)
+            if m is None or m.is_keyed:
+                continue
+            mute = is_muted(outside, conf, mode, threshold)
+            if m.mute != mute:
+                m.mute = mute
+                changed += 1
     return changed

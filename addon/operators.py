@@ -34,7 +34,7 @@ def selected_tracks(clip):
 
 def clip_has_selection(context) -> bool:
     clip = edited_clip(context)
-    return clip is not None and any(t.select and not t.hide for t in clip.tracking.objects.active.tracks)
+    return clip is not None and bool(selected_tracks(clip))
 
 
 def settings_from(context, mode: str, direction: str = "BOTH") -> jd.Settings:
@@ -54,7 +54,7 @@ def apply_occlusion_to_selection(context) -> int:
     if clip is None:
         return 0
     props = context.scene.pipstrack
-    return sum(mw.apply_occlusion(clip, t, props.occlusion, props.threshold) for t in selected_tracks(clip))
+    return mw.apply_occlusion(clip, selected_tracks(clip), props.occlusion, props.threshold)
 
 
 def redraw_clip_editors(context):
