@@ -27,12 +27,13 @@ def test_rough_estimates_are_polished_on_visible_frames_only():
     rough[0] = truth[0]  # the query frame is exact
     visible = np.ones((T, 3), bool)
     visible[5:8, 2] = False  # point 2 occluded for three frames
-    out, stats = refine_trajectories(lambda i: frames[i], np.arange(T), rough, visible, [[0]] * 3)
+    out, found, stats = refine_trajectories(lambda i: frames[i], np.arange(T), rough, visible, [[0]] * 3)
     err_rough = np.linalg.norm(rough - truth, axis=2)
     err = np.linalg.norm(out - truth, axis=2)
     assert np.median(err[visible]) < 0.1 < np.median(err_rough[visible])
     np.testing.assert_array_equal(out[0], truth[0].astype(np.float32))  # anchors never move
     assert stats["refined"] >= visible[1:].sum() - 2
+    assert np.all(found[visible] > 0.7)  # the evidence the tracker raises confidence with
     # occluded frames were not matched; they take the neighbours' correction (here: near the truth)
     assert np.all(err[5:8, 2] < err_rough[5:8, 2] + 1.0)
 
@@ -43,5 +44,70 @@ def test_a_wrong_feature_far_from_the_seed_is_not_taken():
     truth = np.array([[50.0, 40.0]])[None] + shift[:, None]
     far = truth.copy()
     far[1:] += 25.0  # PIPs lost it: 35 px off, beyond the 12 px radius
-    out, _ = refine_trajectories(lambda i: frames[i], np.arange(T), far, np.ones((T, 1), bool), [[0]])
+    out, found, _ = refine_trajectories(lambda i: frames[i], np.arange(T), far, np.ones((T, 1), bool), [[0]])
     np.testing.assert_allclose(out[1:], far[1:], atol=1e-4)  # left as PIPs said, not pulled elsewhere
+    assert np.isnan(found[1:]).all() and found[0, 0] == 1.0  # and nothing claims to have seen it
+
+
+def test_a_texture_that_differs_in_hue_only_is_polished():
+    """Grey conversion would flatten it to one value; refinement works on the colour frames."""
+    frames, shift = textured_clip(seed=5)
+    a = [f.astype(np.float32) - 128.0 for f in frames]
+    # Equal luma everywhere: R up where G goes down by the luma weights' ratio.
+    iso = [np.clip(np.dstack([128 + 0.9 * d, 128 - 0.9 * d * 0.299 / 0.587, np.full_like(d, 128)]), 0, 255).astype(np.uint8) for d in a]
+    assert max(float(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY).std()) for f in iso) < 1.0
+    T = len(iso)
+    truth = np.array([[50.0, 40.0], [80.0, 50.0]])[None] + shift[:, None]
+    rough = truth + np.random.default_rng(2).normal(0, 1.5, truth.shape)
+    rough[0] = truth[0]
+    out, found, _ = refine_trajectories(lambda i: iso[i], np.arange(T), rough, np.ones((T, 2), bool), [[0]] * 2)
+    assert np.median(np.linalg.norm(out - truth, axis=2)[1:]) < 0.1
+
+
+def plate_with_occluder(T=20, H=120, W=160, seed=0):
+    """A textured plate under a slow zoom and pan, and a flat grey card crossing it left to
+    right; frames, the true path of a 5x4 grid of points on the plate, and their visibility."""
+    rng = np.random.default_rng(seed)
+    tex = cv2.GaussianBlur(rng.random((H, W, 3)).astype(np.float32), (0, 0), 1.5)
+    tex = (255 * (tex - tex.min()) / (tex.max() - tex.min())).astype(np.uint8)
+    gx, gy = np.meshgrid(np.linspace(30, 130, 5), np.linspace(30, 90, 4))
+    grid = np.c_[gx.ravel(), gy.ravel()]
+    frames, truth, visible = [], [], []
+    for t in range(T):
+        s, dx, dy = 1 + 0.006 * t, 0.8 * t, 0.3 * t
+        A = np.float32([[s, 0, (1 - s) * W / 2 + dx], [0, s, (1 - s) * H / 2 + dy]])
+        img = cv2.warpAffine(tex, A, (W, H), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+        x0 = -40 + 12 * t  # the card: 36 px wide, full height, moving 12 px per frame
+        img[:, max(0, x0):max(0, x0 + 36)] = 90
+        p = grid @ A[:, :2].T + A[:, 2]
+        frames.append(img)
+        truth.append(p)
+        visible.append(~((p[:, 0] >= x0 - 8) & (p[:, 0] < x0 + 36 + 8)))  # its patch touches the card
+    return frames, np.array(truth), np.array(visible)
+
+
+def test_a_point_dragged_by_an_occluder_is_brought_back_by_the_points_around_it():
+    frames, truth, vis = plate_with_occluder()
+    T, N = vis.shape
+    n = 7  # hidden a few frames in, visible again afterwards
+    assert (~vis[:, n]).any() and vis[-1, n] and vis[0, n]
+    rng = np.random.default_rng(3)
+    rough = truth + rng.normal(0, 1.0, truth.shape)
+    rough[0] = truth[0]
+    # What a small network does: once the card reaches the point it rides along with it, and
+    # stays lost (here: carried 12 px per frame with the card, then left where the card left it).
+    hid = np.nonzero(~vis[:, n])[0]
+    for k, t in enumerate(range(hid[0], T)):
+        rough[t, n] = truth[hid[0], n] + [12.0 * min(k, len(hid)), 0.0]
+    net_visible = np.ones((T, N), bool)
+    net_visible[hid, n] = False
+    out, found, stats = refine_trajectories(lambda i: frames[i], np.arange(T), rough, net_visible, [[0]] * N)
+    err = np.linalg.norm(out - truth, axis=2)
+    after = np.arange(hid[-1] + 2, T)
+    assert np.max(err[after, n]) < 0.1  # found again where it really is, to a tenth of a pixel
+    assert np.max(err[hid, n]) < 0.5  # and behind the card, carried by its neighbours
+    assert np.median(np.linalg.norm(rough - truth, axis=2)[hid, n]) > 10
+    assert stats["comotion"] > 0
+    # Without its neighbours (the same point tracked alone) nothing can bring it back.
+    alone, _, _ = refine_trajectories(lambda i: frames[i], np.arange(T), rough[:, [n]], net_visible[:, [n]], [[0]])
+    assert np.median(np.linalg.norm(alone[after, 0] - truth[after, n], axis=1)) > 10

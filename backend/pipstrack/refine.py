@@ -19,6 +19,7 @@ WIN = 15  # LK window (px)
 LEVELS = 2  # pyramid levels above full resolution: PIPs' seed can be several px off
 FB_MAX = 0.5  # max forward-backward disagreement (px)
 NCC_VISIBLE = 0.7  # patch similarity a step needs where PIPs says the point is visible
+ROUNDS = 4  # co-motion seeding rounds at most (each one only while it polishes something new)
 NCC_HIDDEN = 0.95  # ... and where PIPs says it is hidden (PIPs' occlusion calls are not always right)
 
 
@@ -35,17 +36,23 @@ def _ncc(g0, p0, g1, p1) -> np.ndarray:
     return out
 
 
-def refine_trajectories(gray, frame_indices, xy, visible, keyframes, *, radius: float = 20.0) -> tuple[np.ndarray, dict]:
-    """Refined copy of ``xy`` (T,N,2 source pixels) and counts.
+def refine_trajectories(
+    image, frame_indices, xy, visible, keyframes, *, radius: float = 20.0, comotion: bool = True
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Refined copy of ``xy`` (T,N,2 source pixels), the evidence of each position (T,N: the
+    patch similarity of the step that found it, 1 on keyframes, NaN where none did) and counts.
 
-    ``gray(i)``: the grey (H,W uint8) frame of 0-based source index ``i``; ``frame_indices``:
+    ``image(i)``: the (H,W,3 uint8 RGB) frame of 0-based source index ``i`` (colour, not grey:
+    a texture can differ in hue alone); ``frame_indices``:
     the (T,) source indices of the rows; ``keyframes``: per point, the source indices of its
     keyframes (the first one starts its chains).
-    A refined position may move at most ``radius`` pixels from PIPs' estimate (all in the
-    frames' own pixels).
+    A refined position may move at most ``radius`` pixels from its seed (all in the frames'
+    own pixels). ``comotion``: seed the frames LK could not polish from co-moving points
+    (:mod:`pipstrack.comotion`) and try again, and fill what stays unpolished from them.
     """
     T, N = xy.shape[:2]
-    out = xy.astype(np.float64).copy()
+    xy = xy.astype(np.float64)
+    out = xy.copy()
     row = {int(f): t for t, f in enumerate(frame_indices)}
     # The row of each point's first anchor: frames after it chain forward, before it backward.
     start = np.array([row.get(int(k[0]), 0) for k in keyframes])
@@ -54,44 +61,35 @@ def refine_trajectories(gray, frame_indices, xy, visible, keyframes, *, radius: 
         for f in np.asarray(k).astype(int):
             if f in row:
                 keyed[row[f], n] = True
-    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.001)
-    kw = dict(winSize=(WIN, WIN), maxLevel=LEVELS, criteria=criteria)
-    stats = {"refined": 0, "kept_pips": 0}
     polished = keyed.copy()  # frames whose position is trustworthy: keyframes and accepted steps
+    tracked = np.isfinite(xy[..., 0])
+    stats = {"refined": 0, "kept_pips": 0, "comotion": 0}
 
     def frame(t):
-        return gray(int(frame_indices[t]))
+        return image(int(frame_indices[t]))
 
-    for step, ts in ((1, range(1, T)), (-1, range(T - 2, -1, -1))):
-        # Each point chains from its last trustworthy position (its anchor, a keyframe, or a
-        # refined frame): a template is only ever cut where the point really is.
-        last_t = start.copy()
-        for t in ts:
-            ahead = (t > start) if step == 1 else (t < start)
-            for n in np.nonzero(ahead & keyed[t])[0]:
-                last_t[n] = t
-            go = ahead & ~keyed[t] & np.isfinite(xy[t, :, 0])
-            for lt in np.unique(last_t[go]):
-                idx = np.nonzero(go & (last_t == lt))[0]
-                p0 = out[lt, idx].astype(np.float32).reshape(-1, 1, 2)
-                seed = xy[t, idx].astype(np.float32).reshape(-1, 1, 2)
-                g0, g1 = frame(lt), frame(t)
-                p1, st1, _ = cv2.calcOpticalFlowPyrLK(g0, g1, p0, seed.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **kw)
-                back, st2, _ = cv2.calcOpticalFlowPyrLK(g1, g0, p1, p0.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **kw)
-                p1, back = p1.reshape(-1, 2).astype(np.float64), back.reshape(-1, 2)
-                ok = (st1.ravel() == 1) & (st2.ravel() == 1)
-                ok &= np.linalg.norm(back - p0.reshape(-1, 2), axis=1) < FB_MAX
-                ok &= np.linalg.norm(p1 - xy[t, idx], axis=1) < radius
-                ncc = _ncc(g0, p0.reshape(-1, 2), g1, p1)
-                ok &= ncc > np.where(visible[t, idx], NCC_VISIBLE, NCC_HIDDEN)
-                out[t, idx[ok]] = p1[ok]
-                polished[t, idx[ok]] = True
-                last_t[idx[ok]] = t
-                stats["refined"] += int(ok.sum())
-                stats["kept_pips"] += int((~ok).sum())
-    # Frames LK could not polish (occluded, rejected) inherit the correction of their refined
-    # neighbours, interpolated in time: PIPs' error changes slowly along a trajectory.
-    tracked = np.isfinite(xy[..., 0])
+    similarity = np.where(keyed, 1.0, np.nan)
+    _lk_pass(frame, out, xy, visible, start, keyed, polished, similarity, tracked & ~keyed, radius, stats)
+    pred = None
+    if comotion and N > 1:
+        from .comotion import comotion_fill
+
+        # Rounds: points polished again anchor predictions for the others on later frames.
+        for _ in range(ROUNDS):
+            pred = comotion_fill(out, polished)
+            again = np.isfinite(pred[..., 0]) & ~polished
+            before = int(polished.sum())
+            if again.any():
+                _lk_pass(frame, out, np.where(again[..., None], pred, xy), visible, start, keyed, polished, similarity, again, radius, None)
+            stats["refined"] += int(polished.sum()) - before
+            if int(polished.sum()) == before:
+                break
+        else:
+            pred = comotion_fill(out, polished)
+    stats["kept_pips"] = int((tracked & ~polished).sum())
+    # Frames LK could not polish (occluded, rejected) take the co-moving points' prediction, or
+    # else inherit the correction of their refined neighbours, interpolated in time: PIPs'
+    # error changes slowly along a trajectory.
     for n in range(N):
         good = np.nonzero(polished[:, n] & tracked[:, n])[0]
         rest = np.nonzero(~polished[:, n] & tracked[:, n])[0]
@@ -100,4 +98,53 @@ def refine_trajectories(gray, frame_indices, xy, visible, keyframes, *, radius: 
         for c in range(2):
             d = out[good, n, c] - xy[good, n, c]
             out[rest, n, c] = xy[rest, n, c] + np.interp(rest, good, d)
-    return out.astype(np.float32), stats
+    if pred is not None:
+        fill = np.isfinite(pred[..., 0]) & ~polished & tracked
+        out[fill] = pred[fill]
+        stats["comotion"] = int(fill.sum())
+    return out.astype(np.float32), similarity, stats
+
+
+def _lk_pass(frame, out, seeds, visible, start, keyed, polished, similarity, todo, radius, stats) -> None:
+    """One Lucas-Kanade sweep away from each point's first anchor, forward then backward, over
+    the frames in ``todo``: each step starts at the point's last trustworthy position and is
+    seeded by ``seeds``; accepted steps update ``out``, ``polished`` and ``similarity`` in place."""
+    T = out.shape[0]
+    for step, ts in ((1, range(1, T)), (-1, range(T - 2, -1, -1))):
+        # Each point chains from its last trustworthy position (its anchor, a keyframe, or a
+        # refined frame): a template is only ever cut where the point really is.
+        last_t = start.copy()
+        for t in ts:
+            ahead = (t > start) if step == 1 else (t < start)
+            for n in np.nonzero(ahead & polished[t] & ~todo[t])[0]:
+                last_t[n] = t
+            go = ahead & todo[t] & ~polished[t] & np.isfinite(seeds[t, :, 0])
+            for lt in np.unique(last_t[go]):
+                idx = np.nonzero(go & (last_t == lt))[0]
+                p0 = out[lt, idx].reshape(-1, 2)
+                g0, g1 = frame(lt), frame(t)
+                p1, ok, ncc = _lk_step(g0, g1, p0, seeds[t, idx], visible[t, idx], radius)
+                out[t, idx[ok]] = p1[ok]
+                polished[t, idx[ok]] = True
+                similarity[t, idx[ok]] = ncc[ok]
+                last_t[idx[ok]] = t
+                if stats is not None:
+                    stats["refined"] += int(ok.sum())
+
+
+def _lk_step(g0, g1, p0, seed, visible, radius) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lucas-Kanade from ``p0`` in ``g0`` to ``g1``, started at ``seed``: positions (K,2), whether
+    each is accepted (forward-backward consistent, within ``radius`` of the seed, patch alike)
+    and the patch similarity (NCC)."""
+    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.001)
+    kw = dict(winSize=(WIN, WIN), maxLevel=LEVELS, criteria=criteria, flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
+    a = p0.astype(np.float32).reshape(-1, 1, 2)
+    p1, st1, _ = cv2.calcOpticalFlowPyrLK(g0, g1, a, seed.astype(np.float32).reshape(-1, 1, 2), **kw)
+    back, st2, _ = cv2.calcOpticalFlowPyrLK(g1, g0, p1, a.copy(), **kw)
+    p1, back = p1.reshape(-1, 2).astype(np.float64), back.reshape(-1, 2)
+    ok = (st1.ravel() == 1) & (st2.ravel() == 1)
+    ok &= np.linalg.norm(back - p0, axis=1) < FB_MAX
+    ok &= np.linalg.norm(p1 - seed, axis=1) < radius
+    ncc = _ncc(g0, p0, g1, p1)
+    ok &= ncc > np.where(visible, NCC_VISIBLE, NCC_HIDDEN)
+    return p1, ok, ncc

@@ -46,7 +46,7 @@ class TrackResult:
 
     xy: np.ndarray  # (T,N,2) float32, full-resolution pixels
     visible: np.ndarray  # (T,N) bool
-    confidence: np.ndarray  # (T,N) float32, sigmoid of the visibility logit
+    confidence: np.ndarray  # (T,N) float32: the network's visibility probability, raised by refinement
     frame_indices: np.ndarray  # (T,) 0-based indices into the source
     size: tuple[int, int]  # (height, width) of the source
     working_size: tuple[int, int]  # (height, width) the network saw
@@ -136,9 +136,9 @@ class _Segment:
 class _FeatureCache:
     """Encoded frames by frame index, least recently used dropped beyond a byte budget."""
 
-    def __init__(self, budget_bytes: int, keep_gray: bool = False):
+    def __init__(self, budget_bytes: int, keep_images: bool = False):
         self.budget = budget_bytes
-        self.grays: dict[int, np.ndarray] | None = {} if keep_gray else None  # working-size grey frames, for refine
+        self.images: dict[int, np.ndarray] | None = {} if keep_images else None  # working-size RGB frames, for refine
         self.maps: OrderedDict[int, torch.Tensor] = OrderedDict()
         self.bytes = 0
         self.encoded = 0
@@ -276,14 +276,14 @@ class Tracker:
                     clock["last"] = now
                     partial(self._assemble(points, segments, first, last, (H, W), work, dict(stats), final=False))
 
-        cache = _FeatureCache(self.cache_bytes, keep_gray=self.refine)
+        cache = _FeatureCache(self.cache_bytes, keep_images=self.refine)
         stats = self._run(source, segments, work, progress, cancel, snapshot, cache)
         result = self._assemble(points, segments, first, last, (H, W), work, stats)
         if self.refine:
-            self._refine(source, result, points, (H, W), work, cache.grays)
+            self._refine(source, result, points, (H, W), work, cache.images)
         return result
 
-    def _refine(self, source, result: TrackResult, points, size, work, grays: dict) -> None:
+    def _refine(self, source, result: TrackResult, points, size, work, images: dict) -> None:
         """Sub-pixel Lucas-Kanade polish at the working resolution, on the frames the network
         saw (so a service that keeps only working-size frames refines identically, and no frame
         is read twice)."""
@@ -291,12 +291,17 @@ class Tracker:
 
         xyw = to_working(result.xy.astype(np.float64), size, work)
 
-        def gray(i):  # grays: every frame the network saw, kept grey at the working size while encoding
-            if i not in grays:  # not encoded (a frame no window needed): read it now
-                grays[i] = cv2.cvtColor(np.ascontiguousarray(self._read_work(source, i, work)), cv2.COLOR_RGB2GRAY)
-            return grays[i]
+        def image(i):  # every frame the network saw, kept at the working size while encoding
+            if i not in images:  # not encoded (a frame no window needed): read it now
+                images[i] = np.ascontiguousarray(self._read_work(source, i, work))
+            return images[i]
 
-        refined, stats = refine_trajectories(gray, result.frame_indices, xyw, result.visible, [p[:, 0] for p in points])
+        refined, similarity, stats = refine_trajectories(image, result.frame_indices, xyw, result.visible, [p[:, 0] for p in points])
+        # A frame where a step found the point's own patch again is seen, whatever the network
+        # thought: its confidence is raised to that patch similarity (at least 0.7).
+        found = np.isfinite(similarity)
+        result.confidence = np.where(found, np.maximum(result.confidence, similarity), result.confidence).astype(np.float32)
+        result.visible = result.confidence > 0.5
         out = to_source(refined.astype(np.float64), size, work)
         for i, p in enumerate(points):  # anchors stay exact
             rows = p[:, 0].astype(int) - int(result.frame_indices[0])
@@ -373,9 +378,9 @@ class Tracker:
         needed = [f for f in dict.fromkeys(frames) if cache.get(f) is None]
         if needed:
             imgs = [self._read_work(source, f, work) for f in needed]
-            if cache.grays is not None:
+            if cache.images is not None:
                 for f, img in zip(needed, imgs):
-                    cache.grays[f] = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
+                    cache.images[f] = np.ascontiguousarray(img)
             keep = set(frames)
             with torch.no_grad():
                 for f, img in zip(needed, imgs):

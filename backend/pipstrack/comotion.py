@@ -1,0 +1,134 @@
+"""Occlusion fill from co-moving points (docs/tracking.md).
+
+Why: behind an occluder a point's own pixels say nothing, and a small network's guess there is
+rough; worse, it is often dragged along by the occluder and never comes back. But other points of
+the same job that sat on the same surface keep moving with it while they stay visible. So for
+every frame where a point has no trustworthy position, the local affine motion of its co-moving
+neighbours (points whose offset to it held steady on the frames around its last trustworthy one)
+is fitted between that reference frame and this frame, and applied to the point. Gaps with a
+trustworthy frame on both sides blend the predictions from either side in time.
+
+A point with no co-moving neighbour (a lone marker, or one whose neighbours are all hidden too)
+gets no prediction here, and keeps the network's estimate.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+HISTORY = 6  # frames either side of the reference frame that decide who moves with the point
+MIN_SHARED = 2  # trusted frames (besides the reference) a neighbour must share with the point
+DRIFT_PX = 1.0  # offset change allowed between co-moving points (px) ...
+DRIFT_RATE = 0.015  # ... plus this fraction of their distance per frame (zoom, rotation, perspective)
+NEIGHBOURS = 12  # nearest co-moving points used per reference frame
+
+
+def comoving_neighbours(xy: np.ndarray, trusted: np.ndarray, n: int, r: int) -> np.ndarray:
+    """Indices of the points that moved with point ``n`` around its trusted frame ``r``, nearest
+    first: trusted on frame ``r`` and on most of ``n``'s trusted frames within :data:`HISTORY` of
+    it, with an offset to ``n`` that drifted less than the tolerance there."""
+    T, N = trusted.shape
+    lo, hi = max(0, r - HISTORY), min(T, r + HISTORY + 1)
+    hist = np.nonzero(trusted[lo:hi, n])[0] + lo
+    hist = hist[hist != r]
+    if len(hist) < MIN_SHARED:
+        return np.zeros(0, int)  # nothing says who moved with it: no guess beats a wrong one
+    cand = trusted[r].copy()
+    cand[n] = False
+    offset_r = xy[r, n] - xy[r]  # (N,2)
+    dist = np.linalg.norm(offset_r, axis=1)
+    shared = trusted[hist][:, :]  # (h,N)
+    drift = np.linalg.norm((xy[hist, n][:, None, :] - xy[hist]) - offset_r[None], axis=2)  # (h,N)
+    drift = np.where(shared, drift, 0.0)
+    enough = shared.sum(0) >= max(MIN_SHARED, int(np.ceil(0.7 * len(hist))))
+    allowed = DRIFT_PX + DRIFT_RATE * np.abs(hist - r)[:, None] * dist[None]
+    steady = (drift <= allowed).all(0)
+    ok = np.nonzero(cand & enough & steady & np.isfinite(dist))[0]
+    return ok[np.argsort(dist[ok], kind="stable")][:NEIGHBOURS]
+
+
+def _predict_from(xy, trusted, n, r, frames, neighbours) -> np.ndarray:
+    """(len(frames),2) position of point ``n`` on ``frames`` carried from frame ``r`` by the local
+    motion of ``neighbours``: affine from three of them (not in a line), similarity (zoom,
+    rotation) from two, translation from one; NaN where none is trusted. Also (len(frames),)
+    which model it was: 3 affine, 2 similarity, 1 translation, 0 none."""
+    out = np.full((len(frames), 2), np.nan)
+    model = np.zeros(len(frames), int)
+    if len(neighbours) == 0:
+        return out, model
+    p_r = xy[r, n]
+    q_r = xy[r, neighbours]  # (K,2)
+    d = q_r - p_r  # models are fitted about the point itself: its motion is their constant term
+    scale = float(np.mean(np.linalg.norm(d, axis=1))) + 1.0  # keeps the normal equations well scaled
+    d = d / scale
+    w0 = 1.0 / (np.linalg.norm(d, axis=1) * scale + 8.0)
+    zero, one = np.zeros(len(d)), np.ones(len(d))
+    affine = (np.c_[d, one, zero, zero, zero], np.c_[zero, zero, zero, d, one], (2, 5), 3)
+    similarity = (np.c_[d[:, 0], -d[:, 1], one, zero], np.c_[d[:, 1], d[:, 0], zero, one], (2, 3), 2)
+    for k, t in enumerate(frames):
+        use = trusted[t, neighbours]
+        if not use.any():
+            continue
+        motion = xy[t, neighbours[use]] - q_r[use]  # (k,2)
+        for rows_x, rows_y, const, rank in (affine, similarity):
+            if use.sum() * 2 < rows_x.shape[1] + 1:  # at least one equation more than unknowns
+                continue
+            params = _robust_fit(rows_x[use], rows_y[use], motion, w0[use])
+            if params is not None:
+                out[k], model[k] = p_r + params[list(const)], rank
+                break
+        else:
+            out[k], model[k] = p_r + (w0[use, None] * motion).sum(0) / w0[use].sum(), 1
+    return out, model
+
+
+def _robust_fit(rows_x, rows_y, motion, w, rounds: int = 3):
+    """Weighted least squares of ``motion`` (k,2) on a linear model whose x and y equations are
+    ``rows_x`` and ``rows_y`` (k,p), a neighbour the fit does not explain (half covered, a wrong
+    match) weighed down each round; None when the neighbours cannot determine it."""
+    D = np.r_[rows_x, rows_y]
+    y = np.r_[motion[:, 0], motion[:, 1]]
+    params = None
+    for _ in range(rounds):
+        ww = np.r_[w, w]
+        A = (D * ww[:, None]).T @ D
+        if np.linalg.cond(A) > 1e8:
+            return params
+        params = np.linalg.solve(A, (D * ww[:, None]).T @ y)
+        r = (D @ params - y).reshape(2, -1)
+        w = w / (1.0 + (np.hypot(r[0], r[1]) / 0.5) ** 2)
+    return params
+
+
+def comotion_fill(xy: np.ndarray, trusted: np.ndarray) -> np.ndarray:
+    """(T,N,2) predictions for every frame of every point that is not ``trusted`` (T,N bool),
+    from its co-moving neighbours; NaN where there is none (and on trusted frames)."""
+    T, N = trusted.shape
+    xy = np.asarray(xy, np.float64)
+    pred = np.full((T, N, 2), np.nan)
+    for n in range(N):
+        good = np.nonzero(trusted[:, n])[0]
+        if len(good) == 0:
+            continue
+        holes = np.nonzero(~trusted[:, n] & np.isfinite(xy[:, n, 0]))[0]
+        if len(holes) == 0:
+            continue
+        # Each hole frame's trusted frame before (a) and after (b), -1 where there is none.
+        after_idx = np.searchsorted(good, holes)
+        a = np.where(after_idx > 0, good[np.maximum(after_idx - 1, 0)], -1)
+        b = np.where(after_idx < len(good), good[np.minimum(after_idx, len(good) - 1)], -1)
+        side = {}
+        for ref in np.unique(np.r_[a, b]):
+            if ref < 0:
+                continue
+            frames = holes[(a == ref) | (b == ref)]
+            xy_ref, model_ref = _predict_from(xy, trusted, n, ref, frames, comoving_neighbours(xy, trusted, n, ref))
+            side[ref] = {t: (p, m) for t, p, m in zip(frames.tolist(), xy_ref, model_ref)}
+        none = (np.full(2, np.nan), 0)
+        for t, ra, rb in zip(holes.tolist(), a, b):
+            (pa, ma), (pb, mb) = side[ra][t] if ra >= 0 else none, side[rb][t] if rb >= 0 else none
+            if ma and ma == mb:
+                w = (t - ra) / (rb - ra)  # the nearer reference weighs more
+                pred[t, n] = (1 - w) * pa + w * pb
+            elif ma or mb:  # the side whose neighbours determine more of the motion
+                pred[t, n] = pa if ma > mb else pb
+    return pred
