@@ -78,6 +78,7 @@ class Settings:
     working_size: int = 512
     iters: int = 6
     refine: bool = True
+    comotion: bool = True
     address: str = "tcp://127.0.0.1:5555"
     keys_dir: str | None = None
     partial_interval: float = 1.0
@@ -156,7 +157,7 @@ class TrackingRun:
             self.job = conn.submit(source.pop("frames", None), [p.anchors for p in self.plans],
                                    frame_range=(s.first - 1, s.last - 1), direction=direction,
                                    working_size=s.working_size, iters=s.iters, partial_interval=s.partial_interval,
-                                   refine=s.refine,
+                                   refine=s.refine, comotion=s.comotion,
                                    **source)
         except (ClipSourceError, ValueError, OSError) as e:
             raise RunError(str(e)) from None

@@ -45,6 +45,7 @@ def settings_from(context, mode: str, direction: str = "BOTH") -> jd.Settings:
         mode=mode, direction=direction, first=scene_to_clip(clip, lo), last=scene_to_clip(clip, hi),
         current=scene_to_clip(clip, scene.frame_current), occlusion=props.occlusion, threshold=props.threshold,
         frames_via=prefs.frames_via, working_size=prefs.working_size, iters=prefs.iters, refine=prefs.refine,
+        comotion=prefs.comotion,
         address=prefs.address.strip(),
         keys_dir=bpy.path.abspath(prefs.keys_dir) if prefs.keys_dir else None)
 

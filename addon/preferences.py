@@ -47,6 +47,9 @@ class PIPSTRACK_AddonPreferences(bpy.types.AddonPreferences):
     refine: BoolProperty(name="Sub-pixel Refinement", default=True,
                          description="Polish visible frames with Lucas-Kanade steps seeded by PIPs "
                                      "(off: the network's own positions)")
+    comotion: BoolProperty(name="Support From Other Tracks", default=True,
+                           description="Behind an occluder, and where a track was lost, follow the tracks of the same "
+                                       "job that moved with it (needs Sub-pixel Refinement)")
 
     def draw(self, context):
         layout = self.layout
@@ -63,6 +66,9 @@ class PIPSTRACK_AddonPreferences(bpy.types.AddonPreferences):
         col.prop(self, "working_size")
         col.prop(self, "iters")
         col.prop(self, "refine")
+        sub = col.row()
+        sub.active = self.refine
+        sub.prop(self, "comotion")
 
 
 def register():

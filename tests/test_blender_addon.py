@@ -23,7 +23,6 @@ import pytest
 if importlib.util.find_spec("bpy") is None:  # found, not imported: bpy changes this process's floating-point state
     pytest.skip("Blender's Python module (bpy) is not installed", allow_module_level=True)
 
-from pipstrack.client import TrackingError, ping  # noqa: E402
 from conftest import Backend  # noqa: E402
 from test_service import free_port  # noqa: E402
 

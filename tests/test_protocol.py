@@ -78,6 +78,9 @@ def test_submit_good_json_and_binary():
     # the client's own encoding validates
     h, payload = P.parse(spec2.submit_message())
     assert P.check_submit(h, payload).queries.shape == (2, 3)
+    assert (spec2.refine, spec2.comotion) == (True, True)
+    off = P.check_submit(submit(options={"refine": True, "comotion": False}), [])
+    assert P.check_submit(*P.parse(off.submit_message())).comotion is False  # survives the round trip
 
 
 @pytest.mark.parametrize("field,value,code", [
@@ -99,6 +102,7 @@ def test_submit_good_json_and_binary():
     ("options", {"direction": "sideways"}, P.E_BAD_FIELD), ("options", {"working_size": 8}, P.E_BAD_FIELD),
     ("options", {"iters": 0}, P.E_BAD_FIELD), ("options", {"iters": 33}, P.E_BAD_FIELD),
     ("options", {"frame_range": [2, 9]}, P.E_BAD_FIELD),  # query on frame 0 outside the range
+    ("options", {"refine": 1}, P.E_BAD_FIELD), ("options", {"comotion": "no"}, P.E_BAD_FIELD),
 ])
 def test_submit_rejects(field, value, code):
     h = submit(**{field: value})

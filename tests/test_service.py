@@ -74,7 +74,8 @@ def reference(tiny_model):
 
     def run(frames, queries, **kw):
         ws = kw.pop("working_size", 512)
-        return Tracker(model, device="cpu", iters=kw.pop("iters", 6), working_long_side=ws).track(frames, queries, **kw)
+        opts = {k: kw.pop(k) for k in ("refine", "comotion") if k in kw}
+        return Tracker(model, device="cpu", iters=kw.pop("iters", 6), working_long_side=ws, **opts).track(frames, queries, **kw)
 
     return run
 
@@ -143,6 +144,9 @@ def test_roundtrip_equals_in_process_tracker(server, reference):
         np.testing.assert_array_equal(got["visible"], ref.visible)
         np.testing.assert_allclose(got["confidence"], ref.confidence, atol=1e-4)
         assert got["working_size"] == list(ref.working_size) == [40, 64]
+        for opts in ({"comotion": False}, {"refine": False}):  # the options reach the server's tracker
+            got = conn.submit(frames, QUERIES, working_size=64, iters=4, frame_range=(0, 11), **opts).wait(30)
+            np.testing.assert_allclose(got["xy"], reference(frames, QUERIES, working_size=64, iters=4, **opts).xy, atol=1e-4)
 
         from pipstrack.frames import display_transform
 

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,9 +72,8 @@ def main(argv=None) -> int:
 def report(out: Path) -> None:
     """Draws what Blender holds and scores it against the sample's ground truth."""
     from pipstrack.frames import open_frames
-    from pipstrack.metrics import tapvid_metrics
-    from pipstrack.preview import draw_tracks, write_preview
-    from pipstrack.sample import load_ground_truth, sample_clip_dir
+    from pipstrack.preview import write_preview
+    from pipstrack.sample import load_ground_truth, report, sample_clip_dir
 
     doc = json.loads((out / "blender_markers.json").read_text())
     truth = load_ground_truth()
@@ -90,16 +87,11 @@ def report(out: Path) -> None:
                 xy[frames.index(f), n] = (x, y)
                 vis[frames.index(f), n] = not mute
     # the sample's ground truth lists its points in points.txt order (feature01..)
-    src = open_frames(sample_clip_dir())
-    m = tapvid_metrics(xy, vis, truth["trajs"], truth["visible"], src.size, query_frames=np.zeros(N, int))
+    m, still_frame = report(xy, vis, out, drawn_visible=truth["visible"])
     print(f"markers in Blender against the ground truth: median error {m['median_err_visible']:.2f} px on visible frames, "
           f"{m['median_err_occluded']:.2f} px behind the occluder; delta_avg {m['delta_avg']:.3f}")
-    (out / "accuracy.json").write_text(json.dumps(m, indent=1) + "\n")
-    write_preview(src, xy.astype(np.float32), np.ones((T, N), bool), out / "preview.mp4")
-    k = int(np.argmax((~truth["visible"]).sum(axis=1)))
-    still = draw_tracks(src.read(k), xy[: k + 1], truth["visible"][: k + 1])
-    cv2.imwrite(str(out / "still.png"), cv2.cvtColor(still, cv2.COLOR_RGB2BGR))
-    print(f"wrote {out / 'pipstrack-demo.blend'}, {out / 'preview.mp4'} and {out / 'still.png'} (frame {frames[k]}: "
+    write_preview(open_frames(sample_clip_dir()), xy.astype(np.float32), np.ones((T, N), bool), out / "preview.mp4")
+    print(f"wrote {out / 'pipstrack-demo.blend'}, {out / 'preview.mp4'} and {out / 'still.png'} (frame {still_frame}: "
           "rings are points PIPs estimated behind the occluder)")
 
 

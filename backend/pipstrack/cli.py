@@ -107,7 +107,7 @@ def cmd_track(args) -> int:
     names, anchors, queries = _queries(args, source, first)
     model = load_model(args.model)
     tracker = Tracker(model, device=args.device, iters=args.iters, working_long_side=args.working_size,
-                      refine=not getattr(args, "no_refine", False))
+                      refine=not getattr(args, "no_refine", False), comotion=not getattr(args, "no_comotion", False))
     log = logging.getLogger("pipstrack")
     log.info("tracking %d points over frames %s..%s of %s on %s", len(queries), source.frame_numbers[first], source.frame_numbers[last], source.name, tracker.device)
     bar, update = _progress_bar("tracking", "frame")
@@ -183,16 +183,10 @@ def cmd_weights(args) -> int:
 def cmd_demo(args) -> int:
     """Tracks the bundled sample clip, writes tracks, a preview movie and a still, and
     scores the result against the clip's exact ground truth: the README's first command."""
-    import json
-
-    import cv2
     import numpy as np
 
     from .formats import read_tracks
-    from .frames import open_frames
-    from .metrics import tapvid_metrics
-    from .preview import draw_tracks
-    from .sample import load_ground_truth, sample_clip_dir, sample_points_file
+    from .sample import load_ground_truth, report, sample_clip_dir, sample_points_file
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -213,18 +207,13 @@ def cmd_demo(args) -> int:
         for f, x, y, v, _ in track["points"]:
             xy[f - first, n] = (x, y)
             vis[f - first, n] = v
-    src = open_frames(sample_clip_dir())
-    m = tapvid_metrics(xy, vis, truth["trajs"], truth["visible"], src.size, query_frames=np.zeros(N, int))
+    m, still_frame = report(xy, vis, out)
     print(
         f"against the sample's ground truth: median error {m['median_err_visible']:.2f} px on visible frames, "
         f"{m['median_err_occluded']:.2f} px behind the occluder; delta_avg {m['delta_avg']:.3f}, "
         f"occlusion accuracy {m['occlusion_accuracy']:.3f}, AJ {m['average_jaccard']:.3f}"
     )
-    (out / "accuracy.json").write_text(json.dumps(m, indent=1) + "\n")
-    k = int(np.argmax((~truth["visible"]).sum(axis=1)))  # the frame where most points are hidden
-    still = draw_tracks(src.read(k), xy[: k + 1], vis[: k + 1])
-    cv2.imwrite(str(out / "still.png"), cv2.cvtColor(still, cv2.COLOR_RGB2BGR))
-    print(f"wrote {out / 'still.png'} (frame {first + k}, tracks drawn; rings are points estimated behind the occluder)")
+    print(f"wrote {out / 'still.png'} (frame {still_frame}, tracks drawn; rings are points estimated behind the occluder)")
     return 0
 
 
@@ -249,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--working-size", type=int, default=512, help="long side in pixels the network works at (0: full resolution)")
     t.add_argument("--no-refine", action="store_true",
                    help="keep the network's own positions (default: sub-pixel Lucas-Kanade polish of visible frames)")
+    t.add_argument("--no-comotion", action="store_true",
+                   help="do not fill or recover a point from the points that moved with it (default: do)")
     t.add_argument("--exposure", type=float, default=0.0, help="stops applied to linear (EXR) plates before the display transform")
     t.add_argument("--out", required=True, help="tracks.json or tracks.csv")
     t.add_argument("--preview", metavar="FILE", help="also write the frames with the tracks drawn (.mp4, or .png sequence)")

@@ -177,14 +177,15 @@ class Connection:
     def submit(self, frames, queries, *, frame_count: int | None = None, frame_shape=None, dtype: str | None = None,
                colour: str | None = None, frame_range=None, direction: str = "both", working_size: int | None = 512,
                iters: int = 6, chunk: int = 4, paths=None, video: str | None = None, partial_interval: float = 1.0,
-               refine: bool = True, job_id: str | None = None) -> "Job":
+               refine: bool = True, comotion: bool = True, job_id: str | None = None) -> "Job":
         """Starts a job. ``frames``: (T,H,W,3) array, or ``callable(i) -> (H,W,3) array`` with
         ``frame_count``; ``paths``: instead of frames, one file per frame the server can read;
         ``video``: a movie file the server can read (with ``frame_count`` and ``frame_shape``).
         ``queries``: (N,3) rows [frame, x, y], or a list with one (K,3) array of keyframes per point."""
         return Job(self, frames, queries, frame_count=frame_count, frame_shape=frame_shape, dtype=dtype, colour=colour,
                    frame_range=frame_range, direction=direction, working_size=working_size, iters=iters, chunk=chunk,
-                   paths=paths, video=video, partial_interval=partial_interval, refine=refine, job_id=job_id)
+                   paths=paths, video=video, partial_interval=partial_interval, refine=refine, comotion=comotion,
+                   job_id=job_id)
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -194,7 +195,8 @@ class Job:
     """One tracking job. :meth:`poll` never blocks; ``done``, ``result``, ``error`` tell the outcome."""
 
     def __init__(self, conn: Connection, frames, queries, *, frame_count, frame_shape, dtype, colour, frame_range,
-                 direction, working_size, iters, chunk, paths, video=None, partial_interval=1.0, refine=True, job_id=None):
+                 direction, working_size, iters, chunk, paths, video=None, partial_interval=1.0, refine=True, comotion=True,
+                 job_id=None):
         self.conn = conn
         self.id = job_id or uuid.uuid4().hex
         self.events: list[dict] = []
@@ -249,7 +251,8 @@ class Job:
         source = "video" if video is not None else "paths" if paths is not None else "frames"
         self.spec = P.JobSpec(self.id, int(frame_count), int(frame_shape[0]), int(frame_shape[1]), dtype, colour, q,
                               first, last, direction, working_size, int(iters), source, point_index,
-                              float(partial_interval), None if video is None else str(video), bool(refine))
+                              float(partial_interval), None if video is None else str(video), bool(refine),
+                              bool(comotion))
         self._next = first  # next frame index to upload
         self._chunk = max(1, min(int(chunk), P.MAX_FRAMES_PER_MESSAGE))
         conn.jobs[self.id] = self

@@ -379,6 +379,29 @@ def _format_numbers(numbers: list[int], limit: int = 12) -> str:
     return ", ".join(ranges)
 
 
+def decode_image(path: str) -> np.ndarray:
+    """One image file as RGB: uint8 or uint16 as stored, float32 scene-linear for EXR and float
+    TIFF. Raises FrameReadError saying what is wrong with it."""
+    if path.lower().endswith(".exr"):
+        return _read_exr(path)
+    img = _raster_to_rgb(_read_raster(path))
+    if img.dtype in (np.uint8, np.uint16):
+        return img
+    if img.dtype.kind == "f":
+        return img.astype(np.float32)
+    raise FrameReadError(f"unsupported pixel type {img.dtype}")
+
+
+def to_display(img: np.ndarray, exposure: float = 0.0) -> np.ndarray:
+    """A decoded image as the tracker sees it: 8-bit display-referred RGB (16-bit rounded
+    ``v / 257``, linear float through :func:`display_transform`)."""
+    if img.dtype == np.uint8:
+        return np.ascontiguousarray(img)
+    if img.dtype == np.uint16:
+        return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    return display_transform(img, exposure)
+
+
 def _is_supported_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
@@ -587,17 +610,9 @@ class ImageSequenceFrames(FrameSource):
         path = self.paths[index]
         what = f"frame {self.frame_numbers[index]} ({path})"
         try:
-            if path.lower().endswith(".exr"):
-                img = _read_exr(path)
-            else:
-                img = _raster_to_rgb(_read_raster(path))
+            img = decode_image(path)
         except FrameReadError as exc:
             raise FrameReadError(f"{what}: {exc}") from exc
-        if img.dtype not in (np.uint8, np.uint16, np.float32):
-            if img.dtype.kind == "f":
-                img = img.astype(np.float32)
-            else:
-                raise FrameReadError(f"{what}: unsupported pixel type {img.dtype}")
         if hasattr(self, "size"):
             self._check_size(img, what)
             if (img.dtype.kind == "f") != self.is_linear:
@@ -605,12 +620,7 @@ class ImageSequenceFrames(FrameSource):
         return img
 
     def _read(self, index: int) -> np.ndarray:
-        img = self._load(index)
-        if img.dtype == np.uint8:
-            return np.ascontiguousarray(img)
-        if img.dtype == np.uint16:
-            return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
-        return display_transform(img, self.exposure)
+        return to_display(self._load(index), self.exposure)
 
     def read_linear(self, index: int) -> np.ndarray:
         """Float32 (H, W, 3) scene-linear values of an EXR / float TIFF frame.

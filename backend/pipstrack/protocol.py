@@ -181,6 +181,7 @@ class JobSpec:
     partial_interval: float = 1.0  # seconds between partial results; 0 = none
     video: str | None = None  # source "video": a movie file the server opens itself
     refine: bool = True  # sub-pixel Lucas-Kanade polish of visible frames (pipstrack.refine)
+    comotion: bool = True  # with refine: fill and recover points from co-moving ones (pipstrack.comotion)
 
     @property
     def frame_bytes(self) -> int:
@@ -200,7 +201,7 @@ class JobSpec:
         """The message that submits this job (queries as a binary float64 frame)."""
         opts = {"frame_range": [self.first, self.last], "direction": self.direction,
                 "working_size": self.working_size, "iters": self.iters, "partial_interval": self.partial_interval,
-                "refine": self.refine}
+                "refine": self.refine, "comotion": self.comotion}
         common = dict(frame_count=self.frame_count, frame_shape=[self.height, self.width, 3], dtype=self.dtype,
                       colour=self.colour, queries="binary", points=self.points, source=self.source, options=opts)
         if self.video is not None:
@@ -277,7 +278,7 @@ def check_submit(h: dict, payload: list) -> JobSpec:
     opts = h.get("options", {})
     if not isinstance(opts, dict):
         raise ProtocolError(E_BAD_FIELD, "'options' must be an object", job)
-    unknown = set(opts) - {"frame_range", "direction", "working_size", "iters", "partial_interval", "refine"}
+    unknown = set(opts) - {"frame_range", "direction", "working_size", "iters", "partial_interval", "refine", "comotion"}
     if unknown:
         raise ProtocolError(E_BAD_FIELD, f"unknown option(s): {', '.join(sorted(unknown))}", job)
     fr = opts.get("frame_range")
@@ -297,6 +298,9 @@ def check_submit(h: dict, payload: list) -> JobSpec:
     refine = opts.get("refine", True)
     if not isinstance(refine, bool):
         raise ProtocolError(E_BAD_FIELD, f"'options.refine' must be true or false, got {refine!r:.40}", job)
+    comotion = opts.get("comotion", True)
+    if not isinstance(comotion, bool):
+        raise ProtocolError(E_BAD_FIELD, f"'options.comotion' must be true or false, got {comotion!r:.40}", job)
     pint = opts.get("partial_interval", 1.0)
     if not isinstance(pint, (int, float)) or isinstance(pint, bool) or not (0 <= pint <= 3600):
         raise ProtocolError(E_BAD_FIELD, f"'options.partial_interval' must be seconds in 0..3600 (0: no partial results), got {pint!r:.40}", job)
@@ -311,7 +315,7 @@ def check_submit(h: dict, payload: list) -> JobSpec:
     x, y = queries[:, 1], queries[:, 2]
     if np.any(x < -0.5) or np.any(x > W - 0.5) or np.any(y < -0.5) or np.any(y > H - 0.5):
         raise ProtocolError(E_BAD_FIELD, f"query positions must lie inside the {W}x{H} image (-0.5..W-0.5, -0.5..H-0.5)", job)
-    return JobSpec(job, T, H, W, dtype, colour, queries, first, last, direction, ws, iters, source, point_index, float(pint), video, refine)
+    return JobSpec(job, T, H, W, dtype, colour, queries, first, last, direction, ws, iters, source, point_index, float(pint), video, refine, comotion)
 
 
 # -- frames / paths ------------------------------------------------------------------------

@@ -31,6 +31,29 @@ def load_ground_truth() -> dict:
         return {k: z[k] for k in z.files}
 
 
+def report(xy: np.ndarray, visible: np.ndarray, out: Path, drawn_visible: np.ndarray | None = None) -> tuple[dict, int]:
+    """Scores (T,N) trajectories of the sample's points (points.txt order) against its ground
+    truth and draws the frame where most of them are hidden, tracks so far on it: writes
+    ``accuracy.json`` and ``still.png`` into ``out``. Returns the metrics and that frame's number.
+    ``drawn_visible`` (default ``visible``) picks which points are drawn as hidden (rings)."""
+    import json
+
+    from .frames import open_frames
+    from .metrics import tapvid_metrics
+    from .preview import draw_tracks
+
+    truth = load_ground_truth()
+    N = truth["visible"].shape[1]
+    src = open_frames(sample_clip_dir())
+    m = tapvid_metrics(xy, visible, truth["trajs"], truth["visible"], src.size, query_frames=np.zeros(N, int))
+    (out / "accuracy.json").write_text(json.dumps(m, indent=1) + "\n")
+    k = int(np.argmax((~truth["visible"]).sum(axis=1)))
+    drawn = visible if drawn_visible is None else drawn_visible
+    still = draw_tracks(src.read(k), xy[: k + 1], drawn[: k + 1])
+    cv2.imwrite(str(out / "still.png"), cv2.cvtColor(still, cv2.COLOR_RGB2BGR))
+    return m, int(truth["frame_numbers"][k])
+
+
 def camera_path(t: np.ndarray, rng: np.random.Generator, size: tuple[int, int], strength: float = 1.0) -> np.ndarray:
     """(T,3,3) homographies, photo -> frame: a slow drift with shake, rotation, zoom and tilt."""
     H, W = size

@@ -27,6 +27,7 @@ import numpy as np
 import zmq
 
 from . import protocol as P
+from .frames import decode_image, display_transform, to_display
 
 log = logging.getLogger("pipstrack.service")
 MAX_JOBS_PER_CLIENT = 64  # unfinished jobs (receiving, queued, running) per connection
@@ -42,25 +43,9 @@ def to_display_uint8(img: np.ndarray, colour: str) -> np.ndarray:
     if img.dtype == np.uint8:
         return img
     if colour == "linear":
-        from .frames import display_transform
-
         return display_transform(img)
     x = np.nan_to_num(np.asarray(img, np.float32), nan=0.0, posinf=1.0, neginf=0.0)
     return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _read_path(path: str) -> tuple[np.ndarray, str]:
-    """One image file from a shared filesystem -> (RGB array, colour)."""
-    from .frames import _raster_to_rgb, _read_exr, _read_raster
-
-    if path.lower().endswith(".exr"):
-        return _read_exr(path), "linear"
-    img = _raster_to_rgb(_read_raster(path))
-    if img.dtype == np.uint16:
-        img = np.round(img.astype(np.float32) / 257.0).astype(np.uint8)
-    elif img.dtype.kind == "f":
-        return img.astype(np.float32), "linear"
-    return img, "srgb"
 
 
 class ReceivedFrames:
@@ -125,10 +110,10 @@ class ReceivedFrames:
         if self.spec.source == "video":
             return self._shrink(self._open_video().read(index))
         path = self.paths[index]  # read lazily, on the worker thread
-        img, colour = _read_path(path)
+        img = decode_image(path)  # same decoding as a local image sequence
         if img.shape != (self.spec.height, self.spec.width, 3):
             raise P.ProtocolError(P.E_READ_FAILED, f"{path} is {img.shape[1]}x{img.shape[0]}, the job says {self.spec.width}x{self.spec.height}", self.spec.job)
-        return self._shrink(to_display_uint8(img, colour))
+        return self._shrink(to_display(img))
 
 
 # -- jobs and the fair queue -----------------------------------------------------------------
@@ -451,7 +436,7 @@ class Server:
             t0 = time.perf_counter()
             try:
                 tracker = Tracker(self.model, device=self.device, iters=spec.iters, working_long_side=spec.working_size,
-                                  refine=spec.refine)
+                                  refine=spec.refine, comotion=spec.comotion)
                 result = tracker.track(job.frames, spec.anchors(), frame_range=(spec.first, spec.last), direction=spec.direction,
                                        progress=progress, cancel=job.cancel, partial=partial if spec.partial_interval > 0 else None,
                                        partial_interval=spec.partial_interval)

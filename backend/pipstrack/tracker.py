@@ -207,9 +207,12 @@ class Tracker:
         max_points_per_call: int = 256,
         cache_mb: int = 4096,
         refine: bool = True,
+        comotion: bool = True,
     ):
         """``refine``: polish visible frames with sub-pixel Lucas-Kanade steps seeded by PIPs
-        (:mod:`pipstrack.refine`); False gives the network's own trajectories."""
+        (:mod:`pipstrack.refine`); False gives the network's own trajectories. ``comotion``
+        (with ``refine``): carry a point through frames refinement could not polish with the
+        points of the same call that moved with it (:mod:`pipstrack.comotion`)."""
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.iters = int(iters)
@@ -217,6 +220,7 @@ class Tracker:
         self.max_points_per_call = int(max_points_per_call)
         self.cache_bytes = int(cache_mb) * 2**20
         self.refine = bool(refine)
+        self.comotion = bool(comotion)
         self.S = model.S
         self.dtype = next(self.model.parameters()).dtype
 
@@ -296,7 +300,8 @@ class Tracker:
                 images[i] = np.ascontiguousarray(self._read_work(source, i, work))
             return images[i]
 
-        refined, similarity, stats = refine_trajectories(image, result.frame_indices, xyw, result.visible, [p[:, 0] for p in points])
+        refined, similarity, stats = refine_trajectories(image, result.frame_indices, xyw, result.visible, [p[:, 0] for p in points],
+                                                         comotion=self.comotion)
         # A frame where a step found the point's own patch again is seen, whatever the network
         # thought: its confidence is raised to that patch similarity (at least 0.7).
         found = np.isfinite(similarity)

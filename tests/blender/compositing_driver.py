@@ -28,7 +28,7 @@ spec = json.load(open(sys.argv[1]))
 os.environ["BLENDER_USER_RESOURCES"] = spec.get("user_resources") or tempfile.mkdtemp(prefix="pipstrack-bl-")
 
 import bpy  # noqa: E402
-from bl_common import clip_editor, px_to_co  # noqa: E402
+from bl_common import clip_editor, install_extension, open_clip, px_to_co  # noqa: E402
 
 out = {"reports": [], "steps": [], "version": list(bpy.app.version)}
 
@@ -101,21 +101,13 @@ def run_operator(ctx, op, args):
 
 
 try:
-    r = bpy.ops.extensions.package_install_files(filepath=spec["zip"], repo="user_default", enable_on_install=True)
-    out["install"] = sorted(r)
-    pkg = "bl_ext.user_default.pipstrack"
-    out["enabled"] = pkg in bpy.context.preferences.addons
+    install_extension(bpy, spec, out)
     out["registered"] = sorted(n for n in ("PIPSTRACK_PT_compositing", "PIPSTRACK_OT_setup_stabilise",
                                            "PIPSTRACK_OT_setup_corner_pin", "PIPSTRACK_OT_setup_matchmove")
                                if hasattr(bpy.types, n))
 
-    prefs = bpy.context.preferences.addons[pkg].preferences
-    for k, v in spec.get("prefs", {}).items():  # e.g. the backend address for pipstrack.track_markers
-        setattr(prefs, k, v)
-
     scene = bpy.context.scene
-    clip = bpy.data.movieclips.load(spec["clip"])
-    clip.frame_start = spec.get("frame_start", 1)
+    clip = open_clip(bpy, spec)
     scene.frame_start = clip.frame_start
     scene.frame_end = clip.frame_start + clip.frame_duration - 1
     scene.frame_set(scene.frame_start)

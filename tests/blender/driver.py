@@ -17,7 +17,7 @@ spec = json.load(open(sys.argv[1]))
 os.environ["BLENDER_USER_RESOURCES"] = spec.get("user_resources") or tempfile.mkdtemp(prefix="pipstrack-bl-")
 
 import bpy  # noqa: E402
-from bl_common import clip_editor, px_to_co  # noqa: E402
+from bl_common import PACKAGE as pkg, clip_editor, install_extension, open_clip, px_to_co  # noqa: E402
 
 out = {"reports": [], "steps": []}
 
@@ -32,19 +32,10 @@ def dump(clip):
 
 
 try:
-    r = bpy.ops.extensions.package_install_files(filepath=spec["zip"], repo="user_default", enable_on_install=True)
-    out["install"] = sorted(r)
-    pkg = "bl_ext.user_default.pipstrack"
-    out["enabled"] = pkg in bpy.context.preferences.addons
+    install_extension(bpy, spec, out)
     out["heavy_modules"] = sorted(m for m in ("torch", "pipstrack", "cv2") if m in sys.modules)
-    prefs = bpy.context.preferences.addons[pkg].preferences
-    for k, v in spec.get("prefs", {}).items():
-        setattr(prefs, k, v)
-
     scene = bpy.context.scene
-    clip = bpy.data.movieclips.load(spec["clip"])
-    clip.frame_start = spec.get("frame_start", 1)
-    clip.frame_offset = spec.get("frame_offset", 0)
+    clip = open_clip(bpy, spec)
     out["clip"] = {"source": clip.source, "size": list(clip.size), "duration": clip.frame_duration}
     scene.frame_start = spec.get("scene_start", clip.frame_start)
     scene.frame_end = spec.get("scene_end", clip.frame_start + clip.frame_duration - 1)
