@@ -19,7 +19,8 @@ HISTORY = 6  # frames either side of the reference frame that decide who moves w
 MIN_SHARED = 2  # trusted frames (besides the reference) a neighbour must share with the point
 DRIFT_PX = 1.0  # offset change allowed between co-moving points (px) ...
 DRIFT_RATE = 0.015  # ... plus this fraction of their distance per frame (zoom, rotation, perspective)
-NEIGHBOURS = 12  # nearest co-moving points used per reference frame
+MIN_SPREAD = 0.2  # an affine fit needs neighbours this far from lying on a line (thinner / wider scatter)
+NEIGHBOURS = 12  # nearest co-moving points used on each frame (of those trustworthy there)
 
 
 def comoving_neighbours(xy: np.ndarray, trusted: np.ndarray, n: int, r: int) -> np.ndarray:
@@ -43,7 +44,7 @@ def comoving_neighbours(xy: np.ndarray, trusted: np.ndarray, n: int, r: int) -> 
     allowed = DRIFT_PX + DRIFT_RATE * np.abs(hist - r)[:, None] * dist[None]
     steady = (drift <= allowed).all(0)
     ok = np.nonzero(cand & enough & steady & np.isfinite(dist))[0]
-    return ok[np.argsort(dist[ok], kind="stable")][:NEIGHBOURS]
+    return ok[np.argsort(dist[ok], kind="stable")]
 
 
 def _predict_from(xy, trusted, n, r, frames, neighbours) -> np.ndarray:
@@ -65,12 +66,17 @@ def _predict_from(xy, trusted, n, r, frames, neighbours) -> np.ndarray:
     affine = (np.c_[d, one, zero, zero, zero], np.c_[zero, zero, zero, d, one], (2, 5), 3)
     similarity = (np.c_[d[:, 0], -d[:, 1], one, zero], np.c_[d[:, 1], d[:, 0], zero, one], (2, 3), 2)
     for k, t in enumerate(frames):
+        # The nearest co-moving points trustworthy on this frame: the nearest of all may be
+        # hidden too (under the same occluder), farther ones still see the surface move.
         use = trusted[t, neighbours]
+        use &= np.cumsum(use) <= NEIGHBOURS
         if not use.any():
             continue
         motion = xy[t, neighbours[use]] - q_r[use]  # (k,2)
         for rows_x, rows_y, const, rank in (affine, similarity):
             if use.sum() * 2 < rows_x.shape[1] + 1:  # at least one equation more than unknowns
+                continue
+            if rank == 3 and not _spread(d[use]):  # points near a line say nothing across it
                 continue
             params = _robust_fit(rows_x[use], rows_y[use], motion, w0[use])
             if params is not None:
@@ -79,6 +85,13 @@ def _predict_from(xy, trusted, n, r, frames, neighbours) -> np.ndarray:
         else:
             out[k], model[k] = p_r + (w0[use, None] * motion).sum(0) / w0[use].sum(), 1
     return out, model
+
+
+def _spread(d: np.ndarray) -> bool:
+    """Whether points spread in two directions: the thinner side of their scatter at least
+    a fifth of the wider one (an affine fit from points near a line extrapolates wildly)."""
+    ev = np.linalg.eigvalsh(np.cov((d - d.mean(0)).T))
+    return bool(ev[0] >= (MIN_SPREAD**2) * ev[1])
 
 
 def _robust_fit(rows_x, rows_y, motion, w, rounds: int = 3):

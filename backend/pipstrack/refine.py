@@ -19,6 +19,9 @@ WIN = 15  # LK window (px)
 LEVELS = 2  # pyramid levels above full resolution: PIPs' seed can be several px off
 FB_MAX = 0.5  # max forward-backward disagreement (px)
 NCC_VISIBLE = 0.7  # patch similarity a step needs where PIPs says the point is visible
+# Pyramid levels for steps seeded by co-moving points or the point's own motion (seeds within a
+# few px): a coarse level sees an occluder's edge near the template and follows it instead.
+SEEDED_LEVELS = 1
 ROUNDS = 4  # co-motion seeding rounds at most (each one only while it polishes something new)
 NCC_HIDDEN = 0.95  # ... and where PIPs says it is hidden (PIPs' occlusion calls are not always right)
 
@@ -74,13 +77,14 @@ def refine_trajectories(
     if comotion and N > 1:
         from .comotion import comotion_fill
 
-        # Rounds: points polished again anchor predictions for the others on later frames.
+        # Rounds: points found again anchor predictions for the others on later frames. Seeds are
+        # the co-moving points' prediction, or where there is none the point's own motion since
+        # it was last found (a point found again keeps going, as a KLT tracker would).
         for _ in range(ROUNDS):
             pred = comotion_fill(out, polished)
-            again = np.isfinite(pred[..., 0]) & ~polished
             before = int(polished.sum())
-            if again.any():
-                _lk_pass(frame, out, np.where(again[..., None], pred, xy), visible, start, keyed, polished, similarity, again, radius, None)
+            _lk_pass(frame, out, pred, visible, start, keyed, polished, similarity, tracked & ~polished, radius, None,
+                     own_motion=True, levels=SEEDED_LEVELS)
             stats["refined"] += int(polished.sum()) - before
             if int(polished.sum()) == before:
                 break
@@ -105,39 +109,52 @@ def refine_trajectories(
     return out.astype(np.float32), similarity, stats
 
 
-def _lk_pass(frame, out, seeds, visible, start, keyed, polished, similarity, todo, radius, stats) -> None:
+def _lk_pass(frame, out, seeds, visible, start, keyed, polished, similarity, todo, radius, stats, own_motion=False,
+             levels=LEVELS) -> None:
     """One Lucas-Kanade sweep away from each point's first anchor, forward then backward, over
     the frames in ``todo``: each step starts at the point's last trustworthy position and is
-    seeded by ``seeds``; accepted steps update ``out``, ``polished`` and ``similarity`` in place."""
+    seeded by ``seeds`` (NaN: no step, or with ``own_motion`` the point's velocity between its
+    last two trustworthy frames carried on); accepted steps update ``out``, ``polished`` and
+    ``similarity`` in place."""
     T = out.shape[0]
     for step, ts in ((1, range(1, T)), (-1, range(T - 2, -1, -1))):
         # Each point chains from its last trustworthy position (its anchor, a keyframe, or a
         # refined frame): a template is only ever cut where the point really is.
         last_t = start.copy()
+        prev_t = np.full_like(start, -1)  # the trustworthy frame before last_t
         for t in ts:
             ahead = (t > start) if step == 1 else (t < start)
             for n in np.nonzero(ahead & polished[t] & ~todo[t])[0]:
-                last_t[n] = t
-            go = ahead & todo[t] & ~polished[t] & np.isfinite(seeds[t, :, 0])
+                prev_t[n], last_t[n] = last_t[n], t
+            go = ahead & todo[t] & ~polished[t] & (np.isfinite(seeds[t, :, 0]) | own_motion)
             for lt in np.unique(last_t[go]):
                 idx = np.nonzero(go & (last_t == lt))[0]
                 p0 = out[lt, idx].reshape(-1, 2)
+                seed = seeds[t, idx].copy()
+                miss = np.nonzero(~np.isfinite(seed[:, 0]))[0]
+                if len(miss):
+                    pt = prev_t[idx[miss]]
+                    vel = np.zeros((len(miss), 2))
+                    has = pt >= 0
+                    vel[has] = (p0[miss[has]] - out[pt[has], idx[miss[has]]]) / (lt - pt[has])[:, None]
+                    seed[miss] = p0[miss] + vel * (t - lt)
                 g0, g1 = frame(lt), frame(t)
-                p1, ok, ncc = _lk_step(g0, g1, p0, seeds[t, idx], visible[t, idx], radius)
+                p1, ok, ncc = _lk_step(g0, g1, p0, seed, visible[t, idx], radius, levels)
                 out[t, idx[ok]] = p1[ok]
                 polished[t, idx[ok]] = True
                 similarity[t, idx[ok]] = ncc[ok]
+                prev_t[idx[ok]] = last_t[idx[ok]]
                 last_t[idx[ok]] = t
                 if stats is not None:
                     stats["refined"] += int(ok.sum())
 
 
-def _lk_step(g0, g1, p0, seed, visible, radius) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _lk_step(g0, g1, p0, seed, visible, radius, levels=LEVELS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lucas-Kanade from ``p0`` in ``g0`` to ``g1``, started at ``seed``: positions (K,2), whether
     each is accepted (forward-backward consistent, within ``radius`` of the seed, patch alike)
     and the patch similarity (NCC)."""
     criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.001)
-    kw = dict(winSize=(WIN, WIN), maxLevel=LEVELS, criteria=criteria, flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
+    kw = dict(winSize=(WIN, WIN), maxLevel=levels, criteria=criteria, flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
     a = p0.astype(np.float32).reshape(-1, 1, 2)
     p1, st1, _ = cv2.calcOpticalFlowPyrLK(g0, g1, a, seed.astype(np.float32).reshape(-1, 1, 2), **kw)
     back, st2, _ = cv2.calcOpticalFlowPyrLK(g1, g0, p1, a.copy(), **kw)
