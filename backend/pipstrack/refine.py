@@ -22,6 +22,7 @@ NCC_VISIBLE = 0.7  # patch similarity a step needs where PIPs says the point is 
 # Pyramid levels for steps seeded by co-moving points or the point's own motion (seeds within a
 # few px): a coarse level sees an occluder's edge near the template and follows it instead.
 SEEDED_LEVELS = 1
+OWN_MOTION = True  # seed where no co-moving point predicts: the point's own motion
 ROUNDS = 4  # co-motion seeding rounds at most (each one only while it polishes something new)
 NCC_HIDDEN = 0.95  # ... and where PIPs says it is hidden (PIPs' occlusion calls are not always right)
 
@@ -84,7 +85,7 @@ def refine_trajectories(
             pred = comotion_fill(out, polished)
             before = int(polished.sum())
             _lk_pass(frame, out, pred, visible, start, keyed, polished, similarity, tracked & ~polished, radius, None,
-                     own_motion=True, levels=SEEDED_LEVELS)
+                     own_motion=OWN_MOTION, levels=SEEDED_LEVELS)
             stats["refined"] += int(polished.sum()) - before
             if int(polished.sum()) == before:
                 break
