@@ -306,9 +306,9 @@ def evaluate(
         meta = getattr(model, "meta", None) or {}
         about = ", ".join(f"{k} {meta[k]}" for k in ("step", "note") if k in meta)
         descriptions["pipstrack"] = (f"pipstrack, {model_label}{f' ({about})' if about else ''}, on {methods['pipstrack'].tracker.device}, "
-                                     "with sub-pixel refinement (the default)")
+                                     "with sub-pixel refinement and co-motion (the default)")
         methods["pipstrack-raw"] = pipstrack_method(model, device, refine=False)
-        descriptions["pipstrack-raw"] = "the same network's own positions, without the Lucas-Kanade refinement"
+        descriptions["pipstrack-raw"] = "the same network's own positions, without refinement or co-motion"
     for b in baselines:
         descriptions[b], methods[b] = BASELINES[b]
     if any(b.startswith("blender") for b in baselines):
