@@ -3,10 +3,11 @@
 Why: behind an occluder a point's own pixels say nothing, and a small network's guess there is
 rough; worse, it is often dragged along by the occluder and never comes back. But other points of
 the same job that sat on the same surface keep moving with it while they stay visible. So for
-every frame where a point has no trustworthy position, the local affine motion of its co-moving
+every frame where a point has no trustworthy position, the local motion of its co-moving
 neighbours (points whose offset to it held steady on the frames around its last trustworthy one)
-is fitted between that reference frame and this frame, and applied to the point. Gaps with a
-trustworthy frame on both sides blend the predictions from either side in time.
+is fitted between that reference frame and this frame (affine, or a similarity or a translation
+where the neighbours cannot determine more), and applied to the point. Gaps with a trustworthy
+frame on both sides blend the predictions from either side in time.
 
 A point with no co-moving neighbour (a lone marker, or one whose neighbours are all hidden too)
 gets no prediction here, and keeps the network's estimate.
@@ -37,7 +38,7 @@ def comoving_neighbours(xy: np.ndarray, trusted: np.ndarray, n: int, r: int) -> 
     cand[n] = False
     offset_r = xy[r, n] - xy[r]  # (N,2)
     dist = np.linalg.norm(offset_r, axis=1)
-    shared = trusted[hist][:, :]  # (h,N)
+    shared = trusted[hist]  # (h,N)
     drift = np.linalg.norm((xy[hist, n][:, None, :] - xy[hist]) - offset_r[None], axis=2)  # (h,N)
     drift = np.where(shared, drift, 0.0)
     enough = shared.sum(0) >= max(MIN_SHARED, int(np.ceil(0.7 * len(hist))))
@@ -47,11 +48,11 @@ def comoving_neighbours(xy: np.ndarray, trusted: np.ndarray, n: int, r: int) -> 
     return ok[np.argsort(dist[ok], kind="stable")]
 
 
-def _predict_from(xy, trusted, n, r, frames, neighbours) -> np.ndarray:
+def _predict_from(xy, trusted, n, r, frames, neighbours) -> tuple[np.ndarray, np.ndarray]:
     """(len(frames),2) position of point ``n`` on ``frames`` carried from frame ``r`` by the local
-    motion of ``neighbours``: affine from three of them (not in a line), similarity (zoom,
-    rotation) from two, translation from one; NaN where none is trusted. Also (len(frames),)
-    which model it was: 3 affine, 2 similarity, 1 translation, 0 none."""
+    motion of ``neighbours``: affine from three or more spread in two directions, similarity
+    (zoom, rotation) from three or more near a line, translation from fewer; NaN where none is
+    trusted. Also (len(frames),) which model it was: 3 affine, 2 similarity, 1 translation, 0 none."""
     out = np.full((len(frames), 2), np.nan)
     model = np.zeros(len(frames), int)
     if len(neighbours) == 0:
