@@ -187,6 +187,19 @@ def test_progress_and_cancel(default_model, sample_clip):
     with pytest.raises(TrackingCancelled):
         Tracker(default_model, device="cpu").track(clip, q, progress=cancel_after_first, cancel=stop)
 
+    # Refinement comes after the network and has its share of the bar: it reports, and it stops.
+    network = []
+    Tracker(default_model, device="cpu", refine=False).track(clip, q, progress=lambda d, t: network.append(t))
+    assert network[-1] < seen[-1][1] < 1.2 * network[-1]
+    stop = threading.Event()
+
+    def cancel_while_refining(done, total):
+        if done >= network[-1]:  # the network's part is done
+            stop.set()
+
+    with pytest.raises(TrackingCancelled):
+        Tracker(default_model, device="cpu").track(clip, q, progress=cancel_while_refining, cancel=stop)
+
 
 @pytest.mark.parametrize(
     "queries,frame_range,message",

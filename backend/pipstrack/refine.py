@@ -41,7 +41,7 @@ def _ncc(g0, p0, g1, p1) -> np.ndarray:
 
 
 def refine_trajectories(
-    image, frame_indices, xy, visible, keyframes, *, radius: float = 20.0, comotion: bool = True
+    image, frame_indices, xy, visible, keyframes, *, radius: float = 20.0, comotion: bool = True, tick=None
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Refined copy of ``xy`` (T,N,2 source pixels), the evidence of each position (T,N: the
     patch similarity of the step that found it, 1 on keyframes, NaN where none did) and counts.
@@ -53,6 +53,7 @@ def refine_trajectories(
     A refined position may move at most ``radius`` pixels from its seed (all in the frames'
     own pixels). ``comotion``: seed the frames LK could not polish from co-moving points
     (:mod:`pipstrack.comotion`) and try again, and fill what stays unpolished from them.
+    ``tick(fraction)``, if given, is called as the work proceeds (0..1; it may raise to stop it).
     """
     T, N = xy.shape[:2]
     xy = xy.astype(np.float64)
@@ -73,7 +74,12 @@ def refine_trajectories(
         return image(int(frame_indices[t]))
 
     similarity = np.where(keyed, 1.0, np.nan)
-    _lk_pass(frame, out, xy, visible, start, keyed, polished, similarity, tracked & ~keyed, radius, stats)
+    sweeps = 1 + (ROUNDS if comotion and N > 1 else 0)  # Lucas-Kanade passes at most
+
+    def sweep_tick(k):  # progress within sweep k (0-based): fraction of its frames done
+        return None if tick is None else (lambda f: tick((k + f) / sweeps))
+
+    _lk_pass(frame, out, xy, visible, start, keyed, polished, similarity, tracked & ~keyed, radius, stats, tick=sweep_tick(0))
     pred = None
     if comotion and N > 1:
         from .comotion import comotion_fill
@@ -81,11 +87,11 @@ def refine_trajectories(
         # Rounds: points found again anchor predictions for the others on later frames. Seeds are
         # the co-moving points' prediction, or where there is none the point's own motion since
         # it was last found (a point found again keeps going, as a KLT tracker would).
-        for _ in range(ROUNDS):
+        for k in range(ROUNDS):
             pred = comotion_fill(out, polished)
             before = int(polished.sum())
             _lk_pass(frame, out, pred, visible, start, keyed, polished, similarity, tracked & ~polished, radius, None,
-                     own_motion=OWN_MOTION, levels=SEEDED_LEVELS)
+                     own_motion=OWN_MOTION, levels=SEEDED_LEVELS, tick=sweep_tick(1 + k))
             stats["refined"] += int(polished.sum()) - before
             if int(polished.sum()) == before:
                 break
@@ -111,19 +117,21 @@ def refine_trajectories(
 
 
 def _lk_pass(frame, out, seeds, visible, start, keyed, polished, similarity, todo, radius, stats, own_motion=False,
-             levels=LEVELS) -> None:
+             levels=LEVELS, tick=None) -> None:
     """One Lucas-Kanade sweep away from each point's first anchor, forward then backward, over
     the frames in ``todo``: each step starts at the point's last trustworthy position and is
     seeded by ``seeds`` (NaN: no step, or with ``own_motion`` the point's velocity between its
     last two trustworthy frames carried on); accepted steps update ``out``, ``polished`` and
     ``similarity`` in place."""
     T = out.shape[0]
-    for step, ts in ((1, range(1, T)), (-1, range(T - 2, -1, -1))):
+    for half, (step, ts) in enumerate(((1, range(1, T)), (-1, range(T - 2, -1, -1)))):
         # Each point chains from its last trustworthy position (its anchor, a keyframe, or a
         # refined frame): a template is only ever cut where the point really is.
         last_t = start.copy()
         prev_t = np.full_like(start, -1)  # the trustworthy frame before last_t
-        for t in ts:
+        for i, t in enumerate(ts):
+            if tick is not None and i % 8 == 0:
+                tick((half + i / max(len(ts), 1)) / 2)
             ahead = (t > start) if step == 1 else (t < start)
             for n in np.nonzero(ahead & polished[t] & ~todo[t])[0]:
                 prev_t[n], last_t[n] = last_t[n], t

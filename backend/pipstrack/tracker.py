@@ -30,6 +30,7 @@ import torch
 from .chaining import next_window_offset, window_frames
 
 DIRECTIONS = ("both", "forward", "backward", "gaps")
+REFINE_SHARE = 0.05  # refinement's part of a job's time (2-10 % measured, docs/performance.md)
 
 
 class TrackingCancelled(RuntimeError):
@@ -281,13 +282,24 @@ class Tracker:
                     partial(self._assemble(points, segments, first, last, (H, W), work, dict(stats), final=False))
 
         cache = _FeatureCache(self.cache_bytes, keep_images=self.refine)
-        stats = self._run(source, segments, work, progress, cancel, snapshot, cache)
+        network = sum(s.length for s in segments)
+        # Refinement gets its share of the progress bar by its measured cost (docs/performance.md).
+        refining = int(np.ceil(REFINE_SHARE * network)) if self.refine else 0
+        stats = self._run(source, segments, work, progress, cancel, snapshot, cache, extra=refining)
         result = self._assemble(points, segments, first, last, (H, W), work, stats)
         if self.refine:
-            self._refine(source, result, points, (H, W), work, cache.images)
+
+            def tick(fraction):
+                self._check_cancel(cancel)
+                if progress is not None:
+                    progress(network + int(fraction * refining), network + refining)
+
+            self._refine(source, result, points, (H, W), work, cache.images, tick)
+            if progress is not None:
+                progress(network + refining, network + refining)
         return result
 
-    def _refine(self, source, result: TrackResult, points, size, work, images: dict) -> None:
+    def _refine(self, source, result: TrackResult, points, size, work, images: dict, tick=None) -> None:
         """Sub-pixel Lucas-Kanade polish at the working resolution, on the frames the network
         saw (so a service that keeps only working-size frames refines identically, and no frame
         is read twice)."""
@@ -301,7 +313,7 @@ class Tracker:
             return images[i]
 
         refined, similarity, stats = refine_trajectories(image, result.frame_indices, xyw, result.visible, [p[:, 0] for p in points],
-                                                         comotion=self.comotion)
+                                                         comotion=self.comotion, tick=tick)
         # A frame where a step found the point's own patch again is seen, whatever the network
         # thought: its confidence is raised to that patch similarity (at least 0.7).
         found = np.isfinite(similarity)
@@ -336,7 +348,9 @@ class Tracker:
         return segs
 
     # -- running ------------------------------------------------------------------------
-    def _run(self, source, segments, work, progress, cancel, snapshot, cache: _FeatureCache) -> dict:
+    def _run(self, source, segments, work, progress, cancel, snapshot, cache: _FeatureCache, extra: int = 0) -> dict:
+        """Runs every window; progress counts segment-frames out of theirs plus ``extra`` units
+        of work that follows (refinement)."""
         stats = {"windows": 0, "model_calls": 0}
         total = sum(s.length for s in segments)
         # Forward runs first, in time order, then backward runs, in reverse time order:
@@ -353,12 +367,12 @@ class Tracker:
                 active = [s for s in active if s.cur < s.length]
                 if progress is not None:
                     done = sum(min(s.cur, s.length) for s in segments)
-                    progress(done, total)
+                    progress(done, total + extra)
                 if snapshot is not None:
                     snapshot(stats)
         stats["frames_encoded"] = cache.encoded
         if progress is not None:
-            progress(total, total)
+            progress(total, total + extra)
         return stats
 
     @staticmethod
