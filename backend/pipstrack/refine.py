@@ -1,14 +1,19 @@
 """Sub-pixel refinement of PIPs trajectories (docs/tracking.md).
 
-Why: PIPs is robust (it keeps a point through occlusions and fast motion, and never loses it
-for good) but a small network trained on a CPU is only precise to a few pixels, while a
-pyramidal Lucas-Kanade step (Blender's KLT is one) is precise to a few hundredths of a pixel on
-a clean, visible feature and hopeless through an occluder. So each frame's PIPs position seeds
-one Lucas-Kanade step from the point's last trustworthy position (chained away from its first
-keyframe, in the frames' own pixels), kept only when it is forward-backward consistent, stays
-near what PIPs says and the patch looks like the template (stricter where PIPs says hidden).
-Frames no step polished take the interpolated correction of their polished neighbours;
-keyframes never move. PIPs keeps the point, LK polishes it.
+Why: PIPs is robust (it keeps a point through occlusions and fast motion) but a small network
+trained on a CPU is only precise to a few pixels, and behind an occluder it is often dragged
+along by it, while a pyramidal Lucas-Kanade step (Blender's KLT is one) is precise to a few
+hundredths of a pixel on a clean, visible feature and hopeless through an occluder. So:
+1. each frame's PIPs position seeds one Lucas-Kanade step from the point's last trustworthy
+   position (chained away from its first keyframe, in the frames' own pixels), kept only when it
+   is forward-backward consistent, stays near its seed and the patch looks like the template
+   (stricter where PIPs says hidden);
+2. frames still unpolished are predicted from the points of the job that move with the point
+   (:mod:`pipstrack.comotion`), or from its own motion, and tried again: a point the network
+   lost is found again, and then carries others;
+3. what stays unpolished takes the co-moving prediction, or else PIPs plus the interpolated
+   correction of its polished neighbours. Keyframes never move.
+PIPs keeps the point, LK polishes it, its neighbours bring it back.
 """
 from __future__ import annotations
 
@@ -19,12 +24,12 @@ WIN = 15  # LK window (px)
 LEVELS = 2  # pyramid levels above full resolution: PIPs' seed can be several px off
 FB_MAX = 0.5  # max forward-backward disagreement (px)
 NCC_VISIBLE = 0.7  # patch similarity a step needs where PIPs says the point is visible
+NCC_HIDDEN = 0.95  # ... and where PIPs says it is hidden (PIPs' occlusion calls are not always right)
 # Pyramid levels for steps seeded by co-moving points or the point's own motion (seeds within a
 # few px): a coarse level sees an occluder's edge near the template and follows it instead.
 SEEDED_LEVELS = 1
 OWN_MOTION = True  # seed where no co-moving point predicts: the point's own motion
 ROUNDS = 4  # co-motion seeding rounds at most (each one only while it polishes something new)
-NCC_HIDDEN = 0.95  # ... and where PIPs says it is hidden (PIPs' occlusion calls are not always right)
 
 
 def _ncc(g0, p0, g1, p1) -> np.ndarray:
