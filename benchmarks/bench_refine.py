@@ -55,7 +55,7 @@ for card in (False, True):
     frames, truth, rough, hidden, dragged = plate(card)
     for comotion in (False, True):
         t0 = time.perf_counter()
-        out, _, st = refine_trajectories(lambda i: frames[i], np.arange(T), rough, ~hidden, [[0]] * N, comotion=comotion)
+        out, _, _, st = refine_trajectories(lambda i: frames[i], np.arange(T), rough, ~hidden, [[0]] * N, comotion=comotion)
         dt = time.perf_counter() - t0
         err = np.linalg.norm(out - truth, axis=2)
         line = (f"{'occluded' if card else 'clean':8s} comotion={'on ' if comotion else 'off'}: {dt:5.2f} s "

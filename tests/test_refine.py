@@ -27,13 +27,13 @@ def test_rough_estimates_are_polished_on_visible_frames_only():
     rough[0] = truth[0]  # the query frame is exact
     visible = np.ones((T, 3), bool)
     visible[5:8, 2] = False  # point 2 occluded for three frames
-    out, found, stats = refine_trajectories(lambda i: frames[i], np.arange(T), rough, visible, [[0]] * 3)
+    out, found, sim, stats = refine_trajectories(lambda i: frames[i], np.arange(T), rough, visible, [[0]] * 3)
     err_rough = np.linalg.norm(rough - truth, axis=2)
     err = np.linalg.norm(out - truth, axis=2)
     assert np.median(err[visible]) < 0.1 < np.median(err_rough[visible])
     np.testing.assert_array_equal(out[0], truth[0].astype(np.float32))  # anchors never move
     assert stats["refined"] >= visible[1:].sum() - 2
-    assert np.all(found[visible] > 0.7)  # the evidence the tracker raises confidence with
+    assert found[visible].all() and np.all(sim[visible] > 0.7)  # the evidence the tracker raises confidence with
     # occluded frames were not matched; they take the neighbours' correction (here: near the truth)
     assert np.all(err[5:8, 2] < err_rough[5:8, 2] + 1.0)
 
@@ -44,9 +44,10 @@ def test_a_wrong_feature_far_from_the_seed_is_not_taken():
     truth = np.array([[50.0, 40.0]])[None] + shift[:, None]
     far = truth.copy()
     far[1:] += 25.0  # PIPs lost it: 35 px off, beyond the 12 px radius
-    out, found, _ = refine_trajectories(lambda i: frames[i], np.arange(T), far, np.ones((T, 1), bool), [[0]])
+    out, found, sim, _ = refine_trajectories(lambda i: frames[i], np.arange(T), far, np.ones((T, 1), bool), [[0]])
     np.testing.assert_allclose(out[1:], far[1:], atol=1e-4)  # left as PIPs said, not pulled elsewhere
-    assert np.isnan(found[1:]).all() and found[0, 0] == 1.0  # and nothing claims to have seen it
+    assert not found[1:].any() and found[0, 0] and sim[0, 0] == 1.0  # nothing claims to have found it there
+    assert np.median(sim[1:, 0]) < 0.5  # and the patch there does not look like the point: the tracker reports it unseen
 
 
 def test_a_texture_that_differs_in_hue_only_is_polished():
@@ -60,7 +61,7 @@ def test_a_texture_that_differs_in_hue_only_is_polished():
     truth = np.array([[50.0, 40.0], [80.0, 50.0]])[None] + shift[:, None]
     rough = truth + np.random.default_rng(2).normal(0, 1.5, truth.shape)
     rough[0] = truth[0]
-    out, found, _ = refine_trajectories(lambda i: iso[i], np.arange(T), rough, np.ones((T, 2), bool), [[0]] * 2)
+    out, _, _, _ = refine_trajectories(lambda i: iso[i], np.arange(T), rough, np.ones((T, 2), bool), [[0]] * 2)
     assert np.median(np.linalg.norm(out - truth, axis=2)[1:]) < 0.1
 
 
@@ -101,15 +102,17 @@ def test_a_point_dragged_by_an_occluder_is_brought_back_by_the_points_around_it(
         rough[t, n] = truth[hid[0], n] + [12.0 * min(k, len(hid)), 0.0]
     net_visible = np.ones((T, N), bool)
     net_visible[hid, n] = False
-    out, found, stats = refine_trajectories(lambda i: frames[i], np.arange(T), rough, net_visible, [[0]] * N)
+    out, found, sim, stats = refine_trajectories(lambda i: frames[i], np.arange(T), rough, net_visible, [[0]] * N)
     err = np.linalg.norm(out - truth, axis=2)
     after = np.arange(hid[-1] + 2, T)
     assert np.max(err[after, n]) < 0.1  # found again where it really is, to a tenth of a pixel
     assert np.max(err[hid, n]) < 1.0  # and behind the card, carried by its neighbours
     assert np.median(np.linalg.norm(rough - truth, axis=2)[hid, n]) > 10
     assert stats["comotion"] > 0
+    covered = [t for t in range(T) if -40 + 12 * t <= truth[t, n, 0] < -40 + 12 * t + 36]  # the card on its centre
+    assert covered and np.all(sim[covered, n] < 0.5)  # the patch there is the card: reported unseen
     # Without its neighbours (the same point tracked alone) nothing can bring it back.
-    alone, _, _ = refine_trajectories(lambda i: frames[i], np.arange(T), rough[:, [n]], net_visible[:, [n]], [[0]])
+    alone, _, _, _ = refine_trajectories(lambda i: frames[i], np.arange(T), rough[:, [n]], net_visible[:, [n]], [[0]])
     assert np.median(np.linalg.norm(alone[after, 0] - truth[after, n], axis=1)) > 10
 
 
@@ -127,7 +130,7 @@ def test_a_card_sweeping_the_whole_plate_drags_every_point_and_all_are_brought_b
         for k, t in enumerate(range(hid[0], T)):
             rough[t, n] = truth[hid[0], n] + [12.0 * min(k, len(hid)), 0.0]
         dragged[hid[-1] + 1:, n] = True
-    out, _, _ = refine_trajectories(lambda i: frames[i], np.arange(T), rough, vis, [[0]] * N)
+    out, _, _, _ = refine_trajectories(lambda i: frames[i], np.arange(T), rough, vis, [[0]] * N)
     err = np.linalg.norm(out - truth, axis=2)
     H, W = frames[0].shape[:2]
     inside = (truth[..., 0] > 10) & (truth[..., 0] < W - 10) & (truth[..., 1] > 10) & (truth[..., 1] < H - 10)

@@ -47,9 +47,11 @@ def _ncc(g0, p0, g1, p1) -> np.ndarray:
 
 def refine_trajectories(
     image, frame_indices, xy, visible, keyframes, *, radius: float = 20.0, comotion: bool = True, tick=None
-) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Refined copy of ``xy`` (T,N,2 source pixels), the evidence of each position (T,N: the
-    patch similarity of the step that found it, 1 on keyframes, NaN where none did) and counts.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Refined copy of ``xy`` (T,N,2 source pixels); ``found`` (T,N): the frames where a step found
+    the point (and keyframes); ``similarity`` (T,N): there the patch similarity of that step (1 on
+    keyframes), elsewhere that of the patch at the refined position to the point's patch on its
+    nearest found frame (NaN where the point was not tracked or never found); and counts.
 
     ``image(i)``: the (H,W,3 uint8 RGB) frame of 0-based source index ``i`` (colour, not grey:
     a texture can differ in hue alone); ``frame_indices``:
@@ -118,7 +120,20 @@ def refine_trajectories(
         fill = np.isfinite(pred[..., 0]) & ~polished & tracked
         out[fill] = pred[fill]
         stats["comotion"] = int(fill.sum())
-    return out.astype(np.float32), similarity, stats
+    # Where no step found the point, how much the patch at the reported position looks like the
+    # point on its nearest trustworthy frame: low, and the point is not seen there (an occluder
+    # the network missed, or a position it lost), whatever the network said.
+    for n in range(N):
+        good = np.nonzero(polished[:, n])[0]
+        rest = np.nonzero(~polished[:, n] & tracked[:, n])[0]
+        if len(good) == 0 or len(rest) == 0:
+            continue
+        ref = good[np.abs(rest[:, None] - good[None]).argmin(1)]
+        for g in np.unique(ref):
+            ts = rest[ref == g]
+            img = frame(g)
+            similarity[ts, n] = [_ncc(img, out[[g], n], frame(t), out[[t], n])[0] for t in ts]
+    return out.astype(np.float32), polished, similarity, stats
 
 
 def _lk_pass(frame, out, seeds, visible, start, keyed, polished, similarity, todo, radius, stats, own_motion=False,

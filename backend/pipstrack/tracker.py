@@ -312,12 +312,15 @@ class Tracker:
                 images[i] = np.ascontiguousarray(self._read_work(source, i, work))
             return images[i]
 
-        refined, similarity, stats = refine_trajectories(image, result.frame_indices, xyw, result.visible, [p[:, 0] for p in points],
+        refined, found, similarity, stats = refine_trajectories(image, result.frame_indices, xyw, result.visible, [p[:, 0] for p in points],
                                                          comotion=self.comotion, tick=tick)
         # A frame where a step found the point's own patch again is seen, whatever the network
-        # thought: its confidence is raised to that patch similarity (at least 0.7).
-        found = np.isfinite(similarity)
-        result.confidence = np.where(found, np.maximum(result.confidence, similarity), result.confidence).astype(np.float32)
+        # thought: its confidence is raised to that patch similarity (at least 0.7). Elsewhere it
+        # is at most the similarity of the patch at the reported position to the point's: what
+        # does not look like the point there is not seen there.
+        conf = result.confidence.astype(np.float64)
+        conf = np.where(found, np.maximum(conf, similarity), np.where(np.isfinite(similarity), np.minimum(conf, similarity), conf))
+        result.confidence = np.clip(conf, 0.0, 1.0).astype(np.float32)
         result.visible = result.confidence > 0.5
         out = to_source(refined.astype(np.float64), size, work)
         for i, p in enumerate(points):  # anchors stay exact
