@@ -73,10 +73,10 @@ def report(out: Path) -> None:
     """Draws what Blender holds and scores it against the sample's ground truth."""
     from pipstrack.frames import open_frames
     from pipstrack.preview import write_preview
-    from pipstrack.sample import load_ground_truth, report, sample_clip_dir
+    from pipstrack import sample
 
     doc = json.loads((out / "blender_markers.json").read_text())
-    truth = load_ground_truth()
+    truth = sample.load_ground_truth()
     frames = [int(f) for f in truth["frame_numbers"]]
     names = sorted(doc["tracks"])
     T, N = len(frames), len(names)
@@ -87,10 +87,10 @@ def report(out: Path) -> None:
                 xy[frames.index(f), n] = (x, y)
                 vis[frames.index(f), n] = not mute
     # the sample's ground truth lists its points in points.txt order (feature01..)
-    m, still_frame = report(xy, vis, out, drawn_visible=truth["visible"])
+    m, still_frame = sample.report(xy, vis, out, drawn_visible=truth["visible"])
     print(f"markers in Blender against the ground truth: median error {m['median_err_visible']:.2f} px on visible frames, "
           f"{m['median_err_occluded']:.2f} px behind the occluder; delta_avg {m['delta_avg']:.3f}")
-    write_preview(open_frames(sample_clip_dir()), xy.astype(np.float32), np.ones((T, N), bool), out / "preview.mp4")
+    write_preview(open_frames(sample.sample_clip_dir()), xy.astype(np.float32), np.ones((T, N), bool), out / "preview.mp4")
     print(f"wrote {out / 'pipstrack-demo.blend'}, {out / 'preview.mp4'} and {out / 'still.png'} (frame {still_frame}: "
           "rings are points PIPs estimated behind the occluder)")
 

@@ -75,7 +75,7 @@ def refine_trajectories(
                 keyed[row[f], n] = True
     polished = keyed.copy()  # frames whose position is trustworthy: keyframes and accepted steps
     tracked = np.isfinite(xy[..., 0])
-    stats = {"refined": 0, "kept_pips": 0, "comotion": 0}
+    stats = {"comotion": 0}
 
     def frame(t):
         return image(int(frame_indices[t]))
@@ -86,7 +86,7 @@ def refine_trajectories(
     def sweep_tick(k):  # progress within sweep k (0-based): fraction of its frames done
         return None if tick is None else (lambda f: tick((k + f) / sweeps))
 
-    _lk_pass(frame, out, xy, visible, start, keyed, polished, similarity, tracked & ~keyed, radius, stats, tick=sweep_tick(0))
+    _lk_pass(frame, out, xy, visible, start, polished, similarity, tracked & ~keyed, radius, tick=sweep_tick(0))
     pred = None
     if comotion and N > 1:
         from .comotion import comotion_fill
@@ -97,37 +97,31 @@ def refine_trajectories(
         for k in range(ROUNDS):
             pred = comotion_fill(out, polished)
             before = int(polished.sum())
-            _lk_pass(frame, out, pred, visible, start, keyed, polished, similarity, tracked & ~polished, radius, None,
+            _lk_pass(frame, out, pred, visible, start, polished, similarity, tracked & ~polished, radius,
                      own_motion=OWN_MOTION, levels=SEEDED_LEVELS, tick=sweep_tick(1 + k))
-            stats["refined"] += int(polished.sum()) - before
             if int(polished.sum()) == before:
                 break
         else:
             pred = comotion_fill(out, polished)
+    stats["refined"] = int((polished & ~keyed).sum())
     stats["kept_pips"] = int((tracked & ~polished).sum())
-    # Frames LK could not polish (occluded, rejected) take the co-moving points' prediction, or
-    # else inherit the correction of their refined neighbours, interpolated in time: PIPs'
-    # error changes slowly along a trajectory.
+    filled = np.isfinite(pred[..., 0]) & ~polished & tracked if pred is not None else np.zeros((T, N), bool)
+    stats["comotion"] = int(filled.sum())
     for n in range(N):
-        good = np.nonzero(polished[:, n] & tracked[:, n])[0]
+        good = np.nonzero(polished[:, n])[0]  # polished frames are tracked ones
         rest = np.nonzero(~polished[:, n] & tracked[:, n])[0]
         if len(good) == 0 or len(rest) == 0:
             continue
+        # Frames LK could not polish (occluded, rejected) take the co-moving points' prediction,
+        # or else inherit the correction of their refined neighbours, interpolated in time:
+        # PIPs' error changes slowly along a trajectory.
         for c in range(2):
-            d = out[good, n, c] - xy[good, n, c]
-            out[rest, n, c] = xy[rest, n, c] + np.interp(rest, good, d)
-    if pred is not None:
-        fill = np.isfinite(pred[..., 0]) & ~polished & tracked
-        out[fill] = pred[fill]
-        stats["comotion"] = int(fill.sum())
-    # Where no step found the point, how much the patch at the reported position looks like the
-    # point on its nearest trustworthy frame: low, and the point is not seen there (an occluder
-    # the network missed, or a position it lost), whatever the network said.
-    for n in range(N):
-        good = np.nonzero(polished[:, n])[0]
-        rest = np.nonzero(~polished[:, n] & tracked[:, n])[0]
-        if len(good) == 0 or len(rest) == 0:
-            continue
+            out[rest, n, c] = xy[rest, n, c] + np.interp(rest, good, out[good, n, c] - xy[good, n, c])
+        if pred is not None:
+            out[filled[:, n], n] = pred[filled[:, n], n]
+        # How much the patch at the reported position looks like the point on its nearest
+        # trustworthy frame: low, and the point is not seen there (an occluder the network
+        # missed, or a position it lost), whatever the network said.
         ref = good[np.abs(rest[:, None] - good[None]).argmin(1)]
         for g in np.unique(ref):
             ts = rest[ref == g]
@@ -136,7 +130,7 @@ def refine_trajectories(
     return out.astype(np.float32), polished, similarity, stats
 
 
-def _lk_pass(frame, out, seeds, visible, start, keyed, polished, similarity, todo, radius, stats, own_motion=False,
+def _lk_pass(frame, out, seeds, visible, start, polished, similarity, todo, radius, own_motion=False,
              levels=LEVELS, tick=None) -> None:
     """One Lucas-Kanade sweep away from each point's first anchor, forward then backward, over
     the frames in ``todo``: each step starts at the point's last trustworthy position and is
@@ -174,8 +168,6 @@ def _lk_pass(frame, out, seeds, visible, start, keyed, polished, similarity, tod
                 similarity[t, idx[ok]] = ncc[ok]
                 prev_t[idx[ok]] = last_t[idx[ok]]
                 last_t[idx[ok]] = t
-                if stats is not None:
-                    stats["refined"] += int(ok.sum())
 
 
 def _lk_step(g0, g1, p0, seed, visible, radius, levels=LEVELS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
