@@ -2,7 +2,8 @@
 # The two commands of the README:
 #   ./dev.sh demo   set up (once), then the whole round trip headless: the sample clip opened
 #                   in Blender (bpy), markers tracked through `pipstrack serve` -> pipstrack-demo/
-#   ./dev.sh test   set up (once) and run the whole test suite
+#   ./dev.sh test   set up (once), lint (ruff: pyproject.toml's rules, line length 120, and its
+#                   formatting) and run the whole test suite
 # Needs only Python 3.11 and the package index. The virtual environment goes to .venv
 # (or $PIPSTRACK_VENV).
 set -euo pipefail
@@ -21,6 +22,8 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 if [ "$task" = test ]; then
   "${pip[@]}" -e ".[test]"
   shift
+  "$venv/bin/ruff" check --quiet .
+  "$venv/bin/ruff" format --check --quiet .
   exec "$venv/bin/python" -m pytest "$@"
 else
   "${pip[@]}" -e ".[blender]"

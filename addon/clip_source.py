@@ -1,22 +1,20 @@
-"""Where a clip's frames come from, and which file or movie frame each clip frame is.
-
-Blender shows file ``first + (c - 1) + frame_offset`` of an image sequence on clip frame c
-(``first`` is the number in the clip's file name), and movie frame ``(c - 1) + frame_offset``
-(0-based); clip frame c is scene frame ``c + frame_start - 1``. pipstrack jobs index frames
-from 0, so job index ``i`` is clip frame ``i + 1``.
+"""Where a clip's frames come from, and which file or movie frame each clip frame is
+(the frame-number rules themselves are in ``_pipstrack.conventions``).
 
 A backend on this machine (or one sharing the storage) reads the files itself: the job sends
 file paths (sequences) or the movie's path. A render box elsewhere gets pixels, decoded
 here by Blender (so every format and colour space Blender reads works): 8-bit images as
 sRGB uint8, float images (EXR, float TIFF) as linear float16 in the scene's linear space.
 """
+
 from __future__ import annotations
 
 import os
-import re
 
 import bpy
 import numpy as np
+
+from ._pipstrack import conventions as cv
 
 
 class ClipSourceError(RuntimeError):
@@ -24,21 +22,11 @@ class ClipSourceError(RuntimeError):
 
 
 def scene_to_clip(clip, scene_frame: int) -> int:
-    return int(scene_frame) - clip.frame_start + 1
+    return cv.scene_to_clip_frame(scene_frame, clip.frame_start)
 
 
 def clip_to_scene(clip, clip_frame: int) -> int:
-    return int(clip_frame) + clip.frame_start - 1
-
-
-def _split_number(path: str):
-    """``/a/plate.1001.exr`` -> ("/a/plate.", 1001, 4, ".exr"): the last digit run of the file name."""
-    folder, name = os.path.split(path)
-    matches = list(re.finditer(r"\d+", name))
-    if not matches:
-        return None
-    m = matches[-1]
-    return os.path.join(folder, name[: m.start()]), int(m.group()), len(m.group()), name[m.end():]
+    return cv.clip_to_scene_frame(clip_frame, clip.frame_start)
 
 
 class ClipFrames:
@@ -53,24 +41,23 @@ class ClipFrames:
         self.offset = int(clip.frame_offset)
         if self.width <= 0 or self.height <= 0 or self.count <= 0:
             raise ClipSourceError(f"Blender cannot read the clip {clip.name!r} ({self.path}): is the file there?")
-        self._parts = _split_number(self.path) if self.kind == "SEQUENCE" else None
+        self._name = cv.split_sequence_name(self.path) if self.kind == "SEQUENCE" else None
 
     @property
-    def size(self) -> tuple[int, int]:
-        return self.width, self.height
+    def shape(self) -> tuple[int, int]:
+        """(height, width), as everywhere in pipstrack."""
+        return self.height, self.width
 
     def file_for(self, index: int) -> str:
         """The image file shown on clip frame ``index + 1``."""
-        if self._parts is None:
+        if self._name is None:
             return self.path  # a single still image
-        head, first, digits, tail = self._parts
-        return f"{head}{first + index + self.offset:0{digits}d}{tail}"
+        return self._name.path(cv.file_number(self._name.number, cv.job_index_to_clip_frame(index), self.offset))
 
     def frame_number(self, clip_frame: int) -> int:
         """The number a compositor reads for ``clip_frame``: a sequence's file number, or a
         movie's frame counted from 1 (both shifted by the clip's frame offset)."""
-        first = self._parts[1] if self._parts is not None else 1
-        return first + clip_frame - 1 + self.offset
+        return cv.file_number(self._name.number if self._name is not None else 1, clip_frame, self.offset)
 
     def missing(self, first: int, last: int) -> list[int]:
         """Job indices in first..last whose file does not exist (sequences only)."""
@@ -87,8 +74,10 @@ class ClipFrames:
         common = dict(frame_count=self.count, frame_shape=(self.height, self.width))
         if self.kind == "MOVIE":
             if mode != "FILES":
-                raise ClipSourceError("movie clips are read by the backend itself: a render box needs the movie on shared "
-                                      "storage (Send frames: Files), or convert the clip to an image sequence")
+                raise ClipSourceError(
+                    "movie clips are read by the backend itself: a render box needs the movie on shared "
+                    "storage (Send frames: Files), or convert the clip to an image sequence"
+                )
             if self.offset:
                 raise ClipSourceError("a movie clip with a frame offset cannot be sent as a file; use 'Send pixels'")
             return dict(video=self.path, **common)

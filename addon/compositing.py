@@ -17,6 +17,7 @@ Track Position outputs marker positions in pixels of the clip, origin bottom-lef
 ``co`` times the clip size); Corner Pin wants corners normalised to its input image (0..1,
 origin bottom-left); Transform/Translate move by pixels from the image's centre.
 """
+
 from __future__ import annotations
 
 import math
@@ -272,8 +273,10 @@ class _SetupOperator:
     bl_options = {"REGISTER", "UNDO"}
 
     match_resolution: BoolProperty(
-        name="Match Render Size", default=True,
-        description="Set the scene's render size to the clip's, so the composite is pixel for pixel the clip")
+        name="Match Render Size",
+        default=True,
+        description="Set the scene's render size to the clip's, so the composite is pixel for pixel the clip",
+    )
 
     @classmethod
     def poll(cls, context):
@@ -310,8 +313,10 @@ class PIPSTRACK_OT_setup_stabilise(_SetupOperator, bpy.types.Operator):
     bl_label = "Stabilise"
 
     rotation_scale: BoolProperty(
-        name="Rotation and Scale", default=True,
-        description="With two or more tracks, also stabilise rotation and scale")
+        name="Rotation and Scale",
+        default=True,
+        description="With two or more tracks, also stabilise rotation and scale",
+    )
 
     def build(self, context, clip, tracks):
         scene = context.scene
@@ -353,7 +358,9 @@ def set_stabilisation_tracks(stab, tracks, rotation: bool) -> bool:
     if rotation:
         bpy.ops.clip.stabilize_2d_rotation_add()
     want = {t.name for t in tracks}
-    return {t.name for t in stab.tracks} == want and {t.name for t in stab.rotation_tracks} == (want if rotation else set())
+    return {t.name for t in stab.tracks} == want and {t.name for t in stab.rotation_tracks} == (
+        want if rotation else set()
+    )
 
 
 class PIPSTRACK_OT_setup_corner_pin(_SetupOperator, bpy.types.Operator):
@@ -364,8 +371,8 @@ class PIPSTRACK_OT_setup_corner_pin(_SetupOperator, bpy.types.Operator):
     bl_label = "Corner Pin"
 
     image_path: StringProperty(
-        name="Image", subtype="FILE_PATH", default="",
-        description="Image to pin; empty: a generated colour grid")
+        name="Image", subtype="FILE_PATH", default="", description="Image to pin; empty: a generated colour grid"
+    )
 
     def build(self, context, clip, tracks):
         scene = context.scene
@@ -412,13 +419,18 @@ class PIPSTRACK_OT_setup_matchmove(_SetupOperator, bpy.types.Operator):
     bl_label = "Match-Move"
 
     image_path: StringProperty(
-        name="Image", subtype="FILE_PATH", default="",
-        description="Image to move with the track; empty: a generated colour grid")
+        name="Image",
+        subtype="FILE_PATH",
+        default="",
+        description="Image to move with the track; empty: a generated colour grid",
+    )
 
     def build(self, context, clip, tracks):
         scene = context.scene
         if len(tracks) not in (1, 2):
-            raise SetupError(f"select one track (position), or two (position, then rotation and scale) ({len(tracks)} selected)")
+            raise SetupError(
+                f"select one track (position), or two (position, then rotation and scale) ({len(tracks)} selected)"
+            )
         active = clip.tracking.objects.active.tracks.active
         tracks = sorted(tracks, key=lambda t: (t != active, t.name))  # the active track leads
         frame = scene_to_clip(clip, scene.frame_current)
@@ -426,7 +438,9 @@ class PIPSTRACK_OT_setup_matchmove(_SetupOperator, bpy.types.Operator):
         if len(tracks) == 2:
             p0, p1 = (marker_px(clip, t, frame) for t in tracks)
             if p0 is None or p1 is None:
-                raise SetupError("both tracks need an enabled marker on the current frame (the reference for rotation and scale)")
+                raise SetupError(
+                    "both tracks need an enabled marker on the current frame (the reference for rotation and scale)"
+                )
             ref = (p1[0] - p0[0], p1[1] - p0[1])
             if math.hypot(*ref) < 1.0:
                 raise SetupError("the two tracks are less than a pixel apart on the current frame")
@@ -450,11 +464,20 @@ class PIPSTRACK_OT_setup_matchmove(_SetupOperator, bpy.types.Operator):
             dx = b.math("SUBTRACT", t1.outputs["X"], t0.outputs["X"], 1, 2.8)
             dy = b.math("SUBTRACT", t1.outputs["Y"], t0.outputs["Y"], 1, 3.5)
             ang = b.math("ARCTAN2", dy, dx, 2, 2.8)
-            b.link(b.math("SUBTRACT", ang, math.atan2(ref[1], ref[0]), 3, 2.8, "Angle from Reference Frame"),
-                   tf.inputs["Angle"])
-            length = b.math("SQRT", b.math("ADD", b.math("MULTIPLY", dx, dx, 2, 3.6), b.math("MULTIPLY", dy, dy, 2, 4.3),
-                                           3, 3.6), 0.0, 3, 4.3)
-            b.link(b.math("DIVIDE", length, math.hypot(*ref), 3.8, 4.3, "Scale from Reference Frame"), tf.inputs["Scale"])
+            b.link(
+                b.math("SUBTRACT", ang, math.atan2(ref[1], ref[0]), 3, 2.8, "Angle from Reference Frame"),
+                tf.inputs["Angle"],
+            )
+            length = b.math(
+                "SQRT",
+                b.math("ADD", b.math("MULTIPLY", dx, dx, 2, 3.6), b.math("MULTIPLY", dy, dy, 2, 4.3), 3, 3.6),
+                0.0,
+                3,
+                4.3,
+            )
+            b.link(
+                b.math("DIVIDE", length, math.hypot(*ref), 3.8, 4.3, "Scale from Reference Frame"), tf.inputs["Scale"]
+            )
         mc = b.movie_clip(clip, 4, 1.2)
         return b.finish(b.over(mc.outputs["Image"], tf.outputs["Image"], 5, 0), scene)
 

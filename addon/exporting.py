@@ -1,10 +1,11 @@
 """Export the selected tracks for other compositing packages, straight from Blender.
 
-The writers are pipstrack's own (``_pipstrack/export.py``, the same code as ``pipstrack export``):
+The writers are pipstrack's own (``_pipstrack/io/export.py``, the same code as ``pipstrack export``):
 this module only turns Blender markers into a tracks document. Frame numbers are what a
 compositor's reader shows: an image sequence's file numbers (plate.1001.exr is frame 1001),
 a movie's frames counted from 1. Disabled markers count as occluded frames.
 """
+
 from __future__ import annotations
 
 import bpy
@@ -13,8 +14,9 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper
 
 from . import marker_writer as mw
-from ._pipstrack import export as exporters
-from ._pipstrack import formats
+from ._pipstrack.conventions import marker_to_pixel
+from ._pipstrack.io import export as exporters
+from ._pipstrack.io import formats
 from .clip_source import ClipFrames, scene_to_clip
 from .compositing import quad_order
 from .operators import clip_has_selection, edited_clip, selected_tracks
@@ -25,7 +27,7 @@ SUFFIX = {"nk": ".nk", "ae": ".txt", "fusion": ".setting", "csv": ".csv", "json"
 def tracks_document(clip, tracks) -> dict:
     """A pipstrack tracks document (docs/formats.md) from Blender markers."""
     frames = ClipFrames(clip)
-    size = frames.size
+    W, H = frames.width, frames.height
     store = mw.stored(clip)
     out, numbers = [], set()
     for i, t in enumerate(tracks):
@@ -34,18 +36,31 @@ def tracks_document(clip, tracks) -> dict:
         for m in sorted(t.markers, key=lambda m: m.frame):
             if not 1 <= m.frame <= frames.count:
                 continue  # Blender's sentinel markers before/after a tracked run
-            x, y = (float(v) for v in mw.from_marker(np.array(m.co[:]), size))
+            x, y = (float(v) for v in marker_to_pixel(np.array(m.co[:]), width=W, height=H))
             f = frames.frame_number(m.frame)
             numbers.add(f)
-            pts.append([f, round(x, 4), round(y, 4), not m.mute, round(float(conf.get(m.frame, 0.0 if m.mute else 1.0)), 4)])
+            pts.append(
+                [f, round(x, 4), round(y, 4), not m.mute, round(float(conf.get(m.frame, 0.0 if m.mute else 1.0)), 4)]
+            )
             if m.is_keyed:
                 keys.append([f, x, y])
         out.append({"id": i, "name": t.name, "anchors": keys, "points": pts})
-    return {"format": formats.FORMAT, "version": formats.VERSION, "coordinates": formats.CONVENTION,
-            "source": {"path": frames.path, "width": size[0], "height": size[1], "frame_count": frames.count,
-                       "blender_clip": clip.name},
-            "model": {}, "frames": sorted(numbers), "point_fields": ["frame", "x", "y", "visible", "confidence"],
-            "tracks": out}
+    return {
+        "format": formats.FORMAT,
+        "version": formats.VERSION,
+        "coordinates": formats.CONVENTION,
+        "source": {
+            "path": frames.path,
+            "width": W,
+            "height": H,
+            "frame_count": frames.count,
+            "blender_clip": clip.name,
+        },
+        "model": {},
+        "frames": sorted(numbers),
+        "point_fields": ["frame", "x", "y", "visible", "confidence"],
+        "tracks": out,
+    }
 
 
 class PIPSTRACK_OT_export_tracks(bpy.types.Operator, ExportHelper):
@@ -57,17 +72,27 @@ class PIPSTRACK_OT_export_tracks(bpy.types.Operator, ExportHelper):
     filename_ext = ".nk"
     filter_glob: StringProperty(default="*.nk;*.txt;*.setting;*.csv;*.json", options={"HIDDEN"})
     fmt: EnumProperty(
-        name="Format", default="nk",
-        items=[("nk", "Nuke (.nk)", "Tracker4 node with every track (and a CornerPin2D with Corner Pin)"),
-               ("ae", "After Effects (.txt)", "Keyframe data to paste on a Position (one track) or a Corner Pin"),
-               ("fusion", "Fusion / Resolve (.setting)", "Transform tools with animated centres, or a CornerPositioner"),
-               ("csv", "CSV", "One row per track and frame"), ("json", "pipstrack JSON", "docs/formats.md")])
+        name="Format",
+        default="nk",
+        items=[
+            ("nk", "Nuke (.nk)", "Tracker4 node with every track (and a CornerPin2D with Corner Pin)"),
+            ("ae", "After Effects (.txt)", "Keyframe data to paste on a Position (one track) or a Corner Pin"),
+            ("fusion", "Fusion / Resolve (.setting)", "Transform tools with animated centres, or a CornerPositioner"),
+            ("csv", "CSV", "One row per track and frame"),
+            ("json", "pipstrack JSON", "docs/formats.md"),
+        ],
+    )
     corner_pin: BoolProperty(
-        name="Corner Pin", default=False,
+        name="Corner Pin",
+        default=False,
         description="Four selected tracks become a corner pin (ordered bottom-left, bottom-right, top-right, top-left "
-                    "by their positions on the current frame)")
-    skip_occluded: BoolProperty(name="Skip Occluded Frames", default=False,
-                                description="Leave out frames whose marker is disabled (default: export every estimate)")
+        "by their positions on the current frame)",
+    )
+    skip_occluded: BoolProperty(
+        name="Skip Occluded Frames",
+        default=False,
+        description="Leave out frames whose marker is disabled (default: export every estimate)",
+    )
     fps: FloatProperty(name="FPS", default=24.0, min=1.0, max=240.0, description="After Effects' units per second")
 
     @classmethod
@@ -103,8 +128,14 @@ class PIPSTRACK_OT_export_tracks(bpy.types.Operator, ExportHelper):
                 return {"CANCELLED"}
             corners = corner_order(clip, tracks, context.scene.frame_current)
         try:
-            path = exporters.export_tracks(doc, bpy.path.abspath(self.filepath), self.fmt, corner_pin=corners, fps=self.fps,
-                                           occluded="skip" if self.skip_occluded else "keep")
+            path = exporters.export_tracks(
+                doc,
+                bpy.path.abspath(self.filepath),
+                self.fmt,
+                corner_pin=corners,
+                fps=self.fps,
+                occluded="skip" if self.skip_occluded else "keep",
+            )
         except (ValueError, OSError) as e:
             self.report({"ERROR"}, f"pipstrack export: {e}")
             return {"CANCELLED"}

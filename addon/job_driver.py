@@ -8,6 +8,7 @@ backend puts the tracks back exactly as they were.
 Nothing here waits unless :meth:`TrackingRun.run_blocking` is called: the modal operator calls
 :meth:`TrackingRun.poll` from a timer, so Blender's UI keeps running while tracking goes on.
 """
+
 from __future__ import annotations
 
 import time
@@ -16,9 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import marker_writer as mw
+from ._pipstrack.conventions import marker_to_pixel
+from ._pipstrack.wire import client as wire_client
+from ._pipstrack.wire import protocol as P
 from .clip_source import ClipFrames, ClipSourceError
-from ._pipstrack import client as wire_client
-from ._pipstrack import protocol as P
 
 
 class RunError(RuntimeError):
@@ -49,8 +51,10 @@ def close_connections() -> None:
 
 def describe_error(code, message) -> str:
     if code == P.E_TIMEOUT:
-        return (f"pipstrack backend not answering ({message}). Start it (PIPs tab > Backend), check the address, "
-                "or set the keys folder in the preferences for a secured render box")
+        return (
+            f"pipstrack backend not answering ({message}). Start it (PIPs tab > Backend), check the address, "
+            "or set the keys folder in the preferences for a secured render box"
+        )
     return f"pipstrack backend: {message} [{code}]"
 
 
@@ -88,7 +92,7 @@ class Settings:
 def plan_tracks(clip, tracks, s: Settings) -> list[TrackPlan]:
     """Anchors per track. TRACK: the keyframed, enabled markers inside the range (or, with none,
     the marker on the current frame). FILL: every enabled marker, keeping only tracks with a gap."""
-    size = (int(clip.size[0]), int(clip.size[1]))
+    W, H = (int(v) for v in clip.size)
     plans = []
     for t in tracks:
         markers = [m for m in t.markers if s.first <= m.frame <= s.last and not m.mute]
@@ -102,10 +106,12 @@ def plan_tracks(clip, tracks, s: Settings) -> list[TrackPlan]:
             if not known:
                 m = t.markers.find_frame(s.current, exact=True)
                 if m is None or m.mute or not (s.first <= s.current <= s.last):
-                    s.warnings.append(f"{t.name}: no keyframe in frames {s.first}..{s.last} and no marker on the current frame")
+                    s.warnings.append(
+                        f"{t.name}: no keyframe in frames {s.first}..{s.last} and no marker on the current frame"
+                    )
                     continue
                 known = [m]
-        xy = mw.from_marker(np.array([m.co[:] for m in known]), size)
+        xy = marker_to_pixel(np.array([m.co[:] for m in known]), width=W, height=H)
         anchors = np.column_stack([np.array([m.frame - 1 for m in known], np.float64), xy])
         keep = frozenset(int(m.frame) for m in known)
         lo, hi = (min(keep), max(keep)) if s.mode == "FILL" else (s.first, s.last)
@@ -132,10 +138,13 @@ class TrackingRun:
             raise RunError(f"the frame range lies outside the clip (clip frames 1..{self.frames.count})")
         self.plans = plan_tracks(clip, tracks, s)
         if not self.plans:
-            why = "; ".join(s.warnings[:3]) or ("no selected track has a gap between known markers" if s.mode == "FILL"
-                                                else "select the tracks to track")
+            why = "; ".join(s.warnings[:3]) or (
+                "no selected track has a gap between known markers"
+                if s.mode == "FILL"
+                else "select the tracks to track"
+            )
             raise RunError(f"nothing to track: {why}")
-        self.size = self.frames.size
+        self.shape = self.frames.shape
         self._snap = mw.snapshot([self.collection[p.track_name] for p in self.plans])
         self._store = mw.stored(clip)
 
@@ -154,11 +163,18 @@ class TrackingRun:
         try:
             source = self.frames.job_source(self._frames_via(), s.first - 1, s.last - 1)
             conn = connection(s.address, s.keys_dir)
-            self.job = conn.submit(source.pop("frames", None), [p.anchors for p in self.plans],
-                                   frame_range=(s.first - 1, s.last - 1), direction=direction,
-                                   working_size=s.working_size, iters=s.iters, partial_interval=s.partial_interval,
-                                   refine=s.refine, comotion=s.comotion,
-                                   **source)
+            self.job = conn.submit(
+                source.pop("frames", None),
+                [p.anchors for p in self.plans],
+                frame_range=(s.first - 1, s.last - 1),
+                direction=direction,
+                working_size=s.working_size,
+                iters=s.iters,
+                partial_interval=s.partial_interval,
+                refine=s.refine,
+                comotion=s.comotion,
+                **source,
+            )
         except (ClipSourceError, ValueError, OSError) as e:
             raise RunError(str(e)) from None
         except Exception as e:  # zmq errors (bad address, missing keys): a message, never a crash
@@ -241,11 +257,19 @@ class TrackingRun:
             if track is None:  # renamed or deleted while tracking: skip it
                 continue
             rows = (frames >= p.lo) & (frames <= p.hi)
-            written += mw.write_track(track, frames[rows], xy[rows, n], conf[rows, n], self.size,
-                                      occlusion=self.s.occlusion, threshold=self.s.threshold, keep_frames=p.keep)
+            written += mw.write_track(
+                track,
+                frames[rows],
+                xy[rows, n],
+                conf[rows, n],
+                self.shape,
+                occlusion=self.s.occlusion,
+                threshold=self.s.threshold,
+                keep_frames=p.keep,
+            )
             if final:
                 ok = rows & ~np.isnan(xy[:, n, 0]) & ~np.isin(frames, list(p.keep))
-                seen[p.track_name] = (frames[ok], conf[ok, n], mw.outside_frame(xy[ok, n], self.size))
+                seen[p.track_name] = (frames[ok], conf[ok, n], mw.outside_frame(xy[ok, n], self.shape))
         if final:
             mw.remember(self.clip, seen)
             self.written = written

@@ -1,9 +1,7 @@
 """Markers in, markers out: the only module that touches tracking data.
 
-Blender stores a marker's position ``co`` normalised to the frame, origin bottom-left, y up,
-with the image spanning 0..1; pipstrack works in pixels with pixel centres at integers,
-origin top-left, y down. So pixel column ``x`` of a W-wide clip is ``co.x = (x + 0.5) / W``
-and row ``y`` is ``co.y = 1 - (y + 0.5) / H`` (docs/blender.md).
+Pixels <-> marker ``co`` and the frame conventions come from the backend's one home for
+them, vendored as ``_pipstrack.conventions`` (docs/blender.md).
 
 Marker frames here are *clip frames* (1 = the clip's first frame), which is what
 ``MovieTrackingMarker.frame`` holds whatever the clip's ``frame_start``.
@@ -11,28 +9,17 @@ Marker frames here are *clip frames* (1 = the clip's first frame), which is what
 Every run starts with a :func:`snapshot` of the tracks it may change; a failed or cancelled
 run is undone with :func:`restore`, so no half-written track survives.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
+from ._pipstrack.conventions import inside_frame, pixel_to_marker
+
 STORE_KEY = "pipstrack"  # clip ID property: per-track visibility and confidence
 OCCLUSION_MODES = ("KEEP", "DISABLE")
-
-
-def to_marker(xy, size) -> np.ndarray:
-    """Pixels (centres at integers, y down) -> marker ``co``; ``size`` is (width, height)."""
-    W, H = size
-    xy = np.asarray(xy, np.float64)
-    return np.stack([(xy[..., 0] + 0.5) / W, 1.0 - (xy[..., 1] + 0.5) / H], axis=-1)
-
-
-def from_marker(co, size) -> np.ndarray:
-    """Marker ``co`` -> pixels; the inverse of :func:`to_marker`."""
-    W, H = size
-    co = np.asarray(co, np.float64)
-    return np.stack([co[..., 0] * W - 0.5, (1.0 - co[..., 1]) * H - 0.5], axis=-1)
 
 
 def is_enabled_at(track, frame: int) -> bool:
@@ -54,8 +41,15 @@ class MarkerState:
 
 
 def _state(m) -> MarkerState:
-    return MarkerState(m.frame, tuple(m.co), m.mute, m.is_keyed, tuple(tuple(c) for c in m.pattern_corners),
-                       tuple(m.search_min), tuple(m.search_max))
+    return MarkerState(
+        m.frame,
+        tuple(m.co),
+        m.mute,
+        m.is_keyed,
+        tuple(tuple(c) for c in m.pattern_corners),
+        tuple(m.search_min),
+        tuple(m.search_max),
+    )
 
 
 def snapshot(tracks) -> dict:
@@ -94,8 +88,9 @@ def stored(clip) -> dict:
 
 
 # -- writing ---------------------------------------------------------------------------------
-def write_track(track, frames, xy, confidence, size, *, occlusion: str = "KEEP", threshold: float = 0.5,
-                keep_frames=frozenset()) -> int:
+def write_track(
+    track, frames, xy, confidence, shape, *, occlusion: str = "KEEP", threshold: float = 0.5, keep_frames=frozenset()
+) -> int:
     """Writes one trajectory as tracked (not keyed) markers; returns the number written.
 
     ``frames``: clip frames; ``xy``: (T,2) pixels, NaN where there is no estimate;
@@ -106,8 +101,8 @@ def write_track(track, frames, xy, confidence, size, *, occlusion: str = "KEEP",
     estimated outside the frame gets a disabled marker on the frame's edge in both modes:
     Blender keeps markers inside the frame, so the position there would be wrong.
     """
-    co = to_marker(xy, size)
-    outside = outside_frame(xy, size)
+    co = pixel_to_marker(xy, width=shape[1], height=shape[0])
+    outside = outside_frame(xy, shape)
     written = 0
     for f, c, conf, out in zip(frames, co, confidence, outside):
         f = int(f)
@@ -131,10 +126,10 @@ def is_muted(outside, confidence, occlusion: str, threshold: float) -> bool:
     return bool(outside) or bool(occlusion == "DISABLE" and confidence < threshold)
 
 
-def outside_frame(xy, size) -> np.ndarray:
-    """Which pixel positions lie outside the image (where Blender cannot put a marker)."""
-    co = to_marker(xy, size)
-    return ~((co >= 0.0) & (co <= 1.0)).all(axis=-1)
+def outside_frame(xy, shape) -> np.ndarray:
+    """Which pixel positions lie outside the (height, width) image, or are unknown (NaN):
+    where Blender cannot put a marker."""
+    return ~inside_frame(xy, width=shape[1], height=shape[0])
 
 
 def remember(clip, results: dict) -> None:
@@ -150,8 +145,11 @@ def remember(clip, results: dict) -> None:
             if np.isfinite(c):
                 merged[int(f)] = (float(c), bool(o))
         keys = sorted(merged)
-        data[name] = {"frames": keys, "confidence": [merged[k][0] for k in keys],
-                      "outside": [int(merged[k][1]) for k in keys]}
+        data[name] = {
+            "frames": keys,
+            "confidence": [merged[k][0] for k in keys],
+            "outside": [int(merged[k][1]) for k in keys],
+        }
     clip[STORE_KEY] = data
 
 

@@ -1,6 +1,7 @@
 """Operators of the PIPs tab. Each tracking operator has two paths over one job driver:
 ``invoke`` (modal, timer-driven: the UI stays live, markers appear as windows finish, Esc
 cancels) and ``execute`` (blocking: scripts, tests, Blender as a Python module)."""
+
 from __future__ import annotations
 
 import os
@@ -14,10 +15,10 @@ from bpy.props import EnumProperty, FloatProperty
 
 from . import job_driver as jd
 from . import marker_writer as mw
+from ._pipstrack.wire import client as wire_client
+from ._pipstrack.wire import protocol as P
 from .clip_source import scene_to_clip
 from .preferences import addon_prefs
-from ._pipstrack import client as wire_client
-from ._pipstrack import protocol as P
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -42,12 +43,21 @@ def settings_from(context, mode: str, direction: str = "BOTH") -> jd.Settings:
     scene, props, clip = context.scene, context.scene.pipstrack, edited_clip(context)
     lo, hi = (props.frame_start, props.frame_end) if props.use_custom_range else (scene.frame_start, scene.frame_end)
     return jd.Settings(
-        mode=mode, direction=direction, first=scene_to_clip(clip, lo), last=scene_to_clip(clip, hi),
-        current=scene_to_clip(clip, scene.frame_current), occlusion=props.occlusion, threshold=props.threshold,
-        frames_via=prefs.frames_via, working_size=prefs.working_size, iters=prefs.iters, refine=prefs.refine,
+        mode=mode,
+        direction=direction,
+        first=scene_to_clip(clip, lo),
+        last=scene_to_clip(clip, hi),
+        current=scene_to_clip(clip, scene.frame_current),
+        occlusion=props.occlusion,
+        threshold=props.threshold,
+        frames_via=prefs.frames_via,
+        working_size=prefs.working_size,
+        iters=prefs.iters,
+        refine=prefs.refine,
         comotion=prefs.comotion,
         address=prefs.address.strip(),
-        keys_dir=bpy.path.abspath(prefs.keys_dir) if prefs.keys_dir else None)
+        keys_dir=bpy.path.abspath(prefs.keys_dir) if prefs.keys_dir else None,
+    )
 
 
 def apply_occlusion_to_selection(context) -> int:
@@ -149,9 +159,14 @@ class PIPSTRACK_OT_track_markers(_TrackingOperator, bpy.types.Operator):
     bl_label = "Track with PIPs"
 
     direction: EnumProperty(
-        name="Direction", default="BOTH",
-        items=[("FORWARD", "Forward", "After the last keyframe"), ("BACKWARD", "Backward", "Before the first keyframe"),
-               ("BOTH", "Both", "Before the first and after the last keyframe")])
+        name="Direction",
+        default="BOTH",
+        items=[
+            ("FORWARD", "Forward", "After the last keyframe"),
+            ("BACKWARD", "Backward", "Before the first keyframe"),
+            ("BOTH", "Both", "Before the first and after the last keyframe"),
+        ],
+    )
 
     def make_settings(self, context):
         return settings_from(context, "TRACK", self.direction)
@@ -238,13 +253,18 @@ class PIPSTRACK_OT_check_backend(bpy.types.Operator):
         prefs = addon_prefs(context)
         wm = context.window_manager
         try:
-            info = wire_client.ping(prefs.address.strip(), timeout=self.timeout,
-                                    keys_dir=bpy.path.abspath(prefs.keys_dir) if prefs.keys_dir else None)
+            info = wire_client.ping(
+                prefs.address.strip(),
+                timeout=self.timeout,
+                keys_dir=bpy.path.abspath(prefs.keys_dir) if prefs.keys_dir else None,
+            )
         except Exception as e:
             wm.pipstrack_status = f"not reachable: {getattr(e, 'message', e)}"
             self.report({"WARNING"}, f"pipstrack backend at {prefs.address}: {wm.pipstrack_status}")
             return {"CANCELLED"}
-        wm.pipstrack_status = f"pipstrack {info.get('server')} · {os.path.basename(str(info.get('model')))} · {info.get('device')}"
+        wm.pipstrack_status = (
+            f"pipstrack {info.get('server')} · {os.path.basename(str(info.get('model')))} · {info.get('device')}"
+        )
         self.report({"INFO"}, wm.pipstrack_status)
         return {"FINISHED"}
 
@@ -302,8 +322,14 @@ def stop_local_backend():
     _local_backend = None
 
 
-classes = (PIPSTRACK_OT_track_markers, PIPSTRACK_OT_fill_gaps, PIPSTRACK_OT_add_grid, PIPSTRACK_OT_apply_occlusion,
-           PIPSTRACK_OT_check_backend, PIPSTRACK_OT_start_backend)
+classes = (
+    PIPSTRACK_OT_track_markers,
+    PIPSTRACK_OT_fill_gaps,
+    PIPSTRACK_OT_add_grid,
+    PIPSTRACK_OT_apply_occlusion,
+    PIPSTRACK_OT_check_backend,
+    PIPSTRACK_OT_start_backend,
+)
 
 
 _register, _unregister = bpy.utils.register_classes_factory(classes)

@@ -1,4 +1,5 @@
 """The PIPs tab of the Movie Clip Editor's sidebar, and entries in its Track menu."""
+
 from __future__ import annotations
 
 import bpy
@@ -106,8 +107,14 @@ def track_menu(self, context):
     layout.operator("pipstrack.export_tracks", text="Export Tracks (Nuke, After Effects, Fusion)...")
 
 
-classes = (PIPSTRACK_PT_backend, PIPSTRACK_PT_track, PIPSTRACK_PT_occlusion, PIPSTRACK_PT_grid, PIPSTRACK_PT_compositing,
-           PIPSTRACK_PT_export)
+classes = (
+    PIPSTRACK_PT_backend,
+    PIPSTRACK_PT_track,
+    PIPSTRACK_PT_occlusion,
+    PIPSTRACK_PT_grid,
+    PIPSTRACK_PT_compositing,
+    PIPSTRACK_PT_export,
+)
 _register, _unregister = bpy.utils.register_classes_factory(classes)
 
 

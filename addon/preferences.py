@@ -1,10 +1,11 @@
 """Add-on preferences: where the backend is, how to reach it, how to start a local one."""
+
 from __future__ import annotations
 
 import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
-from ._pipstrack import protocol as P
+from ._pipstrack.wire import protocol as P
 
 
 def addon_prefs(context=None):
@@ -16,40 +17,71 @@ class PIPSTRACK_AddonPreferences(bpy.types.AddonPreferences):
     bl_idname = __package__
 
     address: StringProperty(
-        name="Backend Address", default="tcp://127.0.0.1:5555",
-        description="ZeroMQ address of `pipstrack serve`: this machine, or a render box (then set the keys folder)")
+        name="Backend Address",
+        default="tcp://127.0.0.1:5555",
+        description="ZeroMQ address of `pipstrack serve`: this machine, or a render box (then set the keys folder)",
+    )
     keys_dir: StringProperty(
-        name="Keys Folder", subtype="DIR_PATH", default="",
+        name="Keys Folder",
+        subtype="DIR_PATH",
+        default="",
         description="Folder made by `pipstrack keys` holding client.key_secret and server.key; "
-                    "required for a backend on another machine")
+        "required for a backend on another machine",
+    )
     python: StringProperty(
-        name="Backend Python", subtype="FILE_PATH", default="",
-        description="Python of the environment where pipstrack is installed (e.g. /path/to/pipstrack/.venv/bin/python), "
-                    "used by Start Local Backend")
+        name="Backend Python",
+        subtype="FILE_PATH",
+        default="",
+        description="Python of the environment where pipstrack is installed "
+        "(e.g. /path/to/pipstrack/.venv/bin/python), "
+        "used by Start Local Backend",
+    )
     model: StringProperty(
-        name="Weights", subtype="FILE_PATH", default="",
-        description="Model weights for a locally started backend; empty: its default model "
-                    "(or $PIPSTRACK_WEIGHTS)")
+        name="Weights",
+        subtype="FILE_PATH",
+        default="",
+        description="Model weights for a locally started backend; empty: its default model (or $PIPSTRACK_WEIGHTS)",
+    )
     device: EnumProperty(
-        name="Device", default="auto",
-        items=[("auto", "Auto", "CUDA if the backend has it, else CPU"), ("cpu", "CPU", ""), ("cuda", "CUDA", "")])
+        name="Device",
+        default="auto",
+        items=[("auto", "Auto", "CUDA if the backend has it, else CPU"), ("cpu", "CPU", ""), ("cuda", "CUDA", "")],
+    )
     frames_via: EnumProperty(
-        name="Send Frames", default="AUTO",
-        items=[("AUTO", "Auto", "File paths to a backend on this machine, pixels to a remote one"),
-               ("FILES", "File Paths", "The backend reads the clip's files itself (same machine or shared storage)"),
-               ("PIXELS", "Pixels", "Blender decodes the frames and sends them (render box without the files)")])
+        name="Send Frames",
+        default="AUTO",
+        items=[
+            ("AUTO", "Auto", "File paths to a backend on this machine, pixels to a remote one"),
+            ("FILES", "File Paths", "The backend reads the clip's files itself (same machine or shared storage)"),
+            ("PIXELS", "Pixels", "Blender decodes the frames and sends them (render box without the files)"),
+        ],
+    )
     working_size: IntProperty(
-        name="Working Size", default=512, min=64, max=4096,
+        name="Working Size",
+        default=512,
+        min=64,
+        max=4096,
         description="Long side in pixels at which the network sees the clip (markers stay in full resolution). "
-                    "Larger is slower and can be more precise")
-    iters: IntProperty(name="Iterations", default=6, min=1, max=P.MAX_ITERS,
-                       description="Refinement iterations per window (the model's default is 6)")
-    refine: BoolProperty(name="Sub-pixel Refinement", default=True,
-                         description="Polish visible frames with Lucas-Kanade steps seeded by PIPs "
-                                     "(off: the network's own positions)")
-    comotion: BoolProperty(name="Support From Other Tracks", default=True,
-                           description="Behind an occluder, and where a track was lost, follow the tracks of the same "
-                                       "job that moved with it (needs Sub-pixel Refinement)")
+        "Larger is slower and can be more precise",
+    )
+    iters: IntProperty(
+        name="Iterations",
+        default=6,
+        min=1,
+        max=P.MAX_ITERS,
+        description="Refinement iterations per window (the model's default is 6)",
+    )
+    refine: BoolProperty(
+        name="Sub-pixel Refinement",
+        default=True,
+        description="Polish visible frames with Lucas-Kanade steps seeded by PIPs (off: the network's own positions)",
+    )
+    comotion: BoolProperty(
+        name="Support From Other Tracks",
+        default=True,
+        description="Behind an occluder, and where a track was lost, follow the tracks of the same "
+        "job that moved with it (needs Sub-pixel Refinement)",
+    )
 
     def draw(self, context):
         layout = self.layout

@@ -9,12 +9,13 @@ Two colour plates at the 512x288 working size, 256 points x 48 frames, seeds ("P
   seeds of the covered points ride along with the card (what a small network does when it is
   dragged by an occluder), so the co-motion fill has to carry them and bring them back.
 """
+
 import time
 
 import cv2
 import numpy as np
 
-from pipstrack.refine import refine_trajectories
+from pipstrack.engine.refine import refine_trajectories
 
 T, H, W, N = 48, 288, 512, 256
 
@@ -33,7 +34,7 @@ def plate(card: bool, seed: int = 0):
         x0 = -120 + 16 * t  # 100 px wide card, 16 px per frame
         h = np.zeros(N, bool)
         if card:
-            img[:, max(0, x0):max(0, x0 + 100)] = 90
+            img[:, max(0, x0) : max(0, x0 + 100)] = 90
             h = (p[:, 0] >= x0 - 8) & (p[:, 0] < x0 + 108)
         frames.append(img)
         truth.append(p)
@@ -55,12 +56,19 @@ for card in (False, True):
     frames, truth, rough, hidden, dragged = plate(card)
     for comotion in (False, True):
         t0 = time.perf_counter()
-        out, _, _, st = refine_trajectories(lambda i: frames[i], np.arange(T), rough, ~hidden, [[0]] * N, comotion=comotion)
+        out, _, _, st = refine_trajectories(
+            lambda i: frames[i], np.arange(T), rough, ~hidden, [[0]] * N, comotion=comotion
+        )
         dt = time.perf_counter() - t0
         err = np.linalg.norm(out - truth, axis=2)
-        line = (f"{'occluded' if card else 'clean':8s} comotion={'on ' if comotion else 'off'}: {dt:5.2f} s "
-                f"({N * T / dt:6.0f} point-frames/s); median error {np.median(err):.3f} px (seeds {np.median(np.linalg.norm(rough - truth, axis=2)):.2f})")
+        line = (
+            f"{'occluded' if card else 'clean':8s} comotion={'on ' if comotion else 'off'}: {dt:5.2f} s "
+            f"({N * T / dt:6.0f} point-frames/s); median error {np.median(err):.3f} px "
+            f"(seeds {np.median(np.linalg.norm(rough - truth, axis=2)):.2f})"
+        )
         if card:
-            line += (f"; dragged points after the card {np.median(err[dragged & ~hidden]):.2f} px, "
-                     f"behind it {np.median(err[dragged & hidden]):.2f} px")
+            line += (
+                f"; dragged points after the card {np.median(err[dragged & ~hidden]):.2f} px, "
+                f"behind it {np.median(err[dragged & hidden]):.2f} px"
+            )
         print(line, flush=True)

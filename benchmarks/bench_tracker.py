@@ -10,6 +10,7 @@ the numbers do not need the authors' checkpoint; speed does not depend on weight
 except that visibility decides how far each window advances (noted in the output).
 Results go to stdout as a Markdown table for docs/performance.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,9 +45,9 @@ def full_model(weights: str | None):
 
 def clip(frames: int, height: int = 1080, width: int = 1920):
     """A 1080p clip of the sample photo under a camera move (from pipstrack.sample)."""
-    from pipstrack.sample import homography_clip
-
     import cv2
+
+    from pipstrack.datasets.sample import homography_clip
 
     base = cv2.imread(str(ROOT / "backend/pipstrack/data/sample/plate.1001.jpg"))[..., ::-1]
     base = cv2.resize(base, (1280, 720), interpolation=cv2.INTER_CUBIC)
@@ -82,8 +83,8 @@ def compare(points: int, frames: int, weights: str | None, device: str) -> dict:
     import cv2
 
     from pipstrack import Tracker
-    from pipstrack.chaining import track_point_reference
-    from pipstrack.tracker import working_size
+    from pipstrack.conventions import working_size
+    from pipstrack.engine.chaining import track_point_reference
 
     rgbs = clip(frames)
     H, W = rgbs.shape[1:3]
@@ -100,8 +101,13 @@ def compare(points: int, frames: int, weights: str | None, device: str) -> dict:
     reference_s = time.perf_counter() - t0
     diff = np.linalg.norm(result.xy - np.stack(ref, axis=1), axis=-1)
     return {
-        "points": points, "frames": frames, "engine_s": round(engine_s, 2), "per_point_s": round(reference_s, 2),
-        "speedup": round(reference_s / engine_s, 1), "max_diff_px": float(diff.max()), "median_diff_px": float(np.median(diff)),
+        "points": points,
+        "frames": frames,
+        "engine_s": round(engine_s, 2),
+        "per_point_s": round(reference_s, 2),
+        "speedup": round(reference_s / engine_s, 1),
+        "max_diff_px": float(diff.max()),
+        "median_diff_px": float(np.median(diff)),
     }
 
 
@@ -116,7 +122,18 @@ def child(args):
 
 
 def spawn(kind, points, frames, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--points", str(points), "--frames", str(frames), "--device", args.device]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--points",
+        str(points),
+        "--frames",
+        str(frames),
+        "--device",
+        args.device,
+    ]
     if args.weights:
         cmd += ["--weights", args.weights]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -139,18 +156,29 @@ def main():
 
     import torch
 
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}\n")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, device {args.device}\n"
+    )
     if not args.no_table:
         configs = [(64, 48)] if args.quick else [(p_, f) for f in (48, 200) for p_ in (64, 256, 1024)]
         print("| points | frames | seconds | point-frames/s | frames/s | frames encoded | windows | peak RSS (MiB) |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|")
         for points, frames in configs:
             r = spawn("run", points, frames, args)
-            print(f"| {r['points']} | {r['frames']} | {r['seconds']} | {r['point_frames_per_s']} | {r['frames_per_s']} | {r['frames_encoded']} | {r['windows']} | {r['peak_rss_mib']} |", flush=True)
+            print(
+                f"| {r['points']} | {r['frames']} | {r['seconds']} | {r['point_frames_per_s']} | "
+                f"{r['frames_per_s']} | {r['frames_encoded']} | {r['windows']} | {r['peak_rss_mib']} |",
+                flush=True,
+            )
     if args.compare:
         points, frames = (int(v) for v in args.compare.split("x"))
         r = spawn("compare", points, frames, args)
-        print(f"\nengine vs per-point chaining, {points} points x {frames} frames: engine {r['engine_s']} s, per-point {r['per_point_s']} s, speed-up {r['speedup']}x, difference median {r['median_diff_px']:.2e} px, max {r['max_diff_px']:.2e} px")
+        print(
+            f"\nengine vs per-point chaining, {points} points x {frames} frames: engine {r['engine_s']} s, "
+            f"per-point {r['per_point_s']} s, speed-up {r['speedup']}x, "
+            f"difference median {r['median_diff_px']:.2e} px, max {r['max_diff_px']:.2e} px"
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 
     .venv/bin/python benchmarks/bench_transport.py [--frames 48] [--model PATH] [--markdown]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "backend"))
 
 from pipstrack import protocol as P  # noqa: E402
-from pipstrack.client import Connection, ping, TrackingError  # noqa: E402
+from pipstrack.wire.client import Connection, TrackingError, ping  # noqa: E402
 
 
 def raw_transport(shape, dtype, frames, chunk):
@@ -69,7 +70,7 @@ def service_vs_in_process(model_path, shape, dtype, frames, points, working_size
     import torch
 
     from pipstrack import Tracker, load_model
-    from pipstrack.frames import display_transform
+    from pipstrack.io.frames import display_transform
 
     rng = np.random.default_rng(0)
     base = (rng.random((shape[0] // 8 + 16, shape[1] // 8 + 16, 3)) * 255).astype(np.uint8)
@@ -78,7 +79,7 @@ def service_vs_in_process(model_path, shape, dtype, frames, points, working_size
     big = cv2.resize(base, (shape[1] + 128, shape[0] + 128), interpolation=cv2.INTER_CUBIC)
     # a slow back-and-forth camera move, any number of frames
     offs = [(int(64 + 60 * np.sin(t / 11)), int(64 + 60 * np.cos(t / 17))) for t in range(frames)]
-    clip = [big[oy:oy + shape[0], ox:ox + shape[1]] for ox, oy in offs]
+    clip = [big[oy : oy + shape[0], ox : ox + shape[1]] for ox, oy in offs]
     if dtype == "float16":
         clip = [((c.astype(np.float32) / 255) ** 2.2).astype(np.float16) for c in clip]
     H, W = shape
@@ -94,8 +95,23 @@ def service_vs_in_process(model_path, shape, dtype, frames, points, working_size
 
     address = f"tcp://127.0.0.1:{free_port()}"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "pipstrack", "serve", "--bind", address, "--model", str(model_path),
-                             "--device", "cpu", "--log-level", "warning"], env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipstrack",
+            "serve",
+            "--bind",
+            address,
+            "--model",
+            str(model_path),
+            "--device",
+            "cpu",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
     try:
         end = time.monotonic() + 60
         while True:
@@ -107,8 +123,15 @@ def service_vs_in_process(model_path, shape, dtype, frames, points, working_size
                     raise
         conn = Connection(address)
         t0 = time.perf_counter()
-        job = conn.submit(lambda i: clip[i], q, frame_count=frames, frame_shape=shape, dtype=dtype,
-                          working_size=working_size, chunk=1 if dtype == "float16" else 4)
+        job = conn.submit(
+            lambda i: clip[i],
+            q,
+            frame_count=frames,
+            frame_shape=shape,
+            dtype=dtype,
+            working_size=working_size,
+            chunk=1 if dtype == "float16" else 4,
+        )
         res = job.wait(600)
         t_service = time.perf_counter() - t0
         conn.close()
@@ -124,24 +147,35 @@ def main():
     ap.add_argument("--frames", type=int, default=48)
     ap.add_argument("--points", type=int, default=16)
     ap.add_argument("--model", default=None, help="weights for the job comparison (default: the shipped model)")
-    ap.add_argument("--jobs", default="1080p,4k", help="which job comparisons: 1080p, 4k or both (4K keeps the clip in RAM)")
+    ap.add_argument(
+        "--jobs", default="1080p,4k", help="which job comparisons: 1080p, 4k or both (4K keeps the clip in RAM)"
+    )
     ap.add_argument("--no-raw", action="store_true", help="skip the raw transport table")
     args = ap.parse_args()
-    from pipstrack.weights import DEFAULT_MODEL
+    from pipstrack.engine.weights import DEFAULT_MODEL
 
     model = args.model or str(DEFAULT_MODEL)
     if not args.no_raw:
         print("| payload | chunk | frames/s | MB/s |\n|---|---:|---:|---:|")
-    for label, shape, dtype in (("1080p uint8", (1080, 1920, 3), np.uint8), ("4K float16", (2160, 3840, 3), np.float16)):
+    for label, shape, dtype in (
+        ("1080p uint8", (1080, 1920, 3), np.uint8),
+        ("4K float16", (2160, 3840, 3), np.float16),
+    ):
         for chunk in () if args.no_raw else (1, 4):
             fps, mbs = raw_transport(shape, dtype, args.frames, chunk)
             print(f"| {label} | {chunk} | {fps:.0f} | {mbs:.0f} |")
-    print(f"\n| job ({args.frames} frames, {args.points} points, working size 512) | in process | through the service | overhead | max difference |")
+    print(
+        f"\n| job ({args.frames} frames, {args.points} points, working size 512) "
+        "| in process | through the service | overhead | max difference |"
+    )
     print("|---|---:|---:|---:|---:|")
     jobs = {"1080p": ("1080p uint8", (1080, 1920), "uint8"), "4k": ("4K float16 linear", (2160, 3840), "float16")}
     for label, shape, dtype in (jobs[j.strip().lower()] for j in args.jobs.split(",")):
         t_local, t_service, diff = service_vs_in_process(model, shape, dtype, args.frames, args.points, 512)
-        print(f"| {label} | {t_local:.2f} s | {t_service:.2f} s | {t_service - t_local:+.2f} s ({100 * (t_service / t_local - 1):+.1f}%) | {diff:.1e} px |")
+        print(
+            f"| {label} | {t_local:.2f} s | {t_service:.2f} s | "
+            f"{t_service - t_local:+.2f} s ({100 * (t_service / t_local - 1):+.1f}%) | {diff:.1e} px |"
+        )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,8 @@ def default_model():
 
 @pytest.fixture(scope="session")
 def sample_clip():
-    from pipstrack.frames import open_frames
-    from pipstrack.sample import load_ground_truth, sample_clip_dir
+    from pipstrack.datasets.sample import load_ground_truth, sample_clip_dir
+    from pipstrack.io.frames import open_frames
 
     src = open_frames(sample_clip_dir())
     frames = np.stack([src.read(i) for i in range(len(src))])
@@ -63,8 +63,11 @@ def extension_zip(tmp_path_factory):
     import sys
 
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, str(HERE.parent / "tools" / "build_extension.py"), "--out", str(out), "--wheels", "none"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(HERE.parent / "tools" / "build_extension.py"), "--out", str(out), "--wheels", "none"],
+        check=True,
+        capture_output=True,
+    )
     (zip_path,) = out.glob("*.zip")
     return zip_path
 
@@ -80,12 +83,18 @@ class Backend:
         import sys
         import time
 
-        from pipstrack.client import TrackingError, ping
+        from pipstrack.wire.client import TrackingError, ping
         from test_service import free_port
 
         self.address = bind or f"tcp://127.0.0.1:{free_port()}"
         self.log = Path(tmp) / f"serve-{time.monotonic_ns()}.log"
-        env = dict(os.environ, OMP_NUM_THREADS="1", PIPSTRACK_CLIENT_TIMEOUT=client_timeout, PYTHONUNBUFFERED="1", **(env or {}))
+        env = dict(
+            os.environ,
+            OMP_NUM_THREADS="1",
+            PIPSTRACK_CLIENT_TIMEOUT=client_timeout,
+            PYTHONUNBUFFERED="1",
+            **(env or {}),
+        )
         cmd = [sys.executable, "-m", "pipstrack", "serve", "--bind", self.address, "--device", "cpu", *extra]
         if model is not None:
             cmd += ["--model", str(model)]
@@ -97,7 +106,7 @@ class Backend:
                 return
             except TrackingError:
                 if self.proc.poll() is not None or time.monotonic() > end:
-                    raise RuntimeError(f"backend did not start: {self.text()}")
+                    raise RuntimeError(f"backend did not start: {self.text()}") from None
 
     def text(self) -> str:
         return self.log.read_text()
@@ -114,5 +123,3 @@ def backend(tmp_path_factory):
     b = Backend(tmp_path_factory.mktemp("backend"))
     yield b
     b.kill()
-
-

@@ -7,6 +7,7 @@ loopback (the shipped default model). The markers are compared with an in-proces
 ``Tracker.track`` on the same frames (the add-on must not change a number on the way) and
 with the clip's exact ground truth.
 """
+
 import importlib.util
 import json
 import os
@@ -41,8 +42,8 @@ ON_FEATURE_PX = 3.0
 @pytest.fixture(scope="module")
 def shot(tmp_path_factory):
     """A photo under a moving camera with a bar crossing it: PNG sequence 1001.. and an MP4-like movie."""
-    from pipstrack.eval import load_photo
-    from pipstrack.sample import homography_clip
+    from pipstrack.datasets.sample import homography_clip
+    from pipstrack.evaluation.harness import load_photo
 
     clip = homography_clip(load_photo("astronaut"), T, (H, W), seed=11, points=6, strength=0.5)
     d = tmp_path_factory.mktemp("shot")
@@ -59,9 +60,9 @@ def shot(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(default_model):
-    from pipstrack import Tracker
-
     import torch
+
+    from pipstrack import Tracker
 
     def run(frames, anchors, **kw):
         threads = torch.get_num_threads()
@@ -75,12 +76,21 @@ def reference(default_model):
 
 
 def run_blender(tmp_path, zip_path, clip_path, steps, *, address, timeout=300, **spec):
-    spec = dict(zip=str(zip_path), clip=str(clip_path), steps=steps,
-                prefs={"address": address, "iters": ITERS, **spec.pop("prefs", {})}, **spec)
+    spec = dict(
+        zip=str(zip_path),
+        clip=str(clip_path),
+        steps=steps,
+        prefs={"address": address, "iters": ITERS, **spec.pop("prefs", {})},
+        **spec,
+    )
     sp, op = tmp_path / f"spec-{time.monotonic_ns()}.json", tmp_path / f"out-{time.monotonic_ns()}.json"
     sp.write_text(json.dumps(spec))
-    env = dict(os.environ, PIPSTRACK_SERVER_TIMEOUT="2", PIPSTRACK_HEARTBEAT="0.3")  # the add-on gives up on a silent backend after 2 s
-    proc = subprocess.run([BLENDER_PYTHON, str(DRIVER), str(sp), str(op)], capture_output=True, text=True, timeout=timeout, env=env)
+    env = dict(
+        os.environ, PIPSTRACK_SERVER_TIMEOUT="2", PIPSTRACK_HEARTBEAT="0.3"
+    )  # the add-on gives up on a silent backend after 2 s
+    proc = subprocess.run(
+        [BLENDER_PYTHON, str(DRIVER), str(sp), str(op)], capture_output=True, text=True, timeout=timeout, env=env
+    )
     assert op.exists(), f"driver died: {proc.stdout[-2000:]} {proc.stderr[-4000:]}"
     out = json.loads(op.read_text())
     assert "exception" not in out, out["exception"]
@@ -106,19 +116,31 @@ def markers(out, name, source="final"):
 
 def keyframe_steps(clip, points, frame_idx):
     """Markers at job index ``frame_idx`` (clip frame frame_idx + 1) on the ground truth."""
-    return [{"op": "marker", "track": f"p{n}", "frame": frame_idx + 1, "x": float(clip["trajs"][frame_idx, n, 0]),
-             "y": float(clip["trajs"][frame_idx, n, 1])} for n in points]
+    return [
+        {
+            "op": "marker",
+            "track": f"p{n}",
+            "frame": frame_idx + 1,
+            "x": float(clip["trajs"][frame_idx, n, 0]),
+            "y": float(clip["trajs"][frame_idx, n, 1]),
+        }
+        for n in points
+    ]
 
 
 # -- tests -------------------------------------------------------------------------------------
-def test_track_both_directions_from_a_keyframe_matches_the_tracker_and_ground_truth(tmp_path, extension_zip, shot, backend, reference):
+def test_track_both_directions_from_a_keyframe_matches_the_tracker_and_ground_truth(
+    tmp_path, extension_zip, shot, backend, reference
+):
     pts = [0, 1, 2, 3]
     key = 6  # keyframes in the middle: tracked backward and forward
     steps = keyframe_steps(shot, pts, key) + [
         {"op": "select", "tracks": [f"p{n}" for n in pts]},
         {"op": "pipstrack.track_markers", "args": {"direction": "BOTH"}},
     ]
-    out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=backend.address, disable=True)
+    out = run_blender(
+        tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=backend.address, disable=True
+    )
     assert out["steps"][-1]["result"] == ["FINISHED"]
     assert not {"torch", "pipstrack"} & set(out["heavy_modules"])  # the add-on needs numpy and pyzmq only
     # the anchors as Blender stores them (float32 marker positions), so the comparison is exact
@@ -133,7 +155,10 @@ def test_track_both_directions_from_a_keyframe_matches_the_tracker_and_ground_tr
         xy = check_markers(got, range(1, T + 1), ref.xy[:, j])
         vis = shot["visible"][:, n]
         errs.append(np.linalg.norm(xy - shot["trajs"][:, n], axis=1)[vis])
-    print(f"\nboth directions: median error against the ground truth {np.median(np.concatenate(errs)):.2f} px on visible frames")
+    print(
+        "\nboth directions: median error against the ground truth "
+        f"{np.median(np.concatenate(errs)):.2f} px on visible frames"
+    )
     assert np.median(np.concatenate(errs)) < ON_FEATURE_PX
     store = out["final"]["store"]
     assert set(store) == {f"p{n}" for n in pts} and len(store["p0"]["frames"]) == T - 1  # all but the keyframe
@@ -146,10 +171,23 @@ def test_track_both_directions_from_a_keyframe_matches_the_tracker_and_ground_tr
 def test_fill_gaps_passes_through_known_markers_on_both_sides(tmp_path, extension_zip, shot, backend, reference):
     n = 4
     known = list(range(0, 5)) + list(range(13, T))  # job indices with markers; 5..12 a hole
-    steps = [{"op": "marker", "track": "hole", "frame": i + 1, "x": float(shot["trajs"][i, n, 0]),
-              "y": float(shot["trajs"][i, n, 1]), "keyed": i in (0, 13)} for i in known]
-    steps += [{"op": "marker", "track": "hole", "frame": 6, "x": 5.0, "y": 5.0, "keyed": False, "mute": True},  # lost here
-              {"op": "select", "tracks": ["hole"]}, {"op": "dump"}, {"op": "pipstrack.fill_gaps"}]
+    steps = [
+        {
+            "op": "marker",
+            "track": "hole",
+            "frame": i + 1,
+            "x": float(shot["trajs"][i, n, 0]),
+            "y": float(shot["trajs"][i, n, 1]),
+            "keyed": i in (0, 13),
+        }
+        for i in known
+    ]
+    steps += [
+        {"op": "marker", "track": "hole", "frame": 6, "x": 5.0, "y": 5.0, "keyed": False, "mute": True},  # lost here
+        {"op": "select", "tracks": ["hole"]},
+        {"op": "dump"},
+        {"op": "pipstrack.fill_gaps"},
+    ]
     out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=backend.address)
     assert out["steps"][-1]["result"] == ["FINISHED"]
     after = markers(out, "hole")
@@ -163,9 +201,13 @@ def test_fill_gaps_passes_through_known_markers_on_both_sides(tmp_path, extensio
     ref = reference(shot["rgbs"], anchors, frame_range=(0, T - 1), direction="gaps")
     check_markers(after, filled, ref.xy[5:13, 0])
     err = np.linalg.norm(np.array([after[f][:2] for f in filled]) - shot["trajs"][5:13, n], axis=1)
-    lin = np.array([np.interp(np.arange(5, 13), [4, 13], [shot["trajs"][4, n, c], shot["trajs"][13, n, c]]) for c in (0, 1)]).T
-    print(f"\nfill gaps: the hole filled to {np.median(err):.2f} px median; linear interpolation between the known "
-          f"markers: {np.median(np.linalg.norm(lin - shot['trajs'][5:13, n], axis=1)):.2f} px")
+    lin = np.array(
+        [np.interp(np.arange(5, 13), [4, 13], [shot["trajs"][4, n, c], shot["trajs"][13, n, c]]) for c in (0, 1)]
+    ).T
+    print(
+        f"\nfill gaps: the hole filled to {np.median(err):.2f} px median; linear interpolation between the known "
+        f"markers: {np.median(np.linalg.norm(lin - shot['trajs'][5:13, n], axis=1)):.2f} px"
+    )
     assert np.median(err) < ON_FEATURE_PX
 
 
@@ -176,13 +218,32 @@ def test_backward_on_a_shifted_clip_and_pixels_decoded_by_blender(tmp_path, exte
     off = 2
     rgbs = shot["rgbs"][off:]
     key = 12  # job index on the shifted clip: file plate.{1001 + key + off}
-    steps = [{"op": "marker", "track": f"p{n}", "frame": key + 1, "x": float(shot["trajs"][key + off, n, 0]),
-              "y": float(shot["trajs"][key + off, n, 1])} for n in pts]
-    steps += [{"op": "select", "tracks": [f"p{n}" for n in pts]},
-              {"op": "pipstrack.track_markers", "args": {"direction": "BACKWARD"}}]
-    out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=backend.address,
-                      frame_start=101, frame_offset=off, scene_start=101, scene_end=101 + T - off - 1,
-                      prefs={"frames_via": "PIXELS"})
+    steps = [
+        {
+            "op": "marker",
+            "track": f"p{n}",
+            "frame": key + 1,
+            "x": float(shot["trajs"][key + off, n, 0]),
+            "y": float(shot["trajs"][key + off, n, 1]),
+        }
+        for n in pts
+    ]
+    steps += [
+        {"op": "select", "tracks": [f"p{n}" for n in pts]},
+        {"op": "pipstrack.track_markers", "args": {"direction": "BACKWARD"}},
+    ]
+    out = run_blender(
+        tmp_path,
+        extension_zip,
+        shot["dir"] / "plate.1001.png",
+        steps,
+        address=backend.address,
+        frame_start=101,
+        frame_offset=off,
+        scene_start=101,
+        scene_end=101 + T - off - 1,
+        prefs={"frames_via": "PIXELS"},
+    )
     assert out["steps"][-1]["result"] == ["FINISHED"], out["steps"][-1]
     anchors = [np.array([[key, *markers(out, f"p{n}")[key + 1][:2]]]) for n in pts]
     ref = reference(rgbs, anchors, direction="backward")
@@ -196,7 +257,7 @@ def test_backward_on_a_shifted_clip_and_pixels_decoded_by_blender(tmp_path, exte
 
 @pytest.mark.parametrize("movie", ["plate.avi", "plate.mp4"])
 def test_movie_clip_read_by_the_backend_and_occlusion_choice(tmp_path, extension_zip, shot, backend, reference, movie):
-    from pipstrack.frames import open_frames
+    from pipstrack.io.frames import open_frames
 
     src = open_frames(shot["dir"] / movie)  # what the backend decodes (lossy for MP4)
     decoded = np.stack([src.read(i) for i in range(len(src))])
@@ -221,24 +282,34 @@ def test_movie_clip_read_by_the_backend_and_occlusion_choice(tmp_path, extension
         check_markers(got, range(1, T + 1), ref.xy[:, j])
         inside = np.array([0 <= x <= W - 1 and 0 <= y <= H - 1 for x, y in ref.xy[:, j]])
         mutes = np.array([got[f][2] for f in range(1, T + 1)])
-        np.testing.assert_array_equal(mutes[inside], ~ref.visible[inside, j])  # disabled exactly where PIPs says occluded
+        np.testing.assert_array_equal(
+            mutes[inside], ~ref.visible[inside, j]
+        )  # disabled exactly where PIPs says occluded
         n_muted += mutes[inside].sum()
         conf = disabled["store"][f"p{n}"]["confidence"]
         np.testing.assert_allclose(conf, ref.confidence[1:, j], atol=1e-4)
         kept = markers(out, f"p{n}")
-        assert not any(kept[f][2] for f in range(1, T + 1) if inside[f - 1])  # KEEP: estimates enabled again, no re-tracking
+        assert not any(
+            kept[f][2] for f in range(1, T + 1) if inside[f - 1]
+        )  # KEEP: estimates enabled again, no re-tracking
         assert [kept[f][:2] for f in kept] == [got[f][:2] for f in got]
     assert n_muted > 0  # the bar crossing the shot does occlude some of these points
 
 
 def test_grid_then_track_and_cancel_restores(tmp_path, extension_zip, shot, backend):
-    steps = [{"op": "frame", "scene_frame": 1},
-             {"op": "set", "name": "grid_columns", "value": 4}, {"op": "set", "name": "grid_rows", "value": 3},
-             {"op": "pipstrack.add_grid"}, {"op": "dump"},
-             {"op": "cancel_run"}, {"op": "dump"},
-             {"op": "pipstrack.track_markers"}]
-    out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=backend.address,
-                      prefs={"iters": 8})
+    steps = [
+        {"op": "frame", "scene_frame": 1},
+        {"op": "set", "name": "grid_columns", "value": 4},
+        {"op": "set", "name": "grid_rows", "value": 3},
+        {"op": "pipstrack.add_grid"},
+        {"op": "dump"},
+        {"op": "cancel_run"},
+        {"op": "dump"},
+        {"op": "pipstrack.track_markers"},
+    ]
+    out = run_blender(
+        tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=backend.address, prefs={"iters": 8}
+    )
     grid = out["steps"][4]["result"]["tracks"]
     assert len(grid) == 12 and all(len(m) == 1 and m[0][0] == 1 and m[0][4] for m in grid.values())
     xs = sorted({round(m[0][1], 3) for m in grid.values()})
@@ -253,9 +324,12 @@ def test_grid_then_track_and_cancel_restores(tmp_path, extension_zip, shot, back
 
 
 def test_backend_down_or_killed_mid_job_leaves_tracks_unchanged(tmp_path, extension_zip, shot):
-    steps = keyframe_steps(shot, [0, 1], 4) + [{"op": "marker", "track": "p0", "frame": 15, "x": 50.0, "y": 60.0},
-                                                {"op": "select", "tracks": ["p0", "p1"]}, {"op": "dump"},
-                                                {"op": "pipstrack.track_markers"}]
+    steps = keyframe_steps(shot, [0, 1], 4) + [
+        {"op": "marker", "track": "p0", "frame": 15, "x": 50.0, "y": 60.0},
+        {"op": "select", "tracks": ["p0", "p1"]},
+        {"op": "dump"},
+        {"op": "pipstrack.track_markers"},
+    ]
     nobody = f"tcp://127.0.0.1:{free_port()}"
     out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=nobody)
     res = out["steps"][-1]["result"]
@@ -264,11 +338,19 @@ def test_backend_down_or_killed_mid_job_leaves_tracks_unchanged(tmp_path, extens
 
     b = Backend(tmp_path)
     try:
-        grid = [{"op": "marker", "track": f"g{i}", "frame": 1, "x": 20.0 + 12 * (i % 15), "y": 20.0 + 12 * (i // 15)} for i in range(60)]
-        steps = grid + [{"op": "select", "tracks": [f"g{i}" for i in range(60)]}, {"op": "dump"},
-                        {"op": "kill_after", "pid": b.proc.pid, "delay": 1.0}, {"op": "pipstrack.track_markers"}]
-        out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=b.address,
-                          prefs={"iters": 32})
+        grid = [
+            {"op": "marker", "track": f"g{i}", "frame": 1, "x": 20.0 + 12 * (i % 15), "y": 20.0 + 12 * (i // 15)}
+            for i in range(60)
+        ]
+        steps = grid + [
+            {"op": "select", "tracks": [f"g{i}" for i in range(60)]},
+            {"op": "dump"},
+            {"op": "kill_after", "pid": b.proc.pid, "delay": 1.0},
+            {"op": "pipstrack.track_markers"},
+        ]
+        out = run_blender(
+            tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=b.address, prefs={"iters": 32}
+        )
         res = out["steps"][-1]["result"]
         assert "error" in res and "not answering" in res["error"], res
         assert b.proc.wait(5) == -signal.SIGKILL
@@ -281,7 +363,12 @@ def test_backend_down_or_killed_mid_job_leaves_tracks_unchanged(tmp_path, extens
 def test_readme_demo_round_trip(tmp_path):
     """`./dev.sh demo` runs tools/demo.py: Blender + backend + sample clip, .blend and preview out."""
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "demo.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     for name in ("pipstrack-demo.blend", "preview.mp4", "still.png", "accuracy.json"):
         assert (out / name).stat().st_size > 0, name
@@ -299,7 +386,7 @@ def test_linear_exr_and_16bit_png_plates(tmp_path, extension_zip, shot, backend,
     the backend: both reach the network exactly as the tracker itself would show them."""
     import OpenEXR
 
-    from pipstrack.frames import display_transform
+    from pipstrack.conventions import display_transform
 
     srgb = shot["rgbs"].astype(np.float32) / 255.0
     linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4).astype(np.float16)
@@ -308,16 +395,27 @@ def test_linear_exr_and_16bit_png_plates(tmp_path, extension_zip, shot, backend,
     for i in range(T):
         if kind.startswith("exr"):
             chans = {c: np.ascontiguousarray(linear[i, ..., k]) for k, c in enumerate("RGB")}
-            OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}, chans).write(str(d / f"lin.{i + 1:04d}.exr"))
+            OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}, chans).write(
+                str(d / f"lin.{i + 1:04d}.exr")
+            )
         else:
-            cv2.imwrite(str(d / f"deep.{i + 1:04d}.png"), cv2.cvtColor(shot["rgbs"][i].astype(np.uint16) * 257, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(
+                str(d / f"deep.{i + 1:04d}.png"),
+                cv2.cvtColor(shot["rgbs"][i].astype(np.uint16) * 257, cv2.COLOR_RGB2BGR),
+            )
     if kind.startswith("exr"):
-        first, prefs, seen = d / "lin.0001.exr", {"frames_via": "PIXELS"}, np.stack([display_transform(f.astype(np.float32)) for f in linear])
+        first, prefs, seen = (
+            d / "lin.0001.exr",
+            {"frames_via": "PIXELS"},
+            np.stack([display_transform(f.astype(np.float32)) for f in linear]),
+        )
     else:
         first, prefs, seen = d / "deep.0001.png", {"frames_via": "FILES"}, shot["rgbs"]
     pts = [0, 2]
-    steps = keyframe_steps(shot, pts, 0) + [{"op": "select", "tracks": ["p0", "p2"]},
-                                              {"op": "pipstrack.track_markers", "args": {"direction": "FORWARD"}}]
+    steps = keyframe_steps(shot, pts, 0) + [
+        {"op": "select", "tracks": ["p0", "p2"]},
+        {"op": "pipstrack.track_markers", "args": {"direction": "FORWARD"}},
+    ]
     out = run_blender(tmp_path, extension_zip, first, steps, address=backend.address, prefs=prefs)
     assert out["steps"][-1]["result"] == ["FINISHED"], out["steps"][-1]
     anchors = [np.array([[0, *markers(out, f"p{n}")[1][:2]]]) for n in pts]
@@ -329,10 +427,15 @@ def test_linear_exr_and_16bit_png_plates(tmp_path, extension_zip, shot, backend,
 def test_a_failure_while_writing_markers_restores_the_tracks(tmp_path, extension_zip, shot, backend):
     """Nothing half-written: if writing the markers fails midway (here the second track raises),
     the run restores every track and reports the error instead of crashing."""
-    steps = keyframe_steps(shot, [0, 1, 2], 5) + [{"op": "select", "tracks": ["p0", "p1", "p2"]}, {"op": "dump"},
-                                                   {"op": "break_writer", "after": 2}, {"op": "pipstrack.track_markers"}]
-    out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=backend.address,
-                      prefs={"iters": 2})
+    steps = keyframe_steps(shot, [0, 1, 2], 5) + [
+        {"op": "select", "tracks": ["p0", "p1", "p2"]},
+        {"op": "dump"},
+        {"op": "break_writer", "after": 2},
+        {"op": "pipstrack.track_markers"},
+    ]
+    out = run_blender(
+        tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=backend.address, prefs={"iters": 2}
+    )
     res = out["steps"][-1]["result"]
     assert "error" in res and "simulated failure" in res["error"] and "tracks restored" in res["error"], res
     assert out["final"]["tracks"] == out["steps"][-3]["result"]["tracks"] and out["final"]["store"] == {}
@@ -345,10 +448,19 @@ def test_render_box_with_curve_keys(tmp_path, extension_zip, shot):
     subprocess.run([sys.executable, "-m", "pipstrack", "keys", str(keys)], check=True, capture_output=True)
     b = Backend(tmp_path, "--keys", str(keys), keys=keys)
     try:
-        steps = keyframe_steps(shot, [0], 0) + [{"op": "select", "tracks": ["p0"]}, {"op": "pipstrack.check_backend"},
-                                                 {"op": "pipstrack.track_markers", "args": {"direction": "FORWARD"}}]
-        out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=b.address,
-                          prefs={"keys_dir": str(keys), "frames_via": "PIXELS"})
+        steps = keyframe_steps(shot, [0], 0) + [
+            {"op": "select", "tracks": ["p0"]},
+            {"op": "pipstrack.check_backend"},
+            {"op": "pipstrack.track_markers", "args": {"direction": "FORWARD"}},
+        ]
+        out = run_blender(
+            tmp_path,
+            extension_zip,
+            shot["dir"] / "plate.1001.png",
+            steps,
+            address=b.address,
+            prefs={"keys_dir": str(keys), "frames_via": "PIXELS"},
+        )
         assert out["steps"][-2]["result"] == ["FINISHED"] and out["steps"][-1]["result"] == ["FINISHED"]
         assert len(markers(out, "p0")) == T
         out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address=b.address)
@@ -366,15 +478,30 @@ def test_export_from_blender_to_nuke_and_after_effects(tmp_path, extension_zip, 
     from test_export import read_ae, read_nk
 
     pts = [0, 1, 2, 3]
-    steps = [{"op": "marker", "track": f"p{n}", "frame": i + 1, "x": float(shot["trajs"][i, n, 0]),
-              "y": float(shot["trajs"][i, n, 1]), "keyed": i == 0, "mute": not shot["visible"][i, n]}
-             for n in pts for i in range(T)]
+    steps = [
+        {
+            "op": "marker",
+            "track": f"p{n}",
+            "frame": i + 1,
+            "x": float(shot["trajs"][i, n, 0]),
+            "y": float(shot["trajs"][i, n, 1]),
+            "keyed": i == 0,
+            "mute": not shot["visible"][i, n],
+        }
+        for n in pts
+        for i in range(T)
+    ]
     nk, ae = tmp_path / "shot.nk", tmp_path / "shot.txt"
-    steps += [{"op": "select", "tracks": [f"p{n}" for n in pts]},
-              {"op": "pipstrack.export_tracks", "args": {"filepath": str(nk), "fmt": "nk", "corner_pin": True}},
-              {"op": "select", "tracks": ["p2"]},
-              {"op": "pipstrack.export_tracks", "args": {"filepath": str(ae), "fmt": "ae", "skip_occluded": True}},
-              {"op": "pipstrack.export_tracks", "args": {"filepath": str(tmp_path / "bad.nk"), "fmt": "nk", "corner_pin": True}}]
+    steps += [
+        {"op": "select", "tracks": [f"p{n}" for n in pts]},
+        {"op": "pipstrack.export_tracks", "args": {"filepath": str(nk), "fmt": "nk", "corner_pin": True}},
+        {"op": "select", "tracks": ["p2"]},
+        {"op": "pipstrack.export_tracks", "args": {"filepath": str(ae), "fmt": "ae", "skip_occluded": True}},
+        {
+            "op": "pipstrack.export_tracks",
+            "args": {"filepath": str(tmp_path / "bad.nk"), "fmt": "nk", "corner_pin": True},
+        },
+    ]
     out = run_blender(tmp_path, extension_zip, shot["dir"] / "plate.1001.png", steps, address="tcp://127.0.0.1:1")
     assert out["steps"][-4]["result"] == ["FINISHED"] and out["steps"][-2]["result"] == ["FINISHED"]
     assert "4 selected tracks" in out["steps"][-1]["result"]["error"] and not (tmp_path / "bad.nk").exists()

@@ -1,4 +1,5 @@
 """`pipstrack track` and friends as a user runs them: a real process, real files."""
+
 import json
 import subprocess
 import sys
@@ -8,7 +9,9 @@ import pytest
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "pipstrack", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pipstrack", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,9 @@ def test_track_writes_json_csv_and_preview(plate, tmp_path):
     pts = tmp_path / "points.txt"
     pts.write_text("# frame,x,y,name\nframe,x,y,name\n1004,120.5,60.25,sign\n1008,40,30,corner\n1012,41,31,corner\n")
     out = tmp_path / "tracks.json"
-    r = run("track", plate, "--points", pts, "--out", out, "--preview", tmp_path / "preview.mp4", "--frames", "1003:1014")
+    r = run(
+        "track", plate, "--points", pts, "--out", out, "--preview", tmp_path / "preview.mp4", "--frames", "1003:1014"
+    )
     assert r.returncode == 0, r.stderr
     doc = json.loads(out.read_text())
     assert doc["format"] == "pipstrack-tracks" and doc["frames"] == list(range(1003, 1015))
@@ -89,7 +94,12 @@ def test_missing_input_and_undecodable_frame(plate, tmp_path):
 
 
 def test_weights_command_reports_the_default_model(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "pipstrack", "weights"], capture_output=True, text=True, env={"PIPSTRACK_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    r = subprocess.run(
+        [sys.executable, "-m", "pipstrack", "weights"],
+        capture_output=True,
+        text=True,
+        env={"PIPSTRACK_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
     assert r.returncode == 0, r.stderr
     assert "default model" in r.stdout and "loads: yes" in r.stdout and "sha256" in r.stdout
     assert "not installed" in r.stdout

@@ -1,8 +1,9 @@
 """Co-motion fill (pipstrack.comotion) on trajectories alone: who counts as moving with a point,
 and what the prediction is worth when the point itself is not seen."""
+
 import numpy as np
 
-from pipstrack.comotion import comotion_fill, comoving_neighbours
+from pipstrack.engine.comotion import comotion_fill, comoving_neighbours
 
 T = 24
 
@@ -49,7 +50,9 @@ def test_an_open_ended_gap_is_carried_from_one_side():
 def test_neighbours_along_a_line_do_not_extrapolate_across_it():
     """Four points nearly on a horizontal line under a zoom and rotation: an affine fit across the
     line would blow their tracking noise up; the similarity it falls back to is exact for this motion."""
-    base = np.array([[100.0, 100.0], [130.0, 101.0], [160.0, 99.0], [190.0, 100.5], [120.0, 180.0]])  # the last: hidden, off the line
+    base = np.array(
+        [[100.0, 100.0], [130.0, 101.0], [160.0, 99.0], [190.0, 100.5], [120.0, 180.0]]
+    )  # the last: hidden, off the line
     xy = np.stack([layer(base, t) for t in range(T)])
     xy[:, :4] += np.random.default_rng(2).normal(0, 0.1, (T, 4, 2))  # tracking noise
     trusted = np.ones((T, 5), bool)

@@ -8,6 +8,7 @@ the renders are measured here against the ground truth (figures in docs/composit
 PIPSTRACK_BLENDER_PYTHON=/path/to/python runs the driver under another Python with bpy (e.g.
 bpy 4.2, whose compositor API differs) while this process does the measuring.
 """
+
 import importlib.util
 import json
 import os
@@ -30,7 +31,9 @@ W, H = 160, 96
 
 
 def run_blender(tmp_path, zip_path, clip_path, steps, timeout=240, prefs=None):
-    spec = dict(zip=str(zip_path), clip=str(clip_path), steps=steps, user_resources=str(tmp_path / "bl-user"), prefs=prefs or {})
+    spec = dict(
+        zip=str(zip_path), clip=str(clip_path), steps=steps, user_resources=str(tmp_path / "bl-user"), prefs=prefs or {}
+    )
     sp, op = tmp_path / f"spec-{time.monotonic_ns()}.json", tmp_path / f"out-{time.monotonic_ns()}.json"
     sp.write_text(json.dumps(spec))
     proc = subprocess.run([PYTHON, str(DRIVER), str(sp), str(op)], capture_output=True, text=True, timeout=timeout)
@@ -94,9 +97,9 @@ def shift_between(a, b, margin=12):
 def blob_centroid(channel, near, radius=6):
     """Intensity-weighted centroid of ``channel`` in a window around ``near`` (x, y)."""
     x0, y0 = int(round(near[0])), int(round(near[1]))
-    win = channel[y0 - radius:y0 + radius + 1, x0 - radius:x0 + radius + 1]
+    win = channel[y0 - radius : y0 + radius + 1, x0 - radius : x0 + radius + 1]
     w = np.clip(win - 0.5 * win.max(), 0, None)
-    ys, xs = np.mgrid[y0 - radius:y0 + radius + 1, x0 - radius:x0 + radius + 1]
+    ys, xs = np.mgrid[y0 - radius : y0 + radius + 1, x0 - radius : x0 + radius + 1]
     return np.array([(w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()])
 
 
@@ -105,7 +108,7 @@ def dot_image(h, w, dots, sigma=1.6):
     ys, xs = np.mgrid[:h, :w]
     img = np.zeros((h, w, 3), np.float64)
     for (x, y), c in dots:
-        img[..., c] += np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma ** 2))
+        img[..., c] += np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2))
     return (255 * np.clip(img, 0, 1)).astype(np.uint8)
 
 
@@ -134,10 +137,15 @@ def shaky(tmp_path_factory):
 def test_stabilise_removes_the_known_shake(tmp_path, extension_zip, shaky):
     names = ["s0", "s1", "s2"]
     steps = [track_step(n, shaky["trajs"][:, i]) for i, n in enumerate(names)]
-    steps += [{"op": "select", "tracks": names}, {"op": "state"}, {"op": "pipstrack.setup_stabilise"}, {"op": "state"},
-              {"op": "render", "scene_frames": list(range(1, T_STAB + 1)), "dir": str(tmp_path / "r")},
-              {"op": "switch", "frame": "PIPs Stabilise", "value": True},
-              {"op": "render", "scene_frames": [T_STAB], "dir": str(tmp_path / "original")}]
+    steps += [
+        {"op": "select", "tracks": names},
+        {"op": "state"},
+        {"op": "pipstrack.setup_stabilise"},
+        {"op": "state"},
+        {"op": "render", "scene_frames": list(range(1, T_STAB + 1)), "dir": str(tmp_path / "r")},
+        {"op": "switch", "frame": "PIPs Stabilise", "value": True},
+        {"op": "render", "scene_frames": [T_STAB], "dir": str(tmp_path / "original")},
+    ]
     out = run_blender(tmp_path, extension_zip, shaky["path"], steps)
     before, op, after, files, _, original = results(out)[-6:]
     assert op == ["FINISHED"], op
@@ -150,8 +158,10 @@ def test_stabilise_removes_the_known_shake(tmp_path, extension_zip, shaky):
     frame = next(n for n, d in nodes.items() if d["type"] == "NodeFrame" and n.startswith("PIPs Stabilise"))
     mine = {d["type"] for d in nodes.values() if d["parent"] == frame}
     assert {"CompositorNodeMovieClip", "CompositorNodeStabilize", "CompositorNodeSwitch"} <= mine
-    assert any("Switch" in l.split("->")[0] and l.split("->")[1].split(":")[0] in ("Group Output", "Composite")
-               for l in after["tree"]["links"])
+    assert any(
+        "Switch" in link.split("->")[0] and link.split("->")[1].split(":")[0] in ("Group Output", "Composite")
+        for link in after["tree"]["links"]
+    )
 
     renders = [read_rgb(f) for f in files]
     src = [f.astype(np.float64) / 255 for f in shaky["frames"]]
@@ -160,8 +170,10 @@ def test_stabilise_removes_the_known_shake(tmp_path, extension_zip, shaky):
     residual = np.array([shift_between(renders[0], r) for r in renders])
     shake_px = np.linalg.norm(shaky["shake"], axis=1)
     res_px = np.linalg.norm(residual, axis=1)
-    print(f"\nstabilise: input shake mean {shake_px[1:].mean():.2f} px max {shake_px.max():.2f} px; "
-          f"residual mean {res_px[1:].mean():.3f} px max {res_px.max():.3f} px")
+    print(
+        f"\nstabilise: input shake mean {shake_px[1:].mean():.2f} px max {shake_px.max():.2f} px; "
+        f"residual mean {res_px[1:].mean():.3f} px max {res_px.max():.3f} px"
+    )
     if snaps_to_whole_pixels(out):
         assert res_px.max() < 0.8 and res_px[1:].mean() < 0.6
     else:
@@ -176,10 +188,16 @@ def test_stabilise_from_tracks_pipstrack_made(tmp_path, extension_zip, shaky, ba
     """The whole chain: keys on frame 1, tracked by the add-on through a real backend with the
     shipped model, stabilised by the set-up, rendered; the residual shake is measured."""
     names = ["s0", "s1", "s2"]
-    steps = [{"op": "track", "name": n, "frames": [1], "xy": [shaky["trajs"][0, i].tolist()]} for i, n in enumerate(names)]
-    steps += [{"op": "select", "tracks": names}, {"op": "pipstrack.track_markers", "args": {"direction": "FORWARD"}},
-              {"op": "markers"}, {"op": "pipstrack.setup_stabilise"},
-              {"op": "render", "scene_frames": list(range(1, T_STAB + 1)), "dir": str(tmp_path / "r")}]
+    steps = [
+        {"op": "track", "name": n, "frames": [1], "xy": [shaky["trajs"][0, i].tolist()]} for i, n in enumerate(names)
+    ]
+    steps += [
+        {"op": "select", "tracks": names},
+        {"op": "pipstrack.track_markers", "args": {"direction": "FORWARD"}},
+        {"op": "markers"},
+        {"op": "pipstrack.setup_stabilise"},
+        {"op": "render", "scene_frames": list(range(1, T_STAB + 1)), "dir": str(tmp_path / "r")},
+    ]
     out = run_blender(tmp_path, extension_zip, shaky["path"], steps, prefs={"address": backend.address})
     tracked, tracks, stab, files = results(out)[-4:]
     assert tracked == ["FINISHED"] and stab == ["FINISHED"], (tracked, stab)
@@ -188,8 +206,10 @@ def test_stabilise_from_tracks_pipstrack_made(tmp_path, extension_zip, shaky, ba
     renders = [read_rgb(f) for f in files]
     residual = np.linalg.norm([shift_between(renders[0], r) for r in renders], axis=1)
     shake_px = np.linalg.norm(shaky["shake"], axis=1)
-    print(f"\npipstrack-tracked stabilise: track error median {np.median(track_err):.2f} px; input shake mean "
-          f"{shake_px[1:].mean():.2f} px, residual mean {residual[1:].mean():.2f} px max {residual.max():.2f} px")
+    print(
+        f"\npipstrack-tracked stabilise: track error median {np.median(track_err):.2f} px; input shake mean "
+        f"{shake_px[1:].mean():.2f} px, residual mean {residual[1:].mean():.2f} px max {residual.max():.2f} px"
+    )
     # docs/compositing.md states the figures (today 0.01 px mean, 0.02 px max, for a 4.3 px mean shake)
     assert track_err.max() < 0.5
     assert residual.max() < 0.1 * shake_px.max() and residual[1:].mean() < 0.05 * shake_px[1:].mean()
@@ -238,9 +258,15 @@ def test_corner_pin_lands_the_image_where_the_homography_puts_it(tmp_path, exten
     idx = {"c_bl": 0, "c_br": 1, "c_tr": 2, "c_tl": 3}
     steps = [track_step(n, plane["quads"][:, idx[n]]) for n in names]
     frames = [1, 5, 8]
-    steps += [{"op": "user_tree"}, {"op": "state"}, {"op": "select", "tracks": names}, {"op": "frame", "scene_frame": 3},
-              {"op": "pipstrack.setup_corner_pin", "args": {"image_path": str(plane["pin"])}}, {"op": "state"},
-              {"op": "render", "scene_frames": frames, "dir": str(tmp_path / "r")}]
+    steps += [
+        {"op": "user_tree"},
+        {"op": "state"},
+        {"op": "select", "tracks": names},
+        {"op": "frame", "scene_frame": 3},
+        {"op": "pipstrack.setup_corner_pin", "args": {"image_path": str(plane["pin"])}},
+        {"op": "state"},
+        {"op": "render", "scene_frames": frames, "dir": str(tmp_path / "r")},
+    ]
     out = run_blender(tmp_path, extension_zip, plane["path"], steps)
     before, _, _, op, after, files = results(out)[-6:]
     assert op == ["FINISHED"], op
@@ -248,7 +274,8 @@ def test_corner_pin_lands_the_image_where_the_homography_puts_it(tmp_path, exten
     # the user's tree is the one used, and keeps all its nodes; only the output's input link changed
     assert after["tree"]["name"] == before["tree"]["name"] and set(before["tree"]["nodes"]) <= set(nodes)
     assert set(before["tree"]["links"]) - set(after["tree"]["links"]) == {
-        next(link for link in before["tree"]["links"] if link.startswith("User RGB"))}
+        next(link for link in before["tree"]["links"] if link.startswith("User RGB"))
+    }
     frame = next(n for n, d in nodes.items() if d["type"] == "NodeFrame" and n.startswith("PIPs Corner Pin"))
     mine = [d for d in nodes.values() if d["parent"] == frame]
     assert sorted(d["track"] for d in mine if d["type"] == "CompositorNodeTrackPos") == sorted(names)
@@ -258,15 +285,16 @@ def test_corner_pin_lands_the_image_where_the_homography_puts_it(tmp_path, exten
     for link in after["tree"]["links"]:
         src, dst = link.split("->")
         node = src.split(":")[0]
-        if nodes[node]["type"].endswith("CombineXYZ") and dst.split(":")[0] == next(n for n, d in nodes.items()
-                                                                                    if d["type"] == "CompositorNodeCornerPin"):
+        if nodes[node]["type"].endswith("CombineXYZ") and dst.split(":")[0] == next(
+            n for n, d in nodes.items() if d["type"] == "CompositorNodeCornerPin"
+        ):
             corner_of[dst.split(":")[1]] = node
     assert len(corner_of) == 4
 
     errs = []
     for f, path in zip(frames, files):
         img = read_rgb(path)
-        for (uv, c) in PIN_DOTS:
+        for uv, c in PIN_DOTS:
             want = pinned_position(plane["quads"][f - 1], uv)
             got = blob_centroid(img[..., c], want)
             errs.append(np.linalg.norm(got - want))
@@ -310,9 +338,12 @@ def test_matchmove_carries_the_image_with_the_track(tmp_path, extension_zip, mov
     runs = [("one-odd", ["lead"], "odd"), ("one-even", ["lead"], "even"), ("two-even", ["lead", "follow"], "even")]
     steps = [track_step("lead", moving["lead"]), track_step("follow", moving["follow"])]
     for name, sel, kind in runs:
-        steps += [{"op": "frame", "scene_frame": ref}, {"op": "select", "tracks": sel, "active": "lead"},
-                  {"op": "pipstrack.setup_matchmove", "args": {"image_path": str(moving["images"][kind])}},
-                  {"op": "render", "scene_frames": frames, "dir": str(tmp_path / name)}]
+        steps += [
+            {"op": "frame", "scene_frame": ref},
+            {"op": "select", "tracks": sel, "active": "lead"},
+            {"op": "pipstrack.setup_matchmove", "args": {"image_path": str(moving["images"][kind])}},
+            {"op": "render", "scene_frames": frames, "dir": str(tmp_path / name)},
+        ]
     steps.append({"op": "state"})
     out = run_blender(tmp_path, extension_zip, moving["path"], steps)
     res = results(out)[2:]
@@ -322,7 +353,7 @@ def test_matchmove_carries_the_image_with_the_track(tmp_path, extension_zip, mov
     assert len(frames_made) == len(runs)  # each set-up added its own frame; the earlier ones' nodes stay
 
     err_pos, err_rot = [], []
-    for i, (name, sel, kind) in enumerate(runs):
+    for i, (_name, sel, _kind) in enumerate(runs):
         for f, path in zip(frames, res[3 + 4 * i]):
             img, lead = read_rgb(path), moving["lead"][f - 1]
             err_pos.append(np.linalg.norm(blob_centroid(img[..., 0], lead) - lead))  # the centre on the track
@@ -334,33 +365,49 @@ def test_matchmove_carries_the_image_with_the_track(tmp_path, extension_zip, mov
                 green = lead + 10 * s * np.array([np.cos(a), np.sin(a)])
             (err_pos if len(sel) == 1 else err_rot).append(np.linalg.norm(blob_centroid(img[..., 1], green) - green))
     err_pos, err_rot = np.array(err_pos), np.array(err_rot)
-    print(f"\nmatch-move: on-track error mean {err_pos.mean():.3f} px max {err_pos.max():.3f} px; "
-          f"rotated/scaled dot error mean {err_rot.mean():.3f} px max {err_rot.max():.3f} px")
+    print(
+        f"\nmatch-move: on-track error mean {err_pos.mean():.3f} px max {err_pos.max():.3f} px; "
+        f"rotated/scaled dot error mean {err_rot.mean():.3f} px max {err_rot.max():.3f} px"
+    )
     limit = 1.0 if snaps_to_whole_pixels(out) else 0.25
     assert err_pos.max() < limit and err_rot.max() < limit
 
 
 # -- errors -----------------------------------------------------------------------------------
 def test_wrong_selections_report_clearly_and_change_nothing(tmp_path, extension_zip, shaky):
-    convex = [shaky["trajs"][:, 0], shaky["trajs"][:, 1], shaky["trajs"][:, 2], shaky["trajs"][:, 0] + [95, 50],
-              shaky["trajs"][:, 1] + [0, 40]]
+    convex = [
+        shaky["trajs"][:, 0],
+        shaky["trajs"][:, 1],
+        shaky["trajs"][:, 2],
+        shaky["trajs"][:, 0] + [95, 50],
+        shaky["trajs"][:, 1] + [0, 40],
+    ]
     tracks = [track_step(f"t{i}", xy) for i, xy in enumerate(convex)]
     line = [track_step(f"l{i}", np.repeat([[20.0 + 30 * i, 50.0]], T_STAB, axis=0)) for i in range(4)]
-    steps = tracks + line + [
-        {"op": "select", "tracks": []}, {"op": "state"},
-        {"op": "pipstrack.setup_stabilise"},
-        {"op": "pipstrack.setup_corner_pin"},
-        {"op": "pipstrack.setup_matchmove"},
-        {"op": "select", "tracks": ["t0", "t1", "t2"]}, {"op": "pipstrack.setup_corner_pin"},
-        {"op": "select", "tracks": ["t0", "t1", "t2", "t3", "t4"]}, {"op": "pipstrack.setup_corner_pin"},
-        {"op": "select", "tracks": ["l0", "l1", "l2", "l3"]}, {"op": "pipstrack.setup_corner_pin"},
-        {"op": "select", "tracks": ["t0", "t1", "t2", "t3"]},
-        {"op": "pipstrack.setup_corner_pin", "args": {"image_path": str(tmp_path / "missing.png")}},
-        {"op": "select", "tracks": ["t0", "t1", "t2"]}, {"op": "pipstrack.setup_matchmove"},
-        {"op": "state"},
-    ]
+    steps = (
+        tracks
+        + line
+        + [
+            {"op": "select", "tracks": []},
+            {"op": "state"},
+            {"op": "pipstrack.setup_stabilise"},
+            {"op": "pipstrack.setup_corner_pin"},
+            {"op": "pipstrack.setup_matchmove"},
+            {"op": "select", "tracks": ["t0", "t1", "t2"]},
+            {"op": "pipstrack.setup_corner_pin"},
+            {"op": "select", "tracks": ["t0", "t1", "t2", "t3", "t4"]},
+            {"op": "pipstrack.setup_corner_pin"},
+            {"op": "select", "tracks": ["l0", "l1", "l2", "l3"]},
+            {"op": "pipstrack.setup_corner_pin"},
+            {"op": "select", "tracks": ["t0", "t1", "t2", "t3"]},
+            {"op": "pipstrack.setup_corner_pin", "args": {"image_path": str(tmp_path / "missing.png")}},
+            {"op": "select", "tracks": ["t0", "t1", "t2"]},
+            {"op": "pipstrack.setup_matchmove"},
+            {"op": "state"},
+        ]
+    )
     out = run_blender(tmp_path, extension_zip, shaky["path"], steps)
-    r = results(out)[len(tracks) + len(line):]
+    r = results(out)[len(tracks) + len(line) :]
     before, after = r[1], r[-1]
     for res in r[2:5]:  # nothing selected: the operators are unavailable and say why
         assert res["poll"] is False and "Select the tracks" in res["message"], res
@@ -378,19 +425,26 @@ def test_defaults_generated_image_and_location_only(tmp_path, extension_zip, pla
     """No image given: a generated colour grid is pinned; one track stabilises location only."""
     idx = {"c_bl": 0, "c_br": 1, "c_tr": 2, "c_tl": 3}
     steps = [track_step(n, plane["quads"][:, i]) for n, i in idx.items()]
-    steps += [{"op": "select", "tracks": list(idx)}, {"op": "pipstrack.setup_corner_pin"},
-              {"op": "render", "scene_frames": [2], "dir": str(tmp_path / "r")},
-              {"op": "select", "tracks": ["c_bl"]}, {"op": "pipstrack.setup_stabilise"}, {"op": "state"}]
+    steps += [
+        {"op": "select", "tracks": list(idx)},
+        {"op": "pipstrack.setup_corner_pin"},
+        {"op": "render", "scene_frames": [2], "dir": str(tmp_path / "r")},
+        {"op": "select", "tracks": ["c_bl"]},
+        {"op": "pipstrack.setup_stabilise"},
+        {"op": "state"},
+    ]
     out = run_blender(tmp_path, extension_zip, plane["path"], steps)
     assert len(out["registered"]) == 4  # the panel and the three operators
     pin, files, _, stab, after = results(out)[-5:]
     assert pin == stab == ["FINISHED"], (pin, stab)
     assert "PIPs Checker" in after["images"]
     s = after["stabilization"]
-    assert s["use_2d"] and s["tracks"] == ["c_bl"] and s["rotation_tracks"] == [] and not s["rotation"] and not s["scale"]
+    assert (
+        s["use_2d"] and s["tracks"] == ["c_bl"] and s["rotation_tracks"] == [] and not s["rotation"] and not s["scale"]
+    )
     # the grid covers the quad: its colours differ from the clip there, not outside
     img, clip = read_rgb(files[0]), cv2.imread(str(plane["path"]).replace("0001", "0002"))[..., ::-1] / 255.0
     centre = plane["quads"][1].mean(axis=0).round().astype(int)
-    inside = np.abs(img - clip)[centre[1] - 6:centre[1] + 6, centre[0] - 10:centre[0] + 10].mean()
+    inside = np.abs(img - clip)[centre[1] - 6 : centre[1] + 6, centre[0] - 10 : centre[0] + 10].mean()
     outside = np.abs(img - clip)[2:10, 2:30].mean()
     assert inside > 0.05 and outside < 0.01, (inside, outside)

@@ -1,5 +1,6 @@
 """`pipstrack eval` and its baselines: shapes, hand-checked metrics, trackers on clips whose
 motion is known exactly, and the command as a user runs it. Kept small (tiny clips)."""
+
 import subprocess
 import sys
 
@@ -7,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipstrack import baselines as B
-from pipstrack import eval as ev
+from pipstrack.evaluation import baselines as B
+from pipstrack.evaluation import harness as ev
 
 
 def _texture(h, w, seed=0, sigma=2.0):
@@ -104,17 +105,6 @@ def test_lost_points_stay_lost_at_their_last_position():
     np.testing.assert_array_equal(xy[5:], np.repeat(xy[4:5], 3, axis=0))
 
 
-def test_blender_marker_conversion_round_trips():
-    size = (96, 128)
-    xy = np.array([[0.0, 0.0], [-0.5, -0.5], [127.5, 95.5], [63.25, 17.75], [3.1, 90.9]])
-    co = B.to_blender(xy, size)
-    np.testing.assert_array_equal(co[1], [0.0, 1.0])  # top-left image corner: Blender's (0, 1)
-    np.testing.assert_array_equal(co[2], [1.0, 0.0])  # bottom-right corner: Blender's (1, 0)
-    np.testing.assert_array_equal(co[0], [0.5 / 128, 1 - 0.5 / 96])  # first pixel's centre
-    np.testing.assert_allclose(B.from_blender(co, size), xy, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(B.to_blender(B.from_blender(co, size), size), co, rtol=0, atol=1e-15)
-
-
 def test_blender_tracker_follows_a_smooth_translation():
     pytest.importorskip("bpy")
     rgbs = _translation_clip(10, 96, 128, step=(1.5, 0.7), integer=False)
@@ -130,7 +120,9 @@ def test_a_method_that_cannot_run_is_reported_not_fatal():
     def unavailable(rgbs, queries):
         raise B.BaselineUnavailable("no bpy here")
 
-    clip = ev.EvalClip("static", "photo", np.zeros((3, 40, 40, 3), np.uint8), np.full((3, 2, 2), 10.0), np.ones((3, 2), bool))
+    clip = ev.EvalClip(
+        "static", "photo", np.zeros((3, 40, 40, 3), np.uint8), np.full((3, 2, 2), 10.0), np.ones((3, 2), bool)
+    )
     runs = ev.run_eval({"zero": B.zero_motion, "blender-loc": unavailable}, [clip, clip], total=2, progress=False)
     table = ev.markdown_table(runs, ["zero", "blender-loc"])
     row = next(line for line in table.splitlines() if line.startswith("| blender-loc"))
@@ -140,9 +132,27 @@ def test_a_method_that_cannot_run_is_reported_not_fatal():
 
 def test_eval_command_prints_one_table():
     r = subprocess.run(
-        [sys.executable, "-m", "pipstrack", "eval", "--synthetic", "2", "--photo-clips", "1", "--frames", "10",
-         "--size", "96x128", "--baselines", "zero,lk", "--device", "cpu"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pipstrack",
+            "eval",
+            "--synthetic",
+            "2",
+            "--photo-clips",
+            "1",
+            "--frames",
+            "10",
+            "--size",
+            "96x128",
+            "--baselines",
+            "zero,lk",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ")]

@@ -1,26 +1,32 @@
 """Exports to compositing packages: each file is parsed back with a small reader written here,
 converted back through the target's convention, and compared with the track frame by frame."""
+
 import argparse
 import csv
 import re
 
 import pytest
 
-from pipstrack.export import add_export_parser, export_tracks
-from pipstrack.formats import read_tracks, write_tracks
+from pipstrack.cli.export import add_parsers as add_export_parser
+from pipstrack.io.export import export_tracks
+from pipstrack.io.formats import read_tracks, write_tracks
 
 W, H = 1920, 1080
 FRAMES = list(range(1001, 1011))
 OCCLUDED = 1005  # track "a" is behind an occluder here
-MISSING = 1008   # track "b" has no position here
+MISSING = 1008  # track "b" has no position here
 
 
 def truth(name, f):
     """Known synthetic trajectories: straight lines with sub-pixel steps."""
     k = f - 1001
-    return {"a": (100.25 + 12.5 * k, 200.75 + 7.25 * k), "b": (300.0 + 3.5 * k, 900.5 - 2.25 * k),
-            "c": (1500.5 - 1.5 * k, 880.25 - 4.0 * k), "d": (1480.0 + 0.75 * k, 150.5 + 5.5 * k),
-            "e": (320.5 + 2.0 * k, 140.0 + 1.25 * k)}[name]
+    return {
+        "a": (100.25 + 12.5 * k, 200.75 + 7.25 * k),
+        "b": (300.0 + 3.5 * k, 900.5 - 2.25 * k),
+        "c": (1500.5 - 1.5 * k, 880.25 - 4.0 * k),
+        "d": (1480.0 + 0.75 * k, 150.5 + 5.5 * k),
+        "e": (320.5 + 2.0 * k, 140.0 + 1.25 * k),
+    }[name]
 
 
 def make_doc():
@@ -34,12 +40,23 @@ def make_doc():
             vis = not (name == "a" and f == OCCLUDED)
             pts.append([f, x, y, vis, 0.9 if vis else 0.2])
         tracks.append({"id": i, "name": name, "anchors": [[1001, *truth(name, 1001)]], "points": pts})
-    return {"format": "pipstrack-tracks", "version": 1, "source": {"path": "plate.####.exr", "width": W, "height": H, "frame_count": 10},
-            "model": {}, "frames": FRAMES, "point_fields": ["frame", "x", "y", "visible", "confidence"], "tracks": tracks}
+    return {
+        "format": "pipstrack-tracks",
+        "version": 1,
+        "source": {"path": "plate.####.exr", "width": W, "height": H, "frame_count": 10},
+        "model": {},
+        "frames": FRAMES,
+        "point_fields": ["frame", "x", "y", "visible", "confidence"],
+        "tracks": tracks,
+    }
 
 
 def expected(name, occluded="keep"):
-    return {f: truth(name, f) for f in FRAMES if not (name == "b" and f == MISSING) and not (occluded == "skip" and name == "a" and f == OCCLUDED)}
+    return {
+        f: truth(name, f)
+        for f in FRAMES
+        if not (name == "b" and f == MISSING) and not (occluded == "skip" and name == "a" and f == OCCLUDED)
+    }
 
 
 def close(got: dict, want: dict, tol=1e-3):
@@ -84,7 +101,7 @@ def top_level_items(s):
             j = i + 1
             while s[j] != '"':
                 j += 2 if s[j] == "\\" else 1
-            items.append(s[i:j + 1])
+            items.append(s[i : j + 1])
             i = j + 1
         else:
             j = i
@@ -97,7 +114,7 @@ def top_level_items(s):
 
 def read_nk(text):
     """Tracker4 tracks (name -> {frame: (x, y)} in Nuke coordinates), the column count, and CornerPin2D knobs."""
-    body = text[text.index(" tracks {") + len(" tracks "):]
+    body = text[text.index(" tracks {") + len(" tracks ") :]
     tracks_knob = top_level_items(body)[0]
     header, columns, rows = top_level_items(tracks_knob[1:-1])
     ncols = int(header.strip("{}").split()[1])
@@ -112,7 +129,7 @@ def read_nk(text):
         tracks[cells[1].strip('"')] = {f: (xs[f], ys[f]) for f in xs}
     pin = {}
     if "CornerPin2D {" in text:
-        node = text[text.index("CornerPin2D {"):]
+        node = text[text.index("CornerPin2D {") :]
         for m in re.finditer(r"^ (to|from)(\d) \{(.*)\}$", node, re.M):
             a, b = top_level_items(m.group(3))
             if m.group(1) == "to":
@@ -198,9 +215,14 @@ def test_nuke_corner_pin(tmp_path):
 def test_after_effects_position_round_trip(tmp_path):
     out = export_tracks(make_doc(), tmp_path / "a.txt", tracks=["a"], fps=23.976)
     header, blocks = read_ae(out.read_text())
-    assert header == {"Units Per Second": "23.976", "Source Width": "1920", "Source Height": "1080",
-                      "Source Pixel Aspect Ratio": "1", "Comp Pixel Aspect Ratio": "1"}
-    (name, rows), = blocks.items()
+    assert header == {
+        "Units Per Second": "23.976",
+        "Source Width": "1920",
+        "Source Height": "1080",
+        "Source Pixel Aspect Ratio": "1",
+        "Comp Pixel Aspect Ratio": "1",
+    }
+    ((name, rows),) = blocks.items()
     assert name == "Transform\tPosition" and min(rows) == 0  # frame - first tracked frame
     close(from_ae(rows, 1001), expected("a"))
     out = export_tracks(make_doc(), tmp_path / "b.txt", "ae", tracks=["b"], start_frame=1000, occluded="skip")
@@ -219,7 +241,11 @@ def test_after_effects_corner_pin(tmp_path):
 
 def test_fusion_round_trip_and_corner_pin(tmp_path):
     text = export_tracks(make_doc(), tmp_path / "t.setting", start_frame=1001).read_text()
-    assert text.startswith("{\n\tTools = ordered() {") and text.count("= Transform {") == 5 and text.count("{") == text.count("}")
+    assert (
+        text.startswith("{\n\tTools = ordered() {")
+        and text.count("= Transform {") == 5
+        and text.count("{") == text.count("}")
+    )
     splines = read_fusion(text)
     for name in "abcde":
         close(from_fusion(splines, f"pips_{name}", 1001), expected(name))
@@ -234,8 +260,10 @@ def test_known_pixel_centres(tmp_path):
     """The centre of the top-left pixel is Nuke (0.5, H-0.5), AE (0.5, 0.5), Fusion (0.5/W, 1-0.5/H);
     the bottom-right pixel's is Nuke (W-0.5, 0.5), AE (W-0.5, H-0.5)."""
     doc = make_doc()
-    doc["tracks"] = [{"id": 0, "name": "tl", "anchors": [], "points": [[1001, 0.0, 0.0, True, 1.0]]},
-                     {"id": 1, "name": "br", "anchors": [], "points": [[1001, W - 1.0, H - 1.0, True, 1.0]]}]
+    doc["tracks"] = [
+        {"id": 0, "name": "tl", "anchors": [], "points": [[1001, 0.0, 0.0, True, 1.0]]},
+        {"id": 1, "name": "br", "anchors": [], "points": [[1001, W - 1.0, H - 1.0, True, 1.0]]},
+    ]
     tracks, _ = read_nk(export_tracks(doc, tmp_path / "p.nk").read_text())
     assert tracks["tl"] == {1001: (0.5, H - 0.5)} and tracks["br"] == {1001: (W - 0.5, 0.5)}
     _, blocks = read_ae(export_tracks(doc, tmp_path / "tl.txt", tracks=["tl"]).read_text())
@@ -243,14 +271,18 @@ def test_known_pixel_centres(tmp_path):
     _, blocks = read_ae(export_tracks(doc, tmp_path / "br.txt", tracks=["br"]).read_text())
     assert blocks["Transform\tPosition"] == {0: (W - 0.5, H - 0.5)}
     splines = read_fusion(export_tracks(doc, tmp_path / "p.setting").read_text())
-    assert splines["pips_tl_X"][0] == pytest.approx(0.5 / W, abs=1e-9) and splines["pips_tl_Y"][0] == pytest.approx(1 - 0.5 / H, abs=1e-9)
+    assert splines["pips_tl_X"][0] == pytest.approx(0.5 / W, abs=1e-9) and splines["pips_tl_Y"][0] == pytest.approx(
+        1 - 0.5 / H, abs=1e-9
+    )
 
 
 def test_csv_and_json_keep_the_pipstrack_convention(tmp_path):
     out = export_tracks(make_doc(), tmp_path / "t.csv", tracks=["a", 1], occluded="skip")
     rows = list(csv.DictReader(out.read_text().splitlines()))
     for name in "ab":
-        close({int(r["frame"]): (float(r["x"]), float(r["y"])) for r in rows if r["name"] == name}, expected(name, "skip"))
+        close(
+            {int(r["frame"]): (float(r["x"]), float(r["y"])) for r in rows if r["name"] == name}, expected(name, "skip")
+        )
     back = read_tracks(export_tracks(make_doc(), tmp_path / "t.json", tracks=["a"]))
     assert [t["name"] for t in back["tracks"]] == ["a"] and back["source"]["width"] == W
     close({p[0]: (p[1], p[2]) for p in back["tracks"][0]["points"]}, expected("a"))
@@ -266,16 +298,19 @@ def test_odd_track_names_stay_valid(tmp_path):
 
 
 # ------------------------------------------------------------------ errors
-@pytest.mark.parametrize("name,kwargs,message", [
-    ("t.xyz", {}, "cannot tell the export format"),
-    ("t.nk", {"fmt": "maya"}, "unknown export format 'maya'"),
-    ("t.nk", {"corner_pin": ["a", "b", "c"]}, "exactly 4 tracks"),
-    ("t.nk", {"corner_pin": ["a", "b", "c", "a"]}, "4 different tracks"),
-    ("t.nk", {"tracks": ["a", "nope"]}, "unknown track 'nope'"),
-    ("t.txt", {}, "one track per Position paste"),
-    ("t.nk", {"occluded": "maybe"}, "occluded must be"),
-    ("t.txt", {"fmt": "csv"}, "must end in .csv"),
-])
+@pytest.mark.parametrize(
+    "name,kwargs,message",
+    [
+        ("t.xyz", {}, "cannot tell the export format"),
+        ("t.nk", {"fmt": "maya"}, "unknown export format 'maya'"),
+        ("t.nk", {"corner_pin": ["a", "b", "c"]}, "exactly 4 tracks"),
+        ("t.nk", {"corner_pin": ["a", "b", "c", "a"]}, "4 different tracks"),
+        ("t.nk", {"tracks": ["a", "nope"]}, "unknown track 'nope'"),
+        ("t.txt", {}, "one track per Position paste"),
+        ("t.nk", {"occluded": "maybe"}, "occluded must be"),
+        ("t.txt", {"fmt": "csv"}, "must end in .csv"),
+    ],
+)
 def test_errors_leave_no_file(tmp_path, name, kwargs, message):
     fmt = kwargs.pop("fmt", None)
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -298,7 +333,20 @@ def test_command_line(tmp_path, capsys):
     write_tracks(src, make_doc())
     p = argparse.ArgumentParser()
     add_export_parser(p.add_subparsers(dest="command"))
-    args = p.parse_args(["export", str(src), str(tmp_path / "pin.txt"), "--corner-pin", "b,c,d,e", "--skip-occluded", "--start-frame", "1000", "--fps", "25"])
+    args = p.parse_args(
+        [
+            "export",
+            str(src),
+            str(tmp_path / "pin.txt"),
+            "--corner-pin",
+            "b,c,d,e",
+            "--skip-occluded",
+            "--start-frame",
+            "1000",
+            "--fps",
+            "25",
+        ]
+    )
     assert args.func(args) == 0 and "After Effects" in capsys.readouterr().out
     header, blocks = read_ae((tmp_path / "pin.txt").read_text())
     assert header["Units Per Second"] == "25"

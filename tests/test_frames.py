@@ -12,15 +12,15 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "backend"))
 
-from pipstrack.frames import (  # noqa: E402
+from pipstrack.conventions import display_transform  # noqa: E402
+from pipstrack.io.frames import (  # noqa: E402
     ArrayFrames,
     FrameReadError,
     ImageSequenceFrames,
     VideoFrames,
-    display_transform,
     open_frames,
 )
-from pipstrack.preview import draw_tracks, track_colors, write_preview  # noqa: E402
+from pipstrack.io.preview import draw_tracks, track_colors, write_preview  # noqa: E402
 
 H, W = 24, 32
 

@@ -5,12 +5,14 @@ import pytest
 import torch
 
 from pipstrack import Pips, PipsConfig, WeightsError, load_model
-from pipstrack.weights import read_checkpoint, save_model
+from pipstrack.engine.weights import read_checkpoint, save_model
 
 
 def run_reference_input(model, reference):
     with torch.no_grad():
-        preds, vis = model(torch.from_numpy(reference["xys"]), torch.from_numpy(reference["rgbs"]), iters=int(reference["iters"]))
+        preds, vis = model(
+            torch.from_numpy(reference["xys"]), torch.from_numpy(reference["rgbs"]), iters=int(reference["iters"])
+        )
     return torch.stack(preds).numpy(), vis.numpy()
 
 
@@ -44,7 +46,9 @@ def test_state_dict_names_and_sizes_match_the_official_checkpoint(reference):
 
 def test_loads_the_official_layout_with_module_prefixes(tmp_path, reference, official_state):
     path = tmp_path / "model-000200000.pth"
-    torch.save({"model_state_dict": {f"module.{k}": v for k, v in official_state.items()}, "optimizer_state_dict": {}}, path)
+    torch.save(
+        {"model_state_dict": {f"module.{k}": v for k, v in official_state.items()}, "optimizer_state_dict": {}}, path
+    )
     model = load_model(path)
     coords, _ = run_reference_input(model, reference)
     np.testing.assert_allclose(coords[0], reference["coords"][0], atol=1e-3)
@@ -63,7 +67,7 @@ def test_own_files_carry_their_config(tmp_path):
 
 
 def test_default_model_loads_and_is_small():
-    from pipstrack.weights import DEFAULT_MODEL
+    from pipstrack.engine.weights import DEFAULT_MODEL
 
     model = load_model()
     assert not model.training
@@ -100,7 +104,12 @@ def test_truncated_and_foreign_files(tmp_path, official_state):
     text.write_text("not weights")
     other = tmp_path / "other.pth"
     torch.save({"layer.weight": torch.zeros(3)}, other)
-    for path, words in [(truncated, "truncated"), (text, "not a PyTorch checkpoint"), (other, "not a PIPs checkpoint"), (tmp_path / "absent.pth", "no such file")]:
+    for path, words in [
+        (truncated, "truncated"),
+        (text, "not a PyTorch checkpoint"),
+        (other, "not a PIPs checkpoint"),
+        (tmp_path / "absent.pth", "no such file"),
+    ]:
         with pytest.raises(WeightsError) as e:
             load_model(path)
         assert str(path) in str(e.value) and words in str(e.value)
@@ -124,7 +133,7 @@ def test_never_unpickles_arbitrary_objects(tmp_path):
 
 
 def test_official_lookup_uses_environment(tmp_path, monkeypatch, official_state):
-    from pipstrack.weights import find_official
+    from pipstrack.engine.weights import find_official
 
     monkeypatch.setenv("PIPSTRACK_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("PIPSTRACK_WEIGHTS", raising=False)

@@ -1,4 +1,5 @@
 """Unit tests of the wire protocol's validation (no sockets, no torch)."""
+
 import json
 import subprocess
 import sys
@@ -6,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipstrack import protocol as P
+from pipstrack.wire import protocol as P
 
 
 def hdr(**fields):
@@ -16,9 +17,17 @@ def hdr(**fields):
 
 
 def submit(**over):
-    h = {"v": P.PROTOCOL_VERSION, "type": "submit", "job": "j1", "frame_count": 10, "frame_shape": [64, 96, 3],
-         "dtype": "uint8", "colour": "srgb", "queries": [[0, 10.0, 20.0], [3, 95.5, 63.5]],
-         "options": {"frame_range": [0, 9], "direction": "both", "working_size": 512, "iters": 6}}
+    h = {
+        "v": P.PROTOCOL_VERSION,
+        "type": "submit",
+        "job": "j1",
+        "frame_count": 10,
+        "frame_shape": [64, 96, 3],
+        "dtype": "uint8",
+        "colour": "srgb",
+        "queries": [[0, 10.0, 20.0], [3, 95.5, 63.5]],
+        "options": {"frame_range": [0, 9], "direction": "both", "working_size": 512, "iters": 6},
+    }
     for k, v in over.items():
         if v is None:
             h.pop(k, None)
@@ -33,10 +42,11 @@ def code_of(fn, *a):
     return e.value.code
 
 
-def test_protocol_imports_without_torch():
-    code = "import sys, importlib.util as u; sys.path.insert(0, 'backend/pipstrack'); import protocol; " \
-           "assert 'torch' not in sys.modules, 'torch imported'; assert 'pipstrack' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+def test_protocol_imports_without_torch_or_opencv():
+    """The backend's own import of the wire format stays light (the extension's copy is checked
+    with torch and OpenCV made unimportable: tests/test_layout.py)."""
+    code = "import sys, pipstrack.wire.protocol; assert not {'torch', 'cv2'} & set(sys.modules), sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_header_roundtrip_and_types():
@@ -83,27 +93,47 @@ def test_submit_good_json_and_binary():
     assert P.check_submit(*P.parse(off.submit_message())).comotion is False  # survives the round trip
 
 
-@pytest.mark.parametrize("field,value,code", [
-    ("frame_count", 0, P.E_BAD_FIELD), ("frame_count", "10", P.E_BAD_FIELD), ("frame_count", True, P.E_BAD_FIELD),
-    ("frame_count", P.MAX_FRAMES + 1, P.E_BAD_FIELD),
-    ("frame_shape", [64, 96], P.E_BAD_FIELD), ("frame_shape", [64, 96, 4], P.E_BAD_FIELD),
-    ("frame_shape", [0, 96, 3], P.E_BAD_FIELD), ("frame_shape", [64.0, 96, 3], P.E_BAD_FIELD),
-    ("frame_shape", [P.MAX_SIDE + 1, 96, 3], P.E_BAD_FIELD), ("frame_shape", [16384, 16384, 3], P.E_TOO_LARGE),
-    ("dtype", "float64", P.E_BAD_FIELD), ("dtype", "int16", P.E_BAD_FIELD),
-    ("colour", "rec709", P.E_BAD_FIELD), ("colour", "linear", P.E_BAD_FIELD),  # linear uint8
-    ("source", "http", P.E_BAD_FIELD),
-    ("queries", [], P.E_BAD_FIELD), ("queries", [[0, 1]], P.E_BAD_FIELD), ("queries", [[0, "a", 2]], P.E_BAD_FIELD),
-    ("queries", [[0, True, 2]], P.E_BAD_FIELD), ("queries", "csv", P.E_BAD_FIELD),
-    ("queries", [[0.5, 1, 2]], P.E_BAD_FIELD), ("queries", [[10, 1, 2]], P.E_BAD_FIELD),
-    ("queries", [[0, 96, 2]], P.E_BAD_FIELD), ("queries", [[0, 1, -0.6]], P.E_BAD_FIELD),
-    ("queries", [[0, 1e308 * 10, 2]], P.E_BAD_FIELD),
-    ("options", [], P.E_BAD_FIELD), ("options", {"speed": 2}, P.E_BAD_FIELD),
-    ("options", {"frame_range": [3, 2]}, P.E_BAD_FIELD), ("options", {"frame_range": [0, 10]}, P.E_BAD_FIELD),
-    ("options", {"direction": "sideways"}, P.E_BAD_FIELD), ("options", {"working_size": 8}, P.E_BAD_FIELD),
-    ("options", {"iters": 0}, P.E_BAD_FIELD), ("options", {"iters": 33}, P.E_BAD_FIELD),
-    ("options", {"frame_range": [2, 9]}, P.E_BAD_FIELD),  # query on frame 0 outside the range
-    ("options", {"refine": 1}, P.E_BAD_FIELD), ("options", {"comotion": "no"}, P.E_BAD_FIELD),
-])
+@pytest.mark.parametrize(
+    "field,value,code",
+    [
+        ("frame_count", 0, P.E_BAD_FIELD),
+        ("frame_count", "10", P.E_BAD_FIELD),
+        ("frame_count", True, P.E_BAD_FIELD),
+        ("frame_count", P.MAX_FRAMES + 1, P.E_BAD_FIELD),
+        ("frame_shape", [64, 96], P.E_BAD_FIELD),
+        ("frame_shape", [64, 96, 4], P.E_BAD_FIELD),
+        ("frame_shape", [0, 96, 3], P.E_BAD_FIELD),
+        ("frame_shape", [64.0, 96, 3], P.E_BAD_FIELD),
+        ("frame_shape", [P.MAX_SIDE + 1, 96, 3], P.E_BAD_FIELD),
+        ("frame_shape", [16384, 16384, 3], P.E_TOO_LARGE),
+        ("dtype", "float64", P.E_BAD_FIELD),
+        ("dtype", "int16", P.E_BAD_FIELD),
+        ("colour", "rec709", P.E_BAD_FIELD),
+        ("colour", "linear", P.E_BAD_FIELD),  # linear uint8
+        ("source", "http", P.E_BAD_FIELD),
+        ("queries", [], P.E_BAD_FIELD),
+        ("queries", [[0, 1]], P.E_BAD_FIELD),
+        ("queries", [[0, "a", 2]], P.E_BAD_FIELD),
+        ("queries", [[0, True, 2]], P.E_BAD_FIELD),
+        ("queries", "csv", P.E_BAD_FIELD),
+        ("queries", [[0.5, 1, 2]], P.E_BAD_FIELD),
+        ("queries", [[10, 1, 2]], P.E_BAD_FIELD),
+        ("queries", [[0, 96, 2]], P.E_BAD_FIELD),
+        ("queries", [[0, 1, -0.6]], P.E_BAD_FIELD),
+        ("queries", [[0, 1e308 * 10, 2]], P.E_BAD_FIELD),
+        ("options", [], P.E_BAD_FIELD),
+        ("options", {"speed": 2}, P.E_BAD_FIELD),
+        ("options", {"frame_range": [3, 2]}, P.E_BAD_FIELD),
+        ("options", {"frame_range": [0, 10]}, P.E_BAD_FIELD),
+        ("options", {"direction": "sideways"}, P.E_BAD_FIELD),
+        ("options", {"working_size": 8}, P.E_BAD_FIELD),
+        ("options", {"iters": 0}, P.E_BAD_FIELD),
+        ("options", {"iters": 33}, P.E_BAD_FIELD),
+        ("options", {"frame_range": [2, 9]}, P.E_BAD_FIELD),  # query on frame 0 outside the range
+        ("options", {"refine": 1}, P.E_BAD_FIELD),
+        ("options", {"comotion": "no"}, P.E_BAD_FIELD),
+    ],
+)
 def test_submit_rejects(field, value, code):
     h = submit(**{field: value})
     assert code_of(P.check_submit, h, []) == code
@@ -166,9 +196,15 @@ def test_trajectories_roundtrip_and_checked():
 def test_progress_and_loopback():
     assert P.check_progress({"done": 3, "total": 7}) == (3, 7)
     assert code_of(P.check_progress, {"done": 8, "total": 7}) == P.E_BAD_FIELD
-    assert P.is_loopback("tcp://127.0.0.1:5555") and P.is_loopback("tcp://localhost:1") and P.is_loopback("tcp://[::1]:5")
+    assert (
+        P.is_loopback("tcp://127.0.0.1:5555") and P.is_loopback("tcp://localhost:1") and P.is_loopback("tcp://[::1]:5")
+    )
     assert P.is_loopback("ipc:///tmp/x")
-    assert not P.is_loopback("tcp://0.0.0.0:5555") and not P.is_loopback("tcp://*:5555") and not P.is_loopback("tcp://10.0.0.2:1")
+    assert (
+        not P.is_loopback("tcp://0.0.0.0:5555")
+        and not P.is_loopback("tcp://*:5555")
+        and not P.is_loopback("tcp://10.0.0.2:1")
+    )
 
 
 def test_error_codes_are_distinct_strings():
@@ -189,13 +225,19 @@ def test_submit_keyframed_anchors_checked():
     np.testing.assert_array_equal(again.point_index, spec.point_index)
 
     def bad(r, **kw):
-        return code_of(P.check_submit, submit(queries="binary", points=kw.get("points", 2), anchors=len(r)), [np.asarray(r, float).tobytes()])
+        return code_of(
+            P.check_submit,
+            submit(queries="binary", points=kw.get("points", 2), anchors=len(r)),
+            [np.asarray(r, float).tobytes()],
+        )
 
     assert bad([[0, 0, 1, 1], [2, 1, 1, 1]]) == P.E_BAD_FIELD  # point index out of range
     assert bad([[0, 0, 1, 1], [0, 1, 1, 1]]) == P.E_BAD_FIELD  # point 1 has no anchor
     assert bad([[0, 0, 1, 1], [0, 0, 2, 2], [1, 0, 1, 1]]) == P.E_BAD_FIELD  # two anchors on one frame
     assert bad([[0.5, 0, 1, 1], [1, 0, 1, 1]]) == P.E_BAD_FIELD
-    assert code_of(P.check_submit, submit(queries="binary", points=2, anchors=3), [rows[:2].tobytes()]) == P.E_BAD_PAYLOAD
+    assert (
+        code_of(P.check_submit, submit(queries="binary", points=2, anchors=3), [rows[:2].tobytes()]) == P.E_BAD_PAYLOAD
+    )
     assert code_of(P.check_submit, submit(options={"partial_interval": -1}), []) == P.E_BAD_FIELD
     assert code_of(P.check_submit, submit(source="video"), []) == P.E_BAD_FIELD  # no 'video' path
     assert P.check_submit(submit(source="video", video="/clips/a.mov"), []).video == "/clips/a.mov"

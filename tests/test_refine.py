@@ -1,8 +1,9 @@
 """Sub-pixel refinement (pipstrack.refine) on its own: rough trajectories in, polished out."""
+
 import cv2
 import numpy as np
 
-from pipstrack.refine import refine_trajectories
+from pipstrack.engine.refine import refine_trajectories
 
 
 def textured_clip(T=12, H=96, W=128, seed=0):
@@ -12,8 +13,12 @@ def textured_clip(T=12, H=96, W=128, seed=0):
     tex = (255 * (tex - tex.min()) / (tex.max() - tex.min())).astype(np.uint8)
     shift = np.cumsum(rng.uniform(-2.5, 2.5, (T, 2)), axis=0)
     shift[0] = 0
-    frames = [cv2.warpAffine(tex, np.float32([[1, 0, 20 - dx], [0, 1, 20 - dy]]), (W, H), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP)
-              for dx, dy in shift]
+    frames = [
+        cv2.warpAffine(
+            tex, np.float32([[1, 0, 20 - dx], [0, 1, 20 - dy]]), (W, H), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP
+        )
+        for dx, dy in shift
+    ]
     return frames, shift
 
 
@@ -47,7 +52,9 @@ def test_a_wrong_feature_far_from_the_seed_is_not_taken():
     out, found, sim, _ = refine_trajectories(lambda i: frames[i], np.arange(T), far, np.ones((T, 1), bool), [[0]])
     np.testing.assert_allclose(out[1:], far[1:], atol=1e-4)  # left as PIPs said, not pulled elsewhere
     assert not found[1:].any() and found[0, 0] and sim[0, 0] == 1.0  # nothing claims to have found it there
-    assert np.median(sim[1:, 0]) < 0.5  # and the patch there does not look like the point: the tracker reports it unseen
+    assert (
+        np.median(sim[1:, 0]) < 0.5
+    )  # and the patch there does not look like the point: the tracker reports it unseen
 
 
 def test_a_texture_that_differs_in_hue_only_is_polished():
@@ -55,7 +62,12 @@ def test_a_texture_that_differs_in_hue_only_is_polished():
     frames, shift = textured_clip(seed=5)
     a = [f.astype(np.float32) - 128.0 for f in frames]
     # Equal luma everywhere: R up where G goes down by the luma weights' ratio.
-    iso = [np.clip(np.dstack([128 + 0.9 * d, 128 - 0.9 * d * 0.299 / 0.587, np.full_like(d, 128)]), 0, 255).astype(np.uint8) for d in a]
+    iso = [
+        np.clip(np.dstack([128 + 0.9 * d, 128 - 0.9 * d * 0.299 / 0.587, np.full_like(d, 128)]), 0, 255).astype(
+            np.uint8
+        )
+        for d in a
+    ]
     assert max(float(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY).std()) for f in iso) < 1.0
     T = len(iso)
     truth = np.array([[50.0, 40.0], [80.0, 50.0]])[None] + shift[:, None]
@@ -79,7 +91,7 @@ def plate_with_occluder(T=20, H=120, W=160, seed=0, grid=(5, 4)):
         A = np.float32([[s, 0, (1 - s) * W / 2 + dx], [0, s, (1 - s) * H / 2 + dy]])
         img = cv2.warpAffine(tex, A, (W, H), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
         x0 = -40 + 12 * t  # the card: 36 px wide, full height, moving 12 px per frame
-        img[:, max(0, x0):max(0, x0 + 36)] = 90
+        img[:, max(0, x0) : max(0, x0 + 36)] = 90
         p = grid @ A[:, :2].T + A[:, 2]
         frames.append(img)
         truth.append(p)
@@ -129,7 +141,7 @@ def test_a_card_sweeping_the_whole_plate_drags_every_point_and_all_are_brought_b
         assert len(hid) and hid[0] > 0 and hid[-1] < T - 2  # each point is covered once, mid-clip
         for k, t in enumerate(range(hid[0], T)):
             rough[t, n] = truth[hid[0], n] + [12.0 * min(k, len(hid)), 0.0]
-        dragged[hid[-1] + 1:, n] = True
+        dragged[hid[-1] + 1 :, n] = True
     out, _, _, _ = refine_trajectories(lambda i: frames[i], np.arange(T), rough, vis, [[0]] * N)
     err = np.linalg.norm(out - truth, axis=2)
     H, W = frames[0].shape[:2]

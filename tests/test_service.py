@@ -1,4 +1,5 @@
 """The tracking service end to end: a real `python -m pipstrack serve` subprocess on loopback."""
+
 import json
 import signal
 import socket
@@ -13,8 +14,8 @@ import pytest
 import torch
 import zmq
 
-from pipstrack import protocol as P
-from pipstrack.client import Connection, TrackingError, ping
+from pipstrack.wire import protocol as P
+from pipstrack.wire.client import Connection, TrackingError, ping
 
 ROOT = Path(__file__).parents[1]
 FAST = dict(heartbeat=0.2, timeout=2.0)  # client side: ping every 0.2 s, give up after 2 s of silence
@@ -29,11 +30,18 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     from pipstrack import Pips, PipsConfig
-    from pipstrack.weights import save_model
+    from pipstrack.engine.weights import save_model
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_model(Pips(config=PipsConfig(encoder_widths=(16, 16, 24, 24), encoder_hidden=32, latent_dim=32, mixer_dim=64, mixer_depth=2)), path)
+    save_model(
+        Pips(
+            config=PipsConfig(
+                encoder_widths=(16, 16, 24, 24), encoder_hidden=32, latent_dim=32, mixer_dim=64, mixer_depth=2
+            )
+        ),
+        path,
+    )
     return path
 
 
@@ -75,7 +83,9 @@ def reference(tiny_model):
     def run(frames, queries, **kw):
         ws = kw.pop("working_size", 512)
         opts = {k: kw.pop(k) for k in ("refine", "comotion") if k in kw}
-        return Tracker(model, device="cpu", iters=kw.pop("iters", 6), working_long_side=ws, **opts).track(frames, queries, **kw)
+        return Tracker(model, device="cpu", iters=kw.pop("iters", 6), working_long_side=ws, **opts).track(
+            frames, queries, **kw
+        )
 
     return run
 
@@ -83,7 +93,7 @@ def reference(tiny_model):
 def clip(T=12, H=64, W=96, seed=0):
     rng = np.random.default_rng(seed)
     base = cv_blur((rng.random((H + 8 * T, W + 8 * T, 3)) * 255).astype(np.uint8))
-    return np.stack([base[2 * t:2 * t + H, 3 * t:3 * t + W] for t in range(T)])
+    return np.stack([base[2 * t : 2 * t + H, 3 * t : 3 * t + W] for t in range(T)])
 
 
 def cv_blur(img):
@@ -146,17 +156,33 @@ def test_roundtrip_equals_in_process_tracker(server, reference):
         assert got["working_size"] == list(ref.working_size) == [40, 64]
         for opts in ({"comotion": False}, {"refine": False}):  # the options reach the server's tracker
             got = conn.submit(frames, QUERIES, working_size=64, iters=4, frame_range=(0, 11), **opts).wait(30)
-            np.testing.assert_allclose(got["xy"], reference(frames, QUERIES, working_size=64, iters=4, **opts).xy, atol=1e-4)
+            np.testing.assert_allclose(
+                got["xy"], reference(frames, QUERIES, working_size=64, iters=4, **opts).xy, atol=1e-4
+            )
 
-        from pipstrack.frames import display_transform
+        from pipstrack.conventions import display_transform
 
         linear = ((frames.astype(np.float32) / 255.0) ** 2.2).astype(np.float16)
         calls = []
-        job = conn.submit(lambda i: calls.append(i) or linear[i], QUERIES[:2], frame_count=12, frame_shape=(64, 96),
-                          dtype="float16", chunk=5, working_size=None, frame_range=(0, 9), direction="forward")
+        job = conn.submit(
+            lambda i: calls.append(i) or linear[i],
+            QUERIES[:2],
+            frame_count=12,
+            frame_shape=(64, 96),
+            dtype="float16",
+            chunk=5,
+            working_size=None,
+            frame_range=(0, 9),
+            direction="forward",
+        )
         got = job.wait(30)
-        ref = reference(np.stack([display_transform(f) for f in linear]), QUERIES[:2], working_size=None,
-                        frame_range=(0, 9), direction="forward")
+        ref = reference(
+            np.stack([display_transform(f) for f in linear]),
+            QUERIES[:2],
+            working_size=None,
+            frame_range=(0, 9),
+            direction="forward",
+        )
         np.testing.assert_allclose(got["xy"], ref.xy, atol=1e-4, equal_nan=True)
         assert list(got["frame_indices"]) == list(range(10))
         assert sorted(calls) == list(range(10))  # lazily, each frame once, only the tracked range
@@ -317,8 +343,15 @@ def test_bad_messages_get_errors_and_the_server_keeps_serving(server):
     good = np.zeros((2, 64, 96, 3), np.uint8)
 
     def submit(job, **over):
-        h = {"v": P.PROTOCOL_VERSION, "type": "submit", "job": job, "frame_count": 2, "frame_shape": [64, 96, 3],
-             "dtype": "uint8", "queries": [[0, 10, 10]]}
+        h = {
+            "v": P.PROTOCOL_VERSION,
+            "type": "submit",
+            "job": job,
+            "frame_count": 2,
+            "frame_shape": [64, 96, 3],
+            "dtype": "uint8",
+            "queries": [[0, 10, 10]],
+        }
         h.update(over)
         return json.dumps(h).encode()
 
@@ -349,7 +382,10 @@ def test_bad_messages_get_errors_and_the_server_keeps_serving(server):
         assert reply(s)[0]["code"] == P.E_DUPLICATE_JOB
         for parts, code in [
             ([P.header(P.FRAMES, "ok", first=0, count=1), good[0, :, :95].tobytes()], P.E_BAD_PAYLOAD),  # wrong shape
-            ([P.header(P.FRAMES, "ok", first=0, count=1), good[0].astype(np.float16).tobytes()], P.E_BAD_PAYLOAD),  # dtype
+            (
+                [P.header(P.FRAMES, "ok", first=0, count=1), good[0].astype(np.float16).tobytes()],
+                P.E_BAD_PAYLOAD,
+            ),  # dtype
             ([P.header(P.FRAMES, "ok", first=0, count=2), good[0].tobytes()], P.E_BAD_PAYLOAD),  # truncated chunk
             ([P.header(P.FRAMES, "ok", first=1, count=2)] + [good[0].tobytes()] * 2, P.E_BAD_FIELD),
         ]:
@@ -415,7 +451,9 @@ def test_client_refuses_a_server_of_another_protocol_version():
 
 def test_curve_keys(start_server, tmp_path):
     keys, other = tmp_path / "keys", tmp_path / "other"
-    out = subprocess.run([sys.executable, "-m", "pipstrack", "keys", str(keys)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "pipstrack", "keys", str(keys)], capture_output=True, text=True, check=True
+    )
     assert "server.key_secret" in out.stdout and (keys / "authorized_clients" / "client.key").is_file()
     subprocess.run([sys.executable, "-m", "pipstrack", "keys", str(other)], capture_output=True, check=True)
     # the stranger presents the right server key but its own, unlisted, client key
@@ -431,19 +469,40 @@ def test_curve_keys(start_server, tmp_path):
         assert conn.submit(clip(T=8), QUERIES[:1]).wait(30)["xy"].shape == (8, 1, 2)
     finally:
         conn.close()
-    cli = subprocess.run([sys.executable, "-m", "pipstrack", "ping", srv.address, "--keys", str(keys)], capture_output=True, text=True)
+    cli = subprocess.run(
+        [sys.executable, "-m", "pipstrack", "ping", srv.address, "--keys", str(keys)], capture_output=True, text=True
+    )
     assert cli.returncode == 0 and "protocol 1" in cli.stdout and "device cpu" in cli.stdout
 
 
 def test_non_loopback_bind_needs_keys(tiny_model):
-    out = subprocess.run([sys.executable, "-m", "pipstrack", "serve", "--bind", f"tcp://0.0.0.0:{free_port()}", "--model",
-                          str(tiny_model), "--device", "cpu"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipstrack",
+            "serve",
+            "--bind",
+            f"tcp://0.0.0.0:{free_port()}",
+            "--model",
+            str(tiny_model),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "refusing to bind" in out.stderr and "--insecure" in out.stderr
 
 
 def test_ping_cli_without_server():
-    out = subprocess.run([sys.executable, "-m", "pipstrack", "ping", f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.5"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "pipstrack", "ping", f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1 and "no usable answer" in out.stdout
 
 

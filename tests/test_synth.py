@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 try:
-    from pipstrack import synth
+    from pipstrack.datasets import synth
 except ImportError:  # running from a checkout without an install
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "backend"))
-    from pipstrack import synth
+    from pipstrack.datasets import synth
 
 CFG = synth.SynthConfig()
 CLEAN = CFG.clean()
@@ -32,8 +32,12 @@ def bilinear(img, x, y):
     fx, fy = x - x0, y - y0
     if img.ndim == 3:
         fx, fy = fx[:, None], fy[:, None]
-    return (img[y0, x0] * (1 - fx) * (1 - fy) + img[y0, x0 + 1] * fx * (1 - fy)
-            + img[y0 + 1, x0] * (1 - fx) * fy + img[y0 + 1, x0 + 1] * fx * fy)
+    return (
+        img[y0, x0] * (1 - fx) * (1 - fy)
+        + img[y0, x0 + 1] * fx * (1 - fy)
+        + img[y0 + 1, x0] * (1 - fx) * fy
+        + img[y0 + 1, x0 + 1] * fx * fy
+    )
 
 
 def in_frame(trajs, cfg):
@@ -97,7 +101,7 @@ def test_texture_colour_matches_rendered_colour(debug_clips):
         for t in range(CLEAN.frames):
             for n in np.nonzero(c["visible"][t])[0]:
                 tex = c["layers"][c["point_layer"][n]]["tex"]
-                want = bilinear(tex, c["tex_xy"][n:n + 1, 0], c["tex_xy"][n:n + 1, 1])[0]
+                want = bilinear(tex, c["tex_xy"][n : n + 1, 0], c["tex_xy"][n : n + 1, 1])[0]
                 x, y = c["trajs"][t, n]
                 got = bilinear(c["rgbs"][t], [x], [y])[0]
                 off = bilinear(c["rgbs"][t], [x + 2.5], [y - 1.5])[0]
@@ -126,8 +130,14 @@ def test_occlusion_matches_upper_masks(debug_clips):
                 sel = lid < li
                 if li == 0 or not sel.any():
                     continue
-                warped = cv2.warpPerspective(ly["mask"], ly["H"][t], (CLEAN.width, CLEAN.height),
-                                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                warped = cv2.warpPerspective(
+                    ly["mask"],
+                    ly["H"][t],
+                    (CLEAN.width, CLEAN.height),
+                    flags=cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_CONSTANT,
+                    borderValue=0,
+                )
                 x, y = c["trajs"][t, sel, 0], c["trajs"][t, sel, 1]
                 cover[sel] = np.maximum(cover[sel], bilinear(warped, x, y) * inside[t, sel])
             vis = c["visible"][t]
@@ -176,8 +186,7 @@ def test_occlusions_and_exits_are_common(batch):
 
 
 def test_points_spread_over_sprites():
-    shares = [np.mean(synth.make_clip(synth.clip_rng(4, k), CFG, debug=True)["point_layer"] > 0)
-              for k in range(10)]
+    shares = [np.mean(synth.make_clip(synth.clip_rng(4, k), CFG, debug=True)["point_layer"] > 0) for k in range(10)]
     assert 0.2 < np.mean(shares) < 0.8
 
 
@@ -208,11 +217,14 @@ def test_write_load_round_trip(tmp_path):
 def test_slow_clips_move_slowly_and_leave_other_seeds_alone():
     import numpy as np
 
-    from pipstrack import synth
+    from pipstrack.datasets import synth
 
     speed = lambda c: float(np.linalg.norm(np.diff(c["trajs"], axis=0), axis=-1).mean())  # noqa: E731
     normal = [synth.make_clip(np.random.default_rng([5, k]), synth.SynthConfig()) for k in range(6)]
-    slow = [synth.make_clip(np.random.default_rng([5, k]), synth.SynthConfig(slow_prob=1.0, slow_speed=(0.01, 0.1))) for k in range(6)]
+    slow = [
+        synth.make_clip(np.random.default_rng([5, k]), synth.SynthConfig(slow_prob=1.0, slow_speed=(0.01, 0.1)))
+        for k in range(6)
+    ]
     assert np.median([speed(c) for c in slow]) < 0.2 * np.median([speed(c) for c in normal])
     again = synth.make_clip(np.random.default_rng([5, 0]), synth.SynthConfig(slow_prob=0.0))
     np.testing.assert_array_equal(again["rgbs"], normal[0]["rgbs"])  # off: the old stream, clip for clip
@@ -223,9 +235,11 @@ def test_camera_shake_keeps_ground_truth_exact():
     trajectory says (the pixel under a visible point matches its frame-0 colour)."""
     import numpy as np
 
-    from pipstrack import synth
+    from pipstrack.datasets import synth
 
-    cfg = synth.SynthConfig(shake_prob=1.0, shake_px=(2.0, 2.0), noise_prob=0, jpeg_prob=0, blur_prob=0, brightness=0, layer_gain=0)
+    cfg = synth.SynthConfig(
+        shake_prob=1.0, shake_px=(2.0, 2.0), noise_prob=0, jpeg_prob=0, blur_prob=0, brightness=0, layer_gain=0
+    )
     c = synth.make_clip(np.random.default_rng(4), cfg)
     acc = np.diff(c["trajs"], n=2, axis=0)  # jolts: large second differences
     assert np.median(np.abs(acc)) > 1.0
@@ -233,7 +247,9 @@ def test_camera_shake_keeps_ground_truth_exact():
     xy = np.round(c["trajs"][t, n]).astype(int)
     ok = (xy[:, 0] >= 0) & (xy[:, 0] < cfg.width) & (xy[:, 1] >= 0) & (xy[:, 1] < cfg.height)
     x0 = np.round(c["trajs"][0, n[ok]]).astype(int)
-    diff = np.abs(c["rgbs"][t[ok], xy[ok, 1], xy[ok, 0]].astype(int) - c["rgbs"][0, x0[:, 1], x0[:, 0]].astype(int)).mean(axis=1)
+    diff = np.abs(
+        c["rgbs"][t[ok], xy[ok, 1], xy[ok, 0]].astype(int) - c["rgbs"][0, x0[:, 1], x0[:, 0]].astype(int)
+    ).mean(axis=1)
     assert np.median(diff) < 12  # same surface point (bilinear resampling and rounding aside)
     plain = synth.make_clip(np.random.default_rng(4), synth.SynthConfig())
     assert np.median(np.abs(np.diff(plain["trajs"], n=2, axis=0))) < np.median(np.abs(acc))

@@ -1,12 +1,13 @@
 """Training machinery: losses, a few real optimisation steps, resuming."""
+
 import json
 
 import numpy as np
 import torch
 
 from pipstrack import Pips, PipsConfig, load_model
-from pipstrack import synth
-from pipstrack.train import TrainOptions, balanced_vis_loss, sequence_loss, train, train_step
+from pipstrack.datasets import synth
+from pipstrack.training.trainer import TrainOptions, balanced_vis_loss, sequence_loss, train, train_step
 
 TINY = PipsConfig(encoder_widths=(16, 16, 24, 24), encoder_hidden=32, latent_dim=32, mixer_dim=64, mixer_depth=2)
 
@@ -44,15 +45,27 @@ def test_a_few_steps_reduce_the_loss():
 
 
 def test_train_command_runs_resumes_and_writes_loadable_weights(tmp_path, monkeypatch):
-    import pipstrack.train as T
+    import pipstrack.training.trainer as T
 
     monkeypatch.setitem(T.CONFIGS, "tiny", TINY)
-    opts = TrainOptions(out=tmp_path, config="tiny", steps=4, batch=1, points=8, height=64, width=80, iters=2, eval_every=2, eval_clips=2, save_every=2)
+    opts = TrainOptions(
+        out=tmp_path,
+        config="tiny",
+        steps=4,
+        batch=1,
+        points=8,
+        height=64,
+        width=80,
+        iters=2,
+        eval_every=2,
+        eval_clips=2,
+        save_every=2,
+    )
     best = train(opts, log=lambda m: None)
-    metrics = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [2, 4]
     assert load_model(best).config == TINY
     opts.steps = 6
     train(opts, log=lambda m: None)
-    steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4, 6]  # resumed at 4, not restarted

@@ -4,6 +4,7 @@ with the add-on's operator through the backend, save the .blend and dump the mar
 
     python tools/blender_session.py EXTENSION.zip ADDRESS OUT_DIR
 """
+
 import json
 import os
 import sys
@@ -14,9 +15,10 @@ os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="pipstra
 
 import bpy  # noqa: E402
 
-from pipstrack.baselines import clip_editor_context  # noqa: E402
-from pipstrack.formats import read_points  # noqa: E402
-from pipstrack.sample import sample_clip_dir, sample_points_file  # noqa: E402
+from pipstrack.conventions import marker_to_pixel, pixel_to_marker  # noqa: E402
+from pipstrack.datasets.sample import sample_clip_dir, sample_points_file  # noqa: E402
+from pipstrack.evaluation.clip_editor import clip_editor_context  # noqa: E402
+from pipstrack.io.formats import read_points  # noqa: E402
 
 bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
 prefs = bpy.context.preferences.addons["bl_ext.user_default.pipstrack"].preferences
@@ -35,8 +37,10 @@ tracks = clip.tracking.objects.active.tracks
 for name, rows in read_points(sample_points_file()):
     for frame, x, y in rows:
         track = tracks.get(name) or tracks.new(name=name, frame=int(frame) - 1000)
-        marker = track.markers.find_frame(int(frame) - 1000) or track.markers.insert_frame(int(frame) - 1000, co=(0.5, 0.5))
-        marker.co = ((x + 0.5) / W, 1.0 - (y + 0.5) / H)  # pixel centre -> Blender's normalised, y-up marker
+        marker = track.markers.find_frame(int(frame) - 1000) or track.markers.insert_frame(
+            int(frame) - 1000, co=(0.5, 0.5)
+        )
+        marker.co = tuple(float(v) for v in pixel_to_marker((x, y), width=W, height=H))
         track.select = True
 
 with bpy.context.temp_override(**ctx):
@@ -45,7 +49,13 @@ print(f"Blender: pipstrack.track_markers -> {sorted(result)}")
 
 blend = os.path.join(out_dir, "pipstrack-demo.blend")
 bpy.ops.wm.save_as_mainfile(filepath=blend)
-dump = {t.name: [[m.frame + 1000, m.co[0] * W - 0.5, (1.0 - m.co[1]) * H - 0.5, bool(m.mute)] for m in t.markers] for t in tracks}
+dump = {
+    t.name: [
+        [m.frame + 1000, *(float(v) for v in marker_to_pixel(m.co[:], width=W, height=H)), bool(m.mute)]
+        for m in t.markers
+    ]
+    for t in tracks
+}
 with open(os.path.join(out_dir, "blender_markers.json"), "w") as f:
     json.dump({"width": W, "height": H, "tracks": dump}, f)
 print(f"Blender: saved {blend} with {len(dump)} tracks x {clip.frame_duration} frames")

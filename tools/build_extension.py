@@ -4,11 +4,14 @@
     python tools/build_extension.py --wheels none   # no wheels (a Blender whose Python has pyzmq; tests)
     python tools/build_extension.py --wheels host   # this platform's wheel only
 
-The modules the add-on shares with the backend have one source, backend/pipstrack/ (the wire
-protocol and client, the track file formats and the exporters); this step copies them into the
-extension as ``_pipstrack/`` (never edit a copy). Wheels come from the package index
+The modules the add-on shares with the backend have one source, backend/pipstrack/ (the
+conventions, the ``wire`` package whole, and the track file formats and exporters of ``io``);
+this step copies them into the extension as ``_pipstrack/``, keeping their layout so their
+relative imports hold (never edit a copy). tests/test_layout.py checks that they import with
+numpy and pyzmq alone. Wheels come from the package index
 (``pip download``), for Blender's Python 3.11.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +24,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ADDON = ROOT / "addon"
-SHARED = ("protocol.py", "client.py", "formats.py", "export.py")  # numpy + pyzmq + stdlib only
+PACKAGE = ROOT / "backend" / "pipstrack"
+# vendored into the extension, paths relative to the package: numpy + pyzmq + stdlib only
+SHARED = (
+    "conventions.py",
+    "wire/__init__.py",
+    "wire/protocol.py",
+    "wire/client.py",
+    "io/__init__.py",
+    "io/formats.py",
+    "io/export.py",
+)
 PYZMQ = "pyzmq==27.3.0"
 # Blender platform tag -> pip --platform tags for a CPython 3.11 wheel
 PLATFORMS = {
@@ -33,7 +46,7 @@ PLATFORMS = {
 
 
 def version() -> str:
-    text = (ROOT / "backend" / "pipstrack" / "__init__.py").read_text()
+    text = (PACKAGE / "__init__.py").read_text()
     return re.search(r'__version__\s*=\s*"([^"]+)"', text).group(1)
 
 
@@ -50,8 +63,23 @@ def download_wheels(platforms: list[str], dest: Path) -> list[Path]:
     wheels = []
     for plat in platforms:
         before = set(dest.glob("*.whl"))
-        cmd = [sys.executable, "-m", "pip", "download", PYZMQ, "--only-binary=:all:", "--no-deps", "--python-version", "3.11",
-               "--implementation", "cp", "--dest", str(dest), "--quiet", "--disable-pip-version-check"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            PYZMQ,
+            "--only-binary=:all:",
+            "--no-deps",
+            "--python-version",
+            "3.11",
+            "--implementation",
+            "cp",
+            "--dest",
+            str(dest),
+            "--quiet",
+            "--disable-pip-version-check",
+        ]
         for tag in PLATFORMS[plat]:
             cmd += ["--platform", tag]
         subprocess.run(cmd, check=True)
@@ -82,15 +110,18 @@ def build(out_dir: Path, wheels_mode: str = "all") -> Path:
     platforms = {"none": [], "host": [host_platform()], "all": list(PLATFORMS)}[wheels_mode]
     with tempfile.TemporaryDirectory() as tmp:
         wheels = download_wheels(platforms, Path(tmp)) if platforms else []
-        target = out_dir / f"pipstrack-{version()}{'' if wheels_mode == 'all' else '-' + (platforms[0] if platforms else 'nowheels')}.zip"
+        suffix = "" if wheels_mode == "all" else "-" + (platforms[0] if platforms else "nowheels")
+        target = out_dir / f"pipstrack-{version()}{suffix}.zip"
         partial = target.with_suffix(".zip.part")
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
             z.writestr("blender_manifest.toml", manifest([w.name for w in wheels], platforms or None))
             for f in sorted(ADDON.glob("*.py")):
                 z.write(f, f.name)
-            z.writestr("_pipstrack/__init__.py", '"""Build-time copy of parts of the pipstrack package: do not edit."""\n')
+            z.writestr(
+                "_pipstrack/__init__.py", '"""Build-time copy of parts of the pipstrack package: do not edit."""\n'
+            )
             for name in SHARED:
-                z.write(ROOT / "backend" / "pipstrack" / name, f"_pipstrack/{name}")
+                z.write(PACKAGE / name, f"_pipstrack/{name}")
             for w in wheels:
                 z.write(w, f"wheels/{w.name}")
         partial.replace(target)

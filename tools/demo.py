@@ -7,6 +7,7 @@ over the plate (preview.mp4, still.png) with their accuracy against the clip's e
 
     python tools/demo.py [--out pipstrack-demo]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ def free_address() -> str:
 
 
 def wait_for(address: str, proc, log: Path, timeout: float = 120.0) -> dict:
-    from pipstrack.client import TrackingError, ping
+    from pipstrack.wire.client import TrackingError, ping
 
     end = time.monotonic() + timeout
     while True:
@@ -37,7 +38,7 @@ def wait_for(address: str, proc, log: Path, timeout: float = 120.0) -> dict:
             return ping(address, timeout=1.0)
         except TrackingError:
             if proc.poll() is not None or time.monotonic() > end:
-                raise SystemExit(f"the backend did not start:\n{log.read_text()[-2000:]}")
+                raise SystemExit(f"the backend did not start:\n{log.read_text()[-2000:]}") from None
 
 
 def main(argv=None) -> int:
@@ -54,13 +55,21 @@ def main(argv=None) -> int:
     print(f"built the Blender extension {zip_path}")
 
     address, log = free_address(), out / "backend.log"
-    backend = subprocess.Popen([sys.executable, "-m", "pipstrack", "serve", "--bind", address],
-                               stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    backend = subprocess.Popen(
+        [sys.executable, "-m", "pipstrack", "serve", "--bind", address],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "w"),
+    )
     try:
         info = wait_for(address, backend, log)
-        print(f"backend at {address}: pipstrack {info['server']}, model {Path(info['model']).name}, device {info['device']}")
+        print(
+            f"backend at {address}: pipstrack {info['server']}, "
+            f"model {Path(info['model']).name}, device {info['device']}"
+        )
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, str(ROOT / "tools" / "blender_session.py"), str(zip_path), address, str(out)], check=True)
+        subprocess.run(
+            [sys.executable, str(ROOT / "tools" / "blender_session.py"), str(zip_path), address, str(out)], check=True
+        )
         print(f"Blender round trip took {time.perf_counter() - t0:.1f} s")
     finally:
         backend.terminate()
@@ -71,9 +80,10 @@ def main(argv=None) -> int:
 
 def report(out: Path) -> None:
     """Draws what Blender holds and scores it against the sample's ground truth."""
-    from pipstrack.frames import open_frames
-    from pipstrack.preview import write_preview
-    from pipstrack import sample
+    from pipstrack.datasets import sample
+    from pipstrack.evaluation.sample_report import report as score_sample
+    from pipstrack.io.frames import open_frames
+    from pipstrack.io.preview import write_preview
 
     doc = json.loads((out / "blender_markers.json").read_text())
     truth = sample.load_ground_truth()
@@ -87,12 +97,19 @@ def report(out: Path) -> None:
                 xy[frames.index(f), n] = (x, y)
                 vis[frames.index(f), n] = not mute
     # the sample's ground truth lists its points in points.txt order (feature01..)
-    m, still_frame = sample.report(xy, vis, out, drawn_visible=truth["visible"])
-    print(f"markers in Blender against the ground truth: median error {m['median_err_visible']:.2f} px on visible frames, "
-          f"{m['median_err_occluded']:.2f} px behind the occluder; delta_avg {m['delta_avg']:.3f}")
-    write_preview(open_frames(sample.sample_clip_dir()), xy.astype(np.float32), np.ones((T, N), bool), out / "preview.mp4")
-    print(f"wrote {out / 'pipstrack-demo.blend'}, {out / 'preview.mp4'} and {out / 'still.png'} (frame {still_frame}: "
-          "rings are points PIPs estimated behind the occluder)")
+    m, still_frame = score_sample(xy, vis, out, drawn_visible=truth["visible"])
+    print(
+        "markers in Blender against the ground truth: "
+        f"median error {m['median_err_visible']:.2f} px on visible frames, "
+        f"{m['median_err_occluded']:.2f} px behind the occluder; delta_avg {m['delta_avg']:.3f}"
+    )
+    write_preview(
+        open_frames(sample.sample_clip_dir()), xy.astype(np.float32), np.ones((T, N), bool), out / "preview.mp4"
+    )
+    print(
+        f"wrote {out / 'pipstrack-demo.blend'}, {out / 'preview.mp4'} and {out / 'still.png'} (frame {still_frame}: "
+        "rings are points PIPs estimated behind the occluder)"
+    )
 
 
 if __name__ == "__main__":

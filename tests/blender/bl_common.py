@@ -1,4 +1,29 @@
-"""Helpers both Blender drivers share (they run under any bpy, with or without pipstrack)."""
+"""Helpers both Blender drivers share (they run under any bpy, with or without pipstrack).
+
+The pixel <-> marker formula and the Clip Editor context come from the backend's own files,
+loaded by path (they import numpy at most), so the drivers use the one convention that
+tests/test_conventions.py checks against Blender itself, and ``pipstrack`` stays out of
+``sys.modules`` (the drivers assert the extension never imports it).
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+_BACKEND = Path(__file__).resolve().parents[2] / "backend" / "pipstrack"
+
+
+def _load(name, relpath):
+    spec = importlib.util.spec_from_file_location(name, _BACKEND / relpath)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before running it: dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+conventions = _load("bl_conventions", "conventions.py")
+clip_editor = _load("bl_clip_editor", "evaluation/clip_editor.py").clip_editor_context
+
 
 PACKAGE = "bl_ext.user_default.pipstrack"  # where Blender puts an extension installed from a file
 
@@ -23,20 +48,15 @@ def open_clip(bpy, spec):
     return clip
 
 
-def clip_editor(bpy, clip):
-    """A Clip Editor showing ``clip`` for ``bpy.context.temp_override``: bpy as a module has one
-    window and no event loop; its biggest area becomes the editor."""
-    window = bpy.context.window_manager.windows[0]
-    screen = window.screen
-    area = max(screen.areas, key=lambda a: a.width * a.height)
-    area.type = "CLIP_EDITOR"
-    space = area.spaces.active
-    space.clip = clip
-    space.mode = "TRACKING"
-    region = next(r for r in area.regions if r.type == "WINDOW")
-    return dict(window=window, screen=screen, area=area, region=region, space_data=space)
-
-
 def px_to_co(x, y, W, H):
-    """pipstrack pixel (centres at integers, y down) -> Blender marker co (normalised, y up)."""
-    return ((x + 0.5) / W, 1.0 - (y + 0.5) / H)
+    """pipstrack pixel -> Blender marker co, as a tuple for ``marker.co``."""
+    return tuple(float(v) for v in conventions.pixel_to_marker((x, y), width=W, height=H))
+
+
+def markers_px(track, W, H):
+    """Every marker of ``track`` as [frame, x, y, mute, is_keyed], positions in pipstrack pixels."""
+    rows = []
+    for m in track.markers:
+        x, y = conventions.marker_to_pixel(m.co[:], width=W, height=H)
+        rows.append([m.frame, float(x), float(y), bool(m.mute), bool(m.is_keyed)])
+    return rows

@@ -18,6 +18,7 @@ centres at integers, origin top-left, y down):
 BLENDER_USER_RESOURCES points at a temporary folder before bpy is imported, so no real user
 configuration is touched.
 """
+
 import json
 import os
 import sys
@@ -28,7 +29,7 @@ spec = json.load(open(sys.argv[1]))
 os.environ["BLENDER_USER_RESOURCES"] = spec.get("user_resources") or tempfile.mkdtemp(prefix="pipstrack-bl-")
 
 import bpy  # noqa: E402
-from bl_common import clip_editor, install_extension, open_clip, px_to_co  # noqa: E402
+from bl_common import clip_editor, install_extension, markers_px, open_clip, px_to_co  # noqa: E402
 
 out = {"reports": [], "steps": [], "version": list(bpy.app.version)}
 
@@ -50,18 +51,30 @@ def state(scene, clip):
         "resolution": [scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage],
         "use_compositing": scene.render.use_compositing,
         "stabilization": {
-            "use_2d": stab.use_2d_stabilization, "rotation": stab.use_stabilize_rotation, "scale": stab.use_stabilize_scale,
-            "tracks": sorted(t.name for t in stab.tracks), "rotation_tracks": sorted(t.name for t in stab.rotation_tracks),
+            "use_2d": stab.use_2d_stabilization,
+            "rotation": stab.use_stabilize_rotation,
+            "scale": stab.use_stabilize_scale,
+            "tracks": sorted(t.name for t in stab.tracks),
+            "rotation_tracks": sorted(t.name for t in stab.rotation_tracks),
             "anchor_frame": stab.anchor_frame,
         },
     }
     if tree is not None:
         s["tree"] = {
             "name": tree.name,
-            "nodes": {n.name: {"type": n.bl_idname, "parent": n.parent.name if n.parent else None, "label": n.label,
-                               "track": getattr(n, "track_name", None)} for n in tree.nodes},
-            "links": sorted(f"{l.from_node.name}:{l.from_socket.identifier}->{l.to_node.name}:{l.to_socket.identifier}"
-                            for l in tree.links),
+            "nodes": {
+                n.name: {
+                    "type": n.bl_idname,
+                    "parent": n.parent.name if n.parent else None,
+                    "label": n.label,
+                    "track": getattr(n, "track_name", None),
+                }
+                for n in tree.nodes
+            },
+            "links": sorted(
+                f"{link.from_node.name}:{link.from_socket.identifier}->{link.to_node.name}:{link.to_socket.identifier}"
+                for link in tree.links
+            ),
         }
     return s
 
@@ -102,9 +115,16 @@ def run_operator(ctx, op, args):
 
 try:
     install_extension(bpy, spec, out)
-    out["registered"] = sorted(n for n in ("PIPSTRACK_PT_compositing", "PIPSTRACK_OT_setup_stabilise",
-                                           "PIPSTRACK_OT_setup_corner_pin", "PIPSTRACK_OT_setup_matchmove")
-                               if hasattr(bpy.types, n))
+    out["registered"] = sorted(
+        n
+        for n in (
+            "PIPSTRACK_PT_compositing",
+            "PIPSTRACK_OT_setup_stabilise",
+            "PIPSTRACK_OT_setup_corner_pin",
+            "PIPSTRACK_OT_setup_matchmove",
+        )
+        if hasattr(bpy.types, n)
+    )
 
     scene = bpy.context.scene
     clip = open_clip(bpy, spec)
@@ -134,13 +154,16 @@ try:
         elif op == "frame":
             scene.frame_set(step["scene_frame"])
         elif op == "markers":  # pixel positions of every track's markers, by clip frame
-            result = {t.name: [[m.frame, m.co[0] * W - 0.5, (1.0 - m.co[1]) * H - 0.5, m.mute] for m in t.markers] for t in tracks}
+            result = {t.name: [row[:4] for row in markers_px(t, W, H)] for t in tracks}
         elif op == "state":
             result = state(scene, clip)
         elif op == "switch":  # 5.0: a "Switch" input socket; 4.x: the node's `check` property
             tree = scene_tree(scene)
-            node = next(n for n in tree.nodes if n.parent is not None and n.parent.name == step["frame"]
-                        and n.bl_idname == "CompositorNodeSwitch")
+            node = next(
+                n
+                for n in tree.nodes
+                if n.parent is not None and n.parent.name == step["frame"] and n.bl_idname == "CompositorNodeSwitch"
+            )
             if node.inputs.get("Switch") is not None:
                 node.inputs["Switch"].default_value = step["value"]
             else:

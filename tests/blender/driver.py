@@ -7,6 +7,7 @@ way Blender's Extensions preferences do, opens a clip in a Clip Editor, runs a l
 A subprocess per scenario: BLENDER_USER_RESOURCES must point at a temporary folder before
 bpy is imported, so no real user configuration is touched.
 """
+
 import json
 import os
 import sys
@@ -17,7 +18,8 @@ spec = json.load(open(sys.argv[1]))
 os.environ["BLENDER_USER_RESOURCES"] = spec.get("user_resources") or tempfile.mkdtemp(prefix="pipstrack-bl-")
 
 import bpy  # noqa: E402
-from bl_common import PACKAGE as pkg, clip_editor, install_extension, open_clip, px_to_co  # noqa: E402
+from bl_common import PACKAGE as pkg  # noqa: E402
+from bl_common import clip_editor, install_extension, markers_px, open_clip, px_to_co  # noqa: E402
 
 out = {"reports": [], "steps": []}
 
@@ -26,7 +28,7 @@ def dump(clip):
     W, H = clip.size
     tracks = {}
     for t in clip.tracking.objects.active.tracks:
-        tracks[t.name] = [[m.frame, m.co[0] * W - 0.5, (1.0 - m.co[1]) * H - 0.5, bool(m.mute), bool(m.is_keyed)] for m in t.markers]
+        tracks[t.name] = markers_px(t, W, H)
     store = clip.get("pipstrack")
     return {"tracks": tracks, "store": store.to_dict() if store is not None else {}}
 

@@ -5,8 +5,9 @@ Such clips have exact ground truth and look nothing like the synthetic training 
 so they show how the tracker does on real image content. The shipped clip lives in
 ``pipstrack/data/sample`` (frames ``plate.1001.jpg`` .. ``plate.1048.jpg``, the query
 points in ``points.txt`` and the truth in ``ground_truth.npz``); ``python -m
-pipstrack.sample`` rebuilds it from scikit-image's astronaut photo.
+pipstrack.datasets.sample`` rebuilds it from scikit-image's astronaut photo.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-DATA = Path(__file__).with_name("data") / "sample"
+DATA = Path(__file__).resolve().parents[1] / "data" / "sample"
 FIRST_FRAME = 1001
 
 
@@ -31,37 +32,20 @@ def load_ground_truth() -> dict:
         return {k: z[k] for k in z.files}
 
 
-def report(xy: np.ndarray, visible: np.ndarray, out: Path, drawn_visible: np.ndarray | None = None) -> tuple[dict, int]:
-    """Scores (T,N) trajectories of the sample's points (points.txt order) against its ground
-    truth and draws the frame where most of them are hidden, tracks so far on it: writes
-    ``accuracy.json`` and ``still.png`` into ``out``. Returns the metrics and that frame's number.
-    ``drawn_visible`` (default ``visible``) picks which points are drawn as hidden (rings)."""
-    import json
-
-    from .frames import open_frames
-    from .metrics import tapvid_metrics
-    from .preview import draw_tracks
-
-    truth = load_ground_truth()
-    N = truth["visible"].shape[1]
-    src = open_frames(sample_clip_dir())
-    m = tapvid_metrics(xy, visible, truth["trajs"], truth["visible"], src.size, query_frames=np.zeros(N, int))
-    (out / "accuracy.json").write_text(json.dumps(m, indent=1) + "\n")
-    k = int(np.argmax((~truth["visible"]).sum(axis=1)))
-    drawn = visible if drawn_visible is None else drawn_visible
-    still = draw_tracks(src.read(k), xy[: k + 1], drawn[: k + 1])
-    cv2.imwrite(str(out / "still.png"), cv2.cvtColor(still, cv2.COLOR_RGB2BGR))
-    return m, int(truth["frame_numbers"][k])
-
-
 def camera_path(t: np.ndarray, rng: np.random.Generator, size: tuple[int, int], strength: float = 1.0) -> np.ndarray:
     """(T,3,3) homographies, photo -> frame: a slow drift with shake, rotation, zoom and tilt."""
     H, W = size
     T = len(t)
     ph = rng.uniform(0, 2 * np.pi, 8)
     u = t / max(T - 1, 1)
-    tx = strength * (0.10 * W * (u - 0.5) + 6 * np.sin(2 * np.pi * 1.7 * u + ph[0]) + 2 * np.sin(2 * np.pi * 6 * u + ph[1]))
-    ty = strength * (0.05 * H * np.sin(np.pi * u + ph[2]) + 4 * np.sin(2 * np.pi * 2.3 * u + ph[3]) + 1.5 * np.sin(2 * np.pi * 7 * u + ph[4]))
+    tx = strength * (
+        0.10 * W * (u - 0.5) + 6 * np.sin(2 * np.pi * 1.7 * u + ph[0]) + 2 * np.sin(2 * np.pi * 6 * u + ph[1])
+    )
+    ty = strength * (
+        0.05 * H * np.sin(np.pi * u + ph[2])
+        + 4 * np.sin(2 * np.pi * 2.3 * u + ph[3])
+        + 1.5 * np.sin(2 * np.pi * 7 * u + ph[4])
+    )
     rot = strength * 0.06 * np.sin(2 * np.pi * 0.8 * u + ph[5])
     zoom = np.exp(strength * 0.12 * np.sin(np.pi * u + ph[6]))
     tilt = strength * 2e-4 * np.sin(2 * np.pi * 0.6 * u + ph[7])
@@ -75,8 +59,15 @@ def camera_path(t: np.ndarray, rng: np.random.Generator, size: tuple[int, int], 
     return np.stack(mats)
 
 
-def homography_clip(photo: np.ndarray, frames: int, size: tuple[int, int], seed: int = 0, occluder: bool = True, points: int = 12,
-                    strength: float = 1.0) -> dict:
+def homography_clip(
+    photo: np.ndarray,
+    frames: int,
+    size: tuple[int, int],
+    seed: int = 0,
+    occluder: bool = True,
+    points: int = 12,
+    strength: float = 1.0,
+) -> dict:
     """A clip of ``photo`` seen through :func:`camera_path`, a textured bar crossing it.
 
     Returns rgbs (T,H,W,3) uint8, trajs (T,N,2) and visible (T,N) for N good features of
@@ -135,12 +126,21 @@ def build(out: Path = DATA, frames: int = 48, size=(270, 480), seed: int = 3) ->
     for old in out.glob("plate.*.jpg"):
         old.unlink()
     for k, img in enumerate(clip["rgbs"]):
-        cv2.imwrite(str(out / f"plate.{FIRST_FRAME + k}.jpg"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        cv2.imwrite(
+            str(out / f"plate.{FIRST_FRAME + k}.jpg"),
+            cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
+            [cv2.IMWRITE_JPEG_QUALITY, 92],
+        )
     lines = ["# frame,x,y,name  (clip frame numbers; pixels, centres at integer coordinates)"]
     for n, (x, y) in enumerate(clip["trajs"][0]):
         lines.append(f"{FIRST_FRAME},{x:.2f},{y:.2f},feature{n + 1:02d}")
     (out / "points.txt").write_text("\n".join(lines) + "\n")
-    np.savez_compressed(out / "ground_truth.npz", trajs=clip["trajs"], visible=clip["visible"], frame_numbers=np.arange(FIRST_FRAME, FIRST_FRAME + frames))
+    np.savez_compressed(
+        out / "ground_truth.npz",
+        trajs=clip["trajs"],
+        visible=clip["visible"],
+        frame_numbers=np.arange(FIRST_FRAME, FIRST_FRAME + frames),
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ point's original target feature into the next window (shared/docs/pips-model.md,
 (:mod:`pipstrack.tracker`) and the slow reference below use it, so they can only differ
 in how they batch, never in what they decide.
 """
+
 from __future__ import annotations
 
 import numpy as np

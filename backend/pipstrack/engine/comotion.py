@@ -12,6 +12,7 @@ frame on both sides blend the predictions from either side in time.
 A point with no co-moving neighbour (a lone marker, or one whose neighbours are all hidden too)
 gets no prediction here, and keeps the network's estimate.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -68,8 +68,14 @@ def _fixed(x: float, y: float, limit: float) -> tuple[int, int]:
     return int(round(x * _SCALE)), int(round(y * _SCALE))
 
 
-def draw_tracks(frame: np.ndarray, xy_hist: np.ndarray, visible_hist: np.ndarray,
-                colors: np.ndarray | None = None, *, radius: float | None = None) -> np.ndarray:
+def draw_tracks(
+    frame: np.ndarray,
+    xy_hist: np.ndarray,
+    visible_hist: np.ndarray,
+    colors: np.ndarray | None = None,
+    *,
+    radius: float | None = None,
+) -> np.ndarray:
     """Return a copy of ``frame`` with each point's recent path and position.
 
     ``xy_hist`` is (K, N, 2), oldest row first, last row the current frame;
@@ -86,9 +92,7 @@ def draw_tracks(frame: np.ndarray, xy_hist: np.ndarray, visible_hist: np.ndarray
     if xy.ndim == 2:
         xy, vis = xy[None], vis.reshape(1, -1)
     if xy.ndim != 3 or xy.shape[2] != 2 or vis.shape != xy.shape[:2]:
-        raise ValueError(
-            f"xy_hist must be (K, N, 2) and visible_hist (K, N); got {xy.shape} and {vis.shape}"
-        )
+        raise ValueError(f"xy_hist must be (K, N, 2) and visible_hist (K, N); got {xy.shape} and {vis.shape}")
     K, N = vis.shape
     H, W = frame.shape[:2]
     if colors is None:
@@ -155,15 +159,14 @@ def _output_kind(out_path: str) -> tuple[str, str]:
     """('video', path) or ('images', printf pattern)."""
     base = os.path.basename(out_path.rstrip("/\\"))
     ext = os.path.splitext(base)[1].lower()
-    if os.path.isdir(out_path) or out_path.endswith(("/", os.sep)) or (not ext and "%" not in base
-                                                                       and "#" not in base):
+    if os.path.isdir(out_path) or out_path.endswith(("/", os.sep)) or (not ext and "%" not in base and "#" not in base):
         return "images", os.path.join(out_path, "preview.%04d.png")
     if ext in VIDEO_EXTENSIONS:
         return "video", out_path
     if ext in IMAGE_EXTENSIONS:
         m = re.search(r"#+", base)
         if m:
-            pattern = base[: m.start()] + f"%0{len(m.group(0))}d" + base[m.end():]
+            pattern = base[: m.start()] + f"%0{len(m.group(0))}d" + base[m.end() :]
             return "images", os.path.join(os.path.dirname(out_path), pattern)
         if re.search(r"%0?\d*d", base):
             return "images", out_path
@@ -175,10 +178,17 @@ def _output_kind(out_path: str) -> tuple[str, str]:
     )
 
 
-def write_preview(source: FrameSource, xy: np.ndarray, visible: np.ndarray,
-                  out_path: str | os.PathLike, *, frame_indices: Sequence[int] | None = None,
-                  tail: int = 12, fps: float = 24.0,
-                  progress: Callable[[int, int], None] | None = None) -> None:
+def write_preview(
+    source: FrameSource,
+    xy: np.ndarray,
+    visible: np.ndarray,
+    out_path: str | os.PathLike,
+    *,
+    frame_indices: Sequence[int] | None = None,
+    tail: int = 12,
+    fps: float = 24.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
     """Render tracks over the source frames into a movie or image sequence.
 
     ``xy`` (T, N, 2) full-resolution pixel positions and ``visible`` (T, N)
@@ -202,8 +212,7 @@ def write_preview(source: FrameSource, xy: np.ndarray, visible: np.ndarray,
     T = len(frame_indices)
     if xy.ndim != 3 or xy.shape[0] != T or xy.shape[2] != 2 or visible.shape != xy.shape[:2]:
         raise ValueError(
-            f"xy must be ({T}, N, 2) and visible ({T}, N) for {T} frames; "
-            f"got {xy.shape} and {visible.shape}"
+            f"xy must be ({T}, N, 2) and visible ({T}, N) for {T} frames; got {xy.shape} and {visible.shape}"
         )
     if T == 0:
         raise ValueError("no frames to write")

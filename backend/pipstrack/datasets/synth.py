@@ -84,9 +84,7 @@ class SynthConfig:
 
     def clean(self) -> "SynthConfig":
         """Same geometry with every photometric augmentation off (for exact checks)."""
-        return dataclasses.replace(
-            self, brightness=0.0, layer_gain=0.0, blur_prob=0.0, noise_prob=0.0, jpeg_prob=0.0
-        )
+        return dataclasses.replace(self, brightness=0.0, layer_gain=0.0, blur_prob=0.0, noise_prob=0.0, jpeg_prob=0.0)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -105,9 +103,24 @@ class SynthConfig:
 
 # Only images that ship inside the wheel; the others need pooch + network.
 _PHOTO_NAMES = (
-    "astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry",
-    "retina", "coins", "moon", "page", "text", "brick", "grass", "gravel",
-    "clock", "stereo_motorcycle", "colorwheel", "hubble_deep_field",
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "camera",
+    "immunohistochemistry",
+    "retina",
+    "coins",
+    "moon",
+    "page",
+    "text",
+    "brick",
+    "grass",
+    "gravel",
+    "clock",
+    "stereo_motorcycle",
+    "colorwheel",
+    "hubble_deep_field",
 )
 _PHOTOS: dict[str, np.ndarray] = {}
 _PHOTOS_LOADED = False
@@ -196,7 +209,9 @@ def _tex_noise(rng, h, w):
 def _rot_coords(rng, h, w):
     th = rng.uniform(0, np.pi)
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    return x * np.float32(np.cos(th)) + y * np.float32(np.sin(th)), -x * np.float32(np.sin(th)) + y * np.float32(np.cos(th))
+    return x * np.float32(np.cos(th)) + y * np.float32(np.sin(th)), -x * np.float32(np.sin(th)) + y * np.float32(
+        np.cos(th)
+    )
 
 
 def _tex_stripes(rng, h, w):
@@ -266,7 +281,7 @@ def _tex_photo(rng, h, w, photos):
     ch, cw = max(8, int(ch * f)), max(8, int(cw * f))
     y0 = int(rng.integers(0, ph - ch + 1))
     x0 = int(rng.integers(0, pw - cw + 1))
-    crop = img[y0:y0 + ch, x0:x0 + cw]
+    crop = img[y0 : y0 + ch, x0 : x0 + cw]
     interp = cv2.INTER_AREA if cw > w else cv2.INTER_LINEAR
     out = cv2.resize(crop, (w, h), interpolation=interp).astype(np.float32) / 255.0
     if rng.random() < 0.5:
@@ -314,8 +329,18 @@ def _mask(rng, side: int) -> np.ndarray:
         rr = r * (1.0 if shapes == 1 else 0.8)
         if kind < 0.3:  # ellipse
             ax = (max(2, int(rr * rng.uniform(0.5, 1.0))), max(2, int(rr * rng.uniform(0.3, 1.0))))
-            cv2.ellipse(m, (int(cx * 16), int(cy * 16)), (ax[0] * 16, ax[1] * 16),
-                        float(rng.uniform(0, 180)), 0, 360, 255, -1, cv2.LINE_AA, 4)
+            cv2.ellipse(
+                m,
+                (int(cx * 16), int(cy * 16)),
+                (ax[0] * 16, ax[1] * 16),
+                float(rng.uniform(0, 180)),
+                0,
+                360,
+                255,
+                -1,
+                cv2.LINE_AA,
+                4,
+            )
         elif kind < 0.65:  # star-shaped polygon
             n = int(rng.integers(3, 11))
             ang = np.sort(rng.uniform(0, 2 * np.pi, n))
@@ -480,8 +505,15 @@ def _blur_kernel(v: np.ndarray) -> np.ndarray | None:
     c = (k + 1) / 2.0
     a = (c - v[0] / 2, c - v[1] / 2)
     b = (c + v[0] / 2, c + v[1] / 2)
-    cv2.line(img, (int(round(a[0] * 16)), int(round(a[1] * 16))), (int(round(b[0] * 16)), int(round(b[1] * 16))),
-             1.0, 1, cv2.LINE_AA, 4)
+    cv2.line(
+        img,
+        (int(round(a[0] * 16)), int(round(a[1] * 16))),
+        (int(round(b[0] * 16)), int(round(b[1] * 16))),
+        1.0,
+        1,
+        cv2.LINE_AA,
+        4,
+    )
     s = img.sum()
     return img / s if s > 0 else None
 
@@ -560,6 +592,184 @@ def _sample_points(rng, cfg, id_map, n_layers):
     return pts, lid[idx]
 
 
+@dataclass
+class _Looks:
+    """A clip's photometric choices (drawn whether or not they are used, so a clip's geometry
+    does not depend on which augmentations are on)."""
+
+    blur: bool
+    noise: bool
+    jpeg: bool
+    sigma: float
+    quality: int
+    noise_rng: np.random.Generator
+    contrast: np.ndarray  # (T,)
+    offset: np.ndarray  # (T,)
+
+
+def _timeline(rng, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray | float]:
+    """Each frame's place on the motion paths (0..1), slowed for a slow clip, and the camera
+    shake per frame (0.0 when the clip does not shake)."""
+    T = cfg.frames
+    u = np.linspace(0.0, 1.0, T) if T > 1 else np.zeros(1)
+    if cfg.slow_prob > 0 and rng.random() < cfg.slow_prob:  # draws nothing when off: old seeds keep their clips
+        speed = float(np.exp(rng.uniform(*np.log(cfg.slow_speed))))
+        centre = float(rng.uniform(0, 1))
+        u = centre + speed * (u - centre)
+    jitter = 0.0
+    if cfg.shake_prob > 0 and rng.random() < cfg.shake_prob:  # draws nothing when off
+        jitter = rng.normal(0.0, rng.uniform(*cfg.shake_px), (T, 2))
+    return u, jitter
+
+
+def _draw_looks(rng, cfg: SynthConfig, layers: list[_Layer], u: np.ndarray) -> _Looks:
+    """Blur, noise, JPEG and brightness for the clip; gain and motion blur for each layer."""
+    do_blur = rng.random() < cfg.blur_prob
+    do_noise = rng.random() < cfg.noise_prob
+    do_jpeg = rng.random() < cfg.jpeg_prob
+    sigma = rng.uniform(1.0, max(cfg.noise_sigma, 1.0))
+    quality = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
+    noise_rng = np.random.default_rng(rng.integers(2**63))
+    bright = cfg.brightness * (rng.uniform(-1, 1, 2)[:, None] * u + rng.uniform(-0.5, 0.5, 2)[:, None])
+    for ly in layers:
+        g = rng.uniform(-1, 1, 3) * cfg.layer_gain
+        ly.gain = (1.0 + np.outer(u, g)).astype(np.float32)
+        shutter, pick = rng.uniform(0.5, 1.0), rng.random()
+        ly.blur = shutter if (do_blur and pick < 0.6) else 0.0
+        ly.rgba = np.ascontiguousarray(np.dstack([ly.rgb, ly.alpha]))
+    layers[0].blur = layers[0].blur * 0.5  # camera blur is milder
+    return _Looks(do_blur, do_noise, do_jpeg, sigma, quality, noise_rng, np.exp(bright[0]), bright[1] * 255.0)
+
+
+def _sprite_boxes(layers: list[_Layer]) -> list[list]:
+    """Frame-space bounding boxes [x0, y0, x1, y1] of every layer's texture, per frame."""
+    boxes = []
+    for ly in layers:
+        h, w = ly.rgb.shape[:2]
+        q = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], float)
+        p = np.einsum("tij,kj->tki", ly.H, q)
+        p = p[..., :2] / p[..., 2:]
+        boxes.append(np.concatenate([np.floor(p.min(1)), np.ceil(p.max(1))], 1).astype(int).tolist())
+    return boxes
+
+
+def _render_background(bg: _Layer, t: int, vel, cfg: SynthConfig) -> np.ndarray:
+    H, W = cfg.height, cfg.width
+    canvas = cv2.warpPerspective(bg.rgb, bg.H[t], (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+    canvas = canvas.astype(np.float32)
+    if cfg.layer_gain:
+        canvas *= bg.gain[t]
+    if bg.blur:
+        kb = _blur_kernel(vel * bg.blur)
+        if kb is not None:
+            canvas = cv2.filter2D(canvas, -1, kb, borderType=cv2.BORDER_REFLECT101)
+    return canvas
+
+
+def _composite_sprite(canvas: np.ndarray, ly: _Layer, t: int, vel, box, cfg: SynthConfig):
+    """Lays sprite ``ly`` over ``canvas`` (in place, motion-blurred with its alpha); returns
+    (x0, y0, alpha) of its geometric mask's region, or None when it is off the frame."""
+    H, W = cfg.height, cfg.width
+    kern = _blur_kernel(vel * ly.blur) if ly.blur else None
+    pad = 2 + (kern.shape[0] // 2 if kern is not None else 0)
+    bx0, by0, bx1, by1 = box
+    x0, y0 = max(bx0 - pad, 0), max(by0 - pad, 0)
+    x1, y1 = min(bx1 + pad + 1, W), min(by1 + pad + 1, H)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    Mr = ly.H[t].copy()
+    Mr[0] -= x0 * Mr[2]
+    Mr[1] -= y0 * Mr[2]
+    w4 = cv2.warpPerspective(
+        ly.rgba, Mr, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    ).astype(np.float32)
+    a = w4[..., 3] * np.float32(1 / 255.0)
+    col = w4[..., :3]
+    if cfg.layer_gain:
+        col *= ly.gain[t]
+    roi = canvas[y0:y1, x0:x1]
+    if kern is not None:
+        pm = np.dstack([col * a[..., None], a])
+        pm = cv2.filter2D(pm, -1, kern, borderType=cv2.BORDER_CONSTANT)
+        roi *= 1.0 - pm[..., 3:4]
+        roi += pm[..., :3]
+    else:
+        roi += a[..., None] * (col - roi)
+    return x0, y0, a
+
+
+def _finish_frame(canvas: np.ndarray, looks: _Looks, t: int, cfg: SynthConfig, out: np.ndarray) -> None:
+    """Brightness drift, sensor noise, rounding to 8 bits and JPEG artefacts, into ``out``."""
+    if cfg.brightness:
+        canvas *= np.float32(looks.contrast[t])
+        canvas += np.float32(127.5 * (1.0 - looks.contrast[t]) + looks.offset[t])
+    if looks.noise:
+        canvas += _gauss_like(looks.noise_rng, canvas.shape, looks.sigma)
+    canvas += np.float32(0.5)  # round, not truncate, on the cast below
+    np.clip(canvas, 0, 255, out=canvas)
+    np.copyto(out, canvas, casting="unsafe")
+    if looks.jpeg:
+        _, buf = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, looks.quality])
+        out[...] = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+
+
+def _render(cfg: SynthConfig, layers: list[_Layer], looks: _Looks):
+    """Every frame: (rgbs (T,H,W,3) uint8, alphas[t][layer] = (x0, y0, alpha) or None, the
+    frame-0 map of which layer is on top of each pixel)."""
+    T, H, W = cfg.frames, cfg.height, cfg.width
+    vel = [np.gradient(ly.centre, axis=0) if T > 1 else np.zeros((1, 2)) for ly in layers]  # for motion blur
+    boxes = _sprite_boxes(layers)
+    rgbs = np.empty((T, H, W, 3), np.uint8)
+    alphas: list[list[tuple[int, int, np.ndarray] | None]] = []
+    id_map = np.zeros((H, W), np.uint8)
+    for t in range(T):
+        canvas = _render_background(layers[0], t, vel[0][t], cfg)
+        frame_alphas: list = [None]
+        for li in range(1, len(layers)):
+            fa = _composite_sprite(canvas, layers[li], t, vel[li][t], boxes[li][t], cfg)
+            frame_alphas.append(fa)
+            if t == 0 and fa is not None:
+                x0, y0, a = fa
+                id_map[y0 : y0 + a.shape[0], x0 : x0 + a.shape[1]][a >= 0.5] = li
+        alphas.append(frame_alphas)
+        _finish_frame(canvas, looks, t, cfg, rgbs[t])
+    return rgbs, alphas, id_map
+
+
+def _trajectories(layers: list[_Layer], pts0: np.ndarray, lid: np.ndarray, T: int):
+    """Exact (T,N,2) paths of frame-0 points ``pts0`` on their layers ``lid``, and their
+    texture coordinates."""
+    N = len(pts0)
+    tex_xy = np.empty_like(pts0)
+    trajs = np.empty((T, N, 2), np.float64)
+    for li in np.unique(lid):
+        sel = lid == li
+        tex_xy[sel] = _apply(np.linalg.inv(layers[li].H[0]), pts0[sel])
+        for t in range(T):
+            trajs[t, sel] = _apply(layers[li].H[t], tex_xy[sel])
+    trajs[0] = pts0  # exact, avoids round-trip error
+    return trajs, tex_xy
+
+
+def _visibility(trajs: np.ndarray, lid: np.ndarray, alphas, cfg: SynthConfig) -> np.ndarray:
+    """(T,N): inside the frame and not covered (alpha under 0.5) by any nearer layer."""
+    H, W = cfg.height, cfg.width
+    T, N = trajs.shape[:2]
+    x, y = trajs[..., 0], trajs[..., 1]
+    visible = (x >= 0) & (x <= W - 1) & (y >= 0) & (y <= H - 1)
+    for t in range(T):
+        cover = np.zeros(N)
+        for li in range(1, len(alphas[t])):
+            fa = alphas[t][li]
+            sel = lid < li
+            if fa is None or not sel.any():
+                continue
+            x0, y0, a = fa
+            cover[sel] = np.maximum(cover[sel], _bilinear(a, x[t, sel] - x0, y[t, sel] - y0))
+        visible[t] &= cover < 0.5
+    return visible
+
+
 def make_clip(seed_or_rng, cfg: SynthConfig = SynthConfig(), debug: bool = False) -> dict:
     """Render one clip; `debug=True` also returns the layers for verification.
 
@@ -570,144 +780,20 @@ def make_clip(seed_or_rng, cfg: SynthConfig = SynthConfig(), debug: bool = False
     "tex_xy" (N,2).
     """
     rng = seed_or_rng if isinstance(seed_or_rng, np.random.Generator) else np.random.default_rng(seed_or_rng)
-    T, H, W, N = cfg.frames, cfg.height, cfg.width, cfg.points
-    u = np.linspace(0.0, 1.0, T) if T > 1 else np.zeros(1)
-    if cfg.slow_prob > 0 and rng.random() < cfg.slow_prob:  # draws nothing when off: old seeds keep their clips
-        speed = float(np.exp(rng.uniform(*np.log(cfg.slow_speed))))
-        centre = float(rng.uniform(0, 1))
-        u = centre + speed * (u - centre)
-
-    jitter = 0.0
-    if cfg.shake_prob > 0 and rng.random() < cfg.shake_prob:  # draws nothing when off
-        jitter = rng.normal(0.0, rng.uniform(*cfg.shake_px), (T, 2))
-    bg = _background(rng, cfg, u, jitter)
-    layers = [bg] + _sprites(rng, cfg, u, jitter)
-    L = len(layers)
-
-    # Per-clip appearance choices (all drawn even when off, so the geometry of
-    # a clip does not depend on which augmentations are enabled).
-    do_blur = rng.random() < cfg.blur_prob
-    do_noise = rng.random() < cfg.noise_prob
-    do_jpeg = rng.random() < cfg.jpeg_prob
-    sigma = rng.uniform(1.0, max(cfg.noise_sigma, 1.0))
-    quality = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
-    noise_rng = np.random.default_rng(rng.integers(2**63))
-    bright = cfg.brightness * (rng.uniform(-1, 1, 2)[:, None] * u + rng.uniform(-0.5, 0.5, 2)[:, None])
-    contrast = np.exp(bright[0])
-    offset = bright[1] * 255.0
-    for ly in layers:
-        g = rng.uniform(-1, 1, 3) * cfg.layer_gain
-        ly.gain = (1.0 + np.outer(u, g)).astype(np.float32)
-        shutter, pick = rng.uniform(0.5, 1.0), rng.random()
-        ly.blur = shutter if (do_blur and pick < 0.6) else 0.0
-        ly.rgba = np.ascontiguousarray(np.dstack([ly.rgb, ly.alpha]))
-    bg.blur = bg.blur * 0.5  # camera blur is milder
-
-    # Motion per frame (for blur), from the layer centre's path.
-    vel = [np.gradient(ly.centre, axis=0) if T > 1 else np.zeros((1, 2)) for ly in layers]
-
-    rgbs = np.empty((T, H, W, 3), np.uint8)
-    # alphas[t][l] = (x0, y0, alpha float32 ROI) of the *geometric* warped mask.
-    alphas: list[list[tuple[int, int, np.ndarray] | None]] = []
-    id_map = None
-    # Frame-space bounding boxes of every sprite texture, all frames at once.
-    boxes = []
-    for ly in layers:
-        h, w = ly.rgb.shape[:2]
-        q = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], float)
-        p = np.einsum("tij,kj->tki", ly.H, q)
-        p = p[..., :2] / p[..., 2:]
-        boxes.append(np.concatenate([np.floor(p.min(1)), np.ceil(p.max(1))], 1).astype(int).tolist())
-    for t in range(T):
-        canvas = cv2.warpPerspective(bg.rgb, bg.H[t], (W, H), flags=cv2.INTER_LINEAR,
-                                     borderMode=cv2.BORDER_REFLECT101).astype(np.float32)
-        if cfg.layer_gain:
-            canvas *= bg.gain[t]
-        if bg.blur:
-            kb = _blur_kernel(vel[0][t] * bg.blur)
-            if kb is not None:
-                canvas = cv2.filter2D(canvas, -1, kb, borderType=cv2.BORDER_REFLECT101)
-        frame_alphas: list = [None]
-        if t == 0:
-            id_map = np.zeros((H, W), np.uint8)
-        for li in range(1, L):
-            ly = layers[li]
-            kern = _blur_kernel(vel[li][t] * ly.blur) if ly.blur else None
-            pad = 2 + (kern.shape[0] // 2 if kern is not None else 0)
-            bx0, by0, bx1, by1 = boxes[li][t]
-            x0, y0 = max(bx0 - pad, 0), max(by0 - pad, 0)
-            x1, y1 = min(bx1 + pad + 1, W), min(by1 + pad + 1, H)
-            if x1 <= x0 or y1 <= y0:
-                frame_alphas.append(None)
-                continue
-            Mr = ly.H[t].copy()
-            Mr[0] -= x0 * Mr[2]
-            Mr[1] -= y0 * Mr[2]
-            w4 = cv2.warpPerspective(ly.rgba, Mr, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
-                                     borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(np.float32)
-            a = w4[..., 3] * np.float32(1 / 255.0)
-            frame_alphas.append((x0, y0, a))
-            if t == 0:
-                id_map[y0:y1, x0:x1][a >= 0.5] = li
-            col = w4[..., :3]
-            if cfg.layer_gain:
-                col *= ly.gain[t]
-            roi = canvas[y0:y1, x0:x1]
-            if kern is not None:
-                pm = np.dstack([col * a[..., None], a])
-                pm = cv2.filter2D(pm, -1, kern, borderType=cv2.BORDER_CONSTANT)
-                roi *= 1.0 - pm[..., 3:4]
-                roi += pm[..., :3]
-            else:
-                roi += a[..., None] * (col - roi)
-        alphas.append(frame_alphas)
-        if cfg.brightness:
-            canvas *= np.float32(contrast[t])
-            canvas += np.float32(127.5 * (1.0 - contrast[t]) + offset[t])
-        if do_noise:
-            canvas += _gauss_like(noise_rng, (H, W, 3), sigma)
-        canvas += np.float32(0.5)  # round, not truncate, on the cast below
-        np.clip(canvas, 0, 255, out=canvas)
-        frame = rgbs[t]
-        np.copyto(frame, canvas, casting="unsafe")
-        if do_jpeg:
-            _, buf = cv2.imencode(".jpg", frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
-            frame[...] = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
-
-    # Query points at frame 0 and their exact trajectories.
-    pts0, lid = _sample_points(rng, cfg, id_map, L)
-    tex_xy = np.empty_like(pts0)
-    trajs = np.empty((T, N, 2), np.float64)
-    for li in np.unique(lid):
-        sel = lid == li
-        tex_xy[sel] = _apply(np.linalg.inv(layers[li].H[0]), pts0[sel])
-        for t in range(T):
-            trajs[t, sel] = _apply(layers[li].H[t], tex_xy[sel])
-    trajs[0] = pts0  # exact, avoids round-trip error
-
-    x, y = trajs[..., 0], trajs[..., 1]
-    visible = (x >= 0) & (x <= W - 1) & (y >= 0) & (y <= H - 1)
-    for t in range(T):
-        cover = np.zeros(N)
-        for li in range(1, L):
-            fa = alphas[t][li]
-            sel = lid < li
-            if fa is None or not sel.any():
-                continue
-            x0, y0, a = fa
-            cover[sel] = np.maximum(cover[sel], _bilinear(a, x[t, sel] - x0, y[t, sel] - y0))
-        visible[t] &= cover < 0.5
-
+    u, jitter = _timeline(rng, cfg)
+    layers = [_background(rng, cfg, u, jitter)] + _sprites(rng, cfg, u, jitter)
+    looks = _draw_looks(rng, cfg, layers, u)
+    rgbs, alphas, id_map = _render(cfg, layers, looks)
+    pts0, lid = _sample_points(rng, cfg, id_map, len(layers))  # query points on frame 0
+    trajs, tex_xy = _trajectories(layers, pts0, lid, cfg.frames)
     clip = {
         "rgbs": rgbs,
         "trajs": trajs.astype(np.float32),
-        "visible": visible,
+        "visible": _visibility(trajs, lid, alphas, cfg),
         "query_frame": 0,
     }
     if debug:
-        clip["layers"] = [
-            {"tex": ly.rgb, "mask": ly.alpha.astype(np.float32) / 255.0, "H": ly.H} for ly in layers
-        ]
+        clip["layers"] = [{"tex": ly.rgb, "mask": ly.alpha.astype(np.float32) / 255.0, "H": ly.H} for ly in layers]
         clip["point_layer"] = lid
         clip["tex_xy"] = tex_xy
     return clip
@@ -761,8 +847,12 @@ def load_test_set(path) -> list[dict]:
     with np.load(path, allow_pickle=False) as z:
         data = {k: z[k] for k in _KEYS}
     return [
-        {"rgbs": data["rgbs"][i], "trajs": data["trajs"][i], "visible": data["visible"][i],
-         "query_frame": int(data["query_frame"][i])}
+        {
+            "rgbs": data["rgbs"][i],
+            "trajs": data["trajs"][i],
+            "visible": data["visible"][i],
+            "query_frame": int(data["query_frame"][i]),
+        }
         for i in range(len(data["rgbs"]))
     ]
 

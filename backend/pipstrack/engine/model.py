@@ -10,6 +10,7 @@ Two entry points:
 - ``model.encode(rgbs)`` + ``model.refine(fmaps, xys, iters, feat_init)``: the same
   computation split so the tracker encodes every frame of a long clip only once.
 """
+
 from __future__ import annotations
 
 import math
@@ -141,7 +142,9 @@ def mlp_mixer(S: int, input_dim: int, dim: int, output_dim: int, depth: int, exp
         )
         for _ in range(depth)
     ]
-    return nn.Sequential(nn.Linear(input_dim, dim), *blocks, nn.LayerNorm(dim), MeanOverTokens(), nn.Linear(dim, output_dim))
+    return nn.Sequential(
+        nn.Linear(input_dim, dim), *blocks, nn.LayerNorm(dim), MeanOverTokens(), nn.Linear(dim, output_dim)
+    )
 
 
 class DeltaBlock(nn.Module):

@@ -7,16 +7,23 @@ one frame off is invisible until a comp drifts. So every conversion from pipstra
 is here, one writer per target, and docs/formats.md ("Exports to compositing packages") is the
 table of what each target gets.
 """
+
 from __future__ import annotations
 
 import math
 import re
 from pathlib import Path
 
-from .formats import atomic_write_text, read_tracks, write_tracks
+from .formats import atomic_write_text, write_tracks
 
 FORMATS = {"nk": ".nk", "ae": ".txt", "fusion": ".setting", "csv": ".csv", "json": ".json"}
-LABELS = {"nk": "Nuke Tracker4", "ae": "After Effects keyframe data", "fusion": "Fusion/Resolve setting", "csv": "CSV", "json": "JSON"}
+LABELS = {
+    "nk": "Nuke Tracker4",
+    "ae": "After Effects keyframe data",
+    "fusion": "Fusion/Resolve setting",
+    "csv": "CSV",
+    "json": "JSON",
+}
 CORNERS = "bottom-left, bottom-right, top-right, top-left"
 
 
@@ -50,19 +57,32 @@ def _keys(t: dict, occluded: str) -> list[tuple[int, float, float]]:
     return sorted((int(p[0]), float(p[1]), float(p[2])) for p in t.get("points", []) if _keep(p, occluded))
 
 
-def _format(path: Path, fmt: str | None) -> str:
+def export_format(path: Path, fmt: str | None) -> str:
     if fmt is None:
         by_suffix = {s: f for f, s in FORMATS.items()}
         fmt = by_suffix.get(path.suffix.lower())
         if fmt is None:
-            raise ValueError(f"cannot tell the export format from {path.name!r}: end it in .nk, .txt (After Effects), .setting (Fusion), .csv or .json, or pass a format")
+            raise ValueError(
+                f"cannot tell the export format from {path.name!r}: end it in .nk, .txt (After Effects), "
+                ".setting (Fusion), .csv or .json, or pass a format"
+            )
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
     return fmt
 
 
-def export_tracks(doc: dict, path, fmt: str | None = None, *, tracks: list | None = None, corner_pin: list | None = None,
-                  fps: float = 24.0, occluded: str = "keep", start_frame: int | None = None, reference_frame: int | None = None) -> Path:
+def export_tracks(
+    doc: dict,
+    path,
+    fmt: str | None = None,
+    *,
+    tracks: list | None = None,
+    corner_pin: list | None = None,
+    fps: float = 24.0,
+    occluded: str = "keep",
+    start_frame: int | None = None,
+    reference_frame: int | None = None,
+) -> Path:
     """Writes ``doc`` (a tracks.json document) for a compositing package; returns the path.
 
     ``tracks``: names or ids (default: all, or the four corners when ``corner_pin`` is given).
@@ -75,7 +95,7 @@ def export_tracks(doc: dict, path, fmt: str | None = None, *, tracks: list | Non
     anything is written, and the write is atomic, so a failed export leaves no file.
     """
     path = Path(path)
-    fmt = _format(path, fmt)
+    fmt = export_format(path, fmt)
     if occluded not in ("keep", "skip"):
         raise ValueError(f"occluded must be 'keep' or 'skip', got {occluded!r}")
     if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
@@ -85,7 +105,10 @@ def export_tracks(doc: dict, path, fmt: str | None = None, *, tracks: list | Non
     if corner_pin is not None and len(corner_pin) != 4:
         raise ValueError(f"a corner pin needs exactly 4 tracks ({CORNERS}), got {len(corner_pin)}")
     explicit = tracks is not None
-    chosen = [_find(doc, r) for r in (tracks if explicit else corner_pin if corner_pin is not None else [t["id"] for t in doc["tracks"]])]
+    chosen = [
+        _find(doc, r)
+        for r in (tracks if explicit else corner_pin if corner_pin is not None else [t["id"] for t in doc["tracks"]])
+    ]
     if explicit and not chosen:
         raise ValueError("no track selected: name at least one track")
     chosen = list({id(t): t for t in chosen}.values())
@@ -100,7 +123,9 @@ def export_tracks(doc: dict, path, fmt: str | None = None, *, tracks: list | Non
 
     if fmt in ("csv", "json"):
         if corner_pin is not None or start_frame is not None:
-            raise ValueError(f"{fmt} exports keep clip frame numbers and have no corner pin: leave out corner_pin and start_frame")
+            raise ValueError(
+                f"{fmt} exports keep clip frame numbers and have no corner pin: leave out corner_pin and start_frame"
+            )
         if path.suffix.lower() != FORMATS[fmt]:
             raise ValueError(f"a {fmt} export must end in {FORMATS[fmt]}, got {path.name!r}")
         names = {n for n, _ in keyed}
@@ -130,11 +155,21 @@ def export_tracks(doc: dict, path, fmt: str | None = None, *, tracks: list | Non
         if fmt == "ae" and explicit:
             raise ValueError("an After Effects corner pin paste holds only the four corners: leave out tracks")
     elif fmt == "ae" and len(keyed) != 1:
-        raise ValueError(f"After Effects takes one track per Position paste: choose one of {', '.join(n for n, _ in keyed[:8])} with tracks")
+        raise ValueError(
+            "After Effects takes one track per Position paste: "
+            f"choose one of {', '.join(n for n, _ in keyed[:8])} with tracks"
+        )
     first = min(doc.get("frames") or [k[0][0] for _, k in keyed])
     shift = start_frame if start_frame is not None else (0 if fmt == "nk" else first)
     if fmt == "nk":
-        text = _nuke(keyed, corners, W, H, shift, ref if ref is not None else (reference_frame if reference_frame is not None else first))
+        text = _nuke(
+            keyed,
+            corners,
+            W,
+            H,
+            shift,
+            ref if ref is not None else (reference_frame if reference_frame is not None else first),
+        )
     elif fmt == "ae":
         text = _after_effects(keyed, corners, W, H, fps, shift)
     else:
@@ -149,10 +184,23 @@ def export_tracks(doc: dict, path, fmt: str | None = None, *, tracks: list | Non
 # not opened in Nuke here.
 _NK_COLUMNS = (
     [("5 1 20", "enable e"), ("3 1 75", "name name")]
-    + [("2 1 58", f"track_{a} track_{a}") for a in "xy"] + [("2 1 63", f"offset_{a} offset_{a}") for a in "xy"]
-    + [("4 1 27", f"{c} {c}") for c in "TRS"] + [("2 0 45", "error error")]
-    + [("1 1 0", f"{k} {k}") for k in ("error_min", "error_max", *(f"{p}_{s}" for p in ("pattern", "search") for s in "xyrt"))]
-    + [("2 1 0", f"{k} {k}") for k in ("key_track", *(f"key_{p}_{s}" for p in ("search", "track") for s in "xyrt"), "key_centre_offset_x", "key_centre_offset_y")]
+    + [("2 1 58", f"track_{a} track_{a}") for a in "xy"]
+    + [("2 1 63", f"offset_{a} offset_{a}") for a in "xy"]
+    + [("4 1 27", f"{c} {c}") for c in "TRS"]
+    + [("2 0 45", "error error")]
+    + [
+        ("1 1 0", f"{k} {k}")
+        for k in ("error_min", "error_max", *(f"{p}_{s}" for p in ("pattern", "search") for s in "xyrt"))
+    ]
+    + [
+        ("2 1 0", f"{k} {k}")
+        for k in (
+            "key_track",
+            *(f"key_{p}_{s}" for p in ("search", "track") for s in "xyrt"),
+            "key_centre_offset_x",
+            "key_centre_offset_y",
+        )
+    ]
 )
 
 
@@ -176,6 +224,7 @@ def _nk_curve(frames: list[int], values: list[float]) -> str:
 def _nuke(keyed, corners, W, H, shift, ref) -> str:
     """Tracker4 with one track per pipstrack track, plus a CornerPin2D when asked. Nuke: origin
     bottom-left, y up, pixel centres at +0.5, so (x, y) becomes (x + 0.5, H - (y + 0.5))."""
+
     def curves(keys):
         fr = [f - shift for f, _, _ in keys]
         return _nk_curve(fr, [x + 0.5 for _, x, _ in keys]), _nk_curve(fr, [H - (y + 0.5) for _, _, y in keys])
@@ -184,12 +233,15 @@ def _nuke(keyed, corners, W, H, shift, ref) -> str:
     for name, keys in keyed:
         f0 = keys[0][0] - shift
         cx, cy = curves(keys)
-        rows.append(f" {{ {{curve K x{f0} 1}} {_tcl(name)} {cx} {cy} {{curve K x{f0} 0}} {{curve K x{f0} 0}} 1 0 0 "
-                    f"{{curve x{f0} 0}} 0 0 -32 -32 32 32 -22 -22 22 22 " + "{} " * 11 + "}")
+        rows.append(
+            f" {{ {{curve K x{f0} 1}} {_tcl(name)} {cx} {cy} {{curve K x{f0} 0}} {{curve K x{f0} 0}} 1 0 0 "
+            f"{{curve x{f0} 0}} 0 0 -32 -32 32 32 -22 -22 22 22 " + "{} " * 11 + "}"
+        )
     cols = "\n".join(f"{{ {t} {n} 1 }}" for t, n in _NK_COLUMNS)
     last = max(k[-1][0] for _, k in keyed + (corners or []))
     lines = [
-        f"# pipstrack export: {len(keyed)} track(s), image format {W} {H}, frames {min(k[0][0] for _, k in keyed) - shift}..{last - shift}"
+        f"# pipstrack export: {len(keyed)} track(s), image format {W} {H}, "
+        f"frames {min(k[0][0] for _, k in keyed) - shift}..{last - shift}"
         + (f" (clip frame - {shift})" if shift else " (clip frame numbers)"),
         f"# Nuke coordinates: (x + 0.5, {H} - (y + 0.5)) of pipstrack's (x, y); paste into the Node Graph",
         "set cut_paste_input [stack 0]",
@@ -206,11 +258,11 @@ def _nuke(keyed, corners, W, H, shift, ref) -> str:
     ]
     if corners:
         lines += ["push $cut_paste_input", "CornerPin2D {"]
-        for i, (name, keys) in enumerate(corners, 1):
+        for i, (_name, keys) in enumerate(corners, 1):
             cx, cy = curves(keys)
             lines.append(f" to{i} {{{cx} {cy}}}")
-        for i, (name, keys) in enumerate(corners, 1):
-            (x, y), = [(x, y) for f, x, y in keys if f == ref]
+        for i, (_name, keys) in enumerate(corners, 1):
+            ((x, y),) = [(x, y) for f, x, y in keys if f == ref]
             lines.append(f" from{i} {{{_num(x + 0.5)} {_num(H - (y + 0.5))}}}")
         lines += [" name pipstrack_cornerpin", f' label "pipstrack {W}x{H}, reference frame {ref - shift}"', "}"]
     return "\n".join(lines) + "\n"
@@ -221,15 +273,25 @@ def _after_effects(keyed, corners, W, H, fps, shift) -> str:
     """The text AE pastes onto a layer. AE: origin top-left, y down, pixel (0, 0) spans 0..1, so its
     centre is (0.5, 0.5): (x, y) becomes (x + 0.5, y + 0.5). Frames are relative (AE pastes the
     first key at the current time)."""
-    lines = ["Adobe After Effects 8.0 Keyframe Data", "", f"\tUnits Per Second\t{_num(fps, 6)}", f"\tSource Width\t{W}",
-             f"\tSource Height\t{H}", "\tSource Pixel Aspect Ratio\t1", "\tComp Pixel Aspect Ratio\t1", ""]
+    lines = [
+        "Adobe After Effects 8.0 Keyframe Data",
+        "",
+        f"\tUnits Per Second\t{_num(fps, 6)}",
+        f"\tSource Width\t{W}",
+        f"\tSource Height\t{H}",
+        "\tSource Pixel Aspect Ratio\t1",
+        "\tComp Pixel Aspect Ratio\t1",
+        "",
+    ]
     if corners:  # AE's Corner Pin parameters: Upper Left #2, Upper Right #3, Lower Left #4, Lower Right #5
         bl, br, tr, tl = corners
-        for label, (_, keys) in zip(("Upper Left #2", "Upper Right #3", "Lower Left #4", "Lower Right #5"), (tl, tr, bl, br)):
+        for label, (_, keys) in zip(
+            ("Upper Left #2", "Upper Right #3", "Lower Left #4", "Lower Right #5"), (tl, tr, bl, br)
+        ):
             lines += [f"Effects\tCorner Pin #1\t{label}", "\tFrame\tX pixels\tY pixels\t"]
             lines += [f"\t{f - shift}\t{_num(x + 0.5)}\t{_num(y + 0.5)}\t" for f, x, y in keys] + [""]
     else:
-        (_, keys), = keyed
+        ((_, keys),) = keyed
         lines += ["Transform\tPosition", "\tFrame\tX pixels\tY pixels\tZ pixels\t"]
         lines += [f"\t{f - shift}\t{_num(x + 0.5)}\t{_num(y + 0.5)}\t0\t" for f, x, y in keys] + [""]
     return "\n".join(lines + ["End of Keyframe Data", ""])
@@ -251,53 +313,43 @@ def _fusion(keyed, corners, W, H, shift) -> str:
         return out
 
     def path(base, keys):
-        for axis, color, conv in (("X", "Red = 255, Green = 0, Blue = 0", lambda x, y: (x + 0.5) / W),
-                                  ("Y", "Red = 0, Green = 255, Blue = 0", lambda x, y: 1 - (y + 0.5) / H)):
-            kf = "".join(f"\t\t\t\t[{f - shift}] = {{ {_num(conv(x, y), 10)}, Flags = {{ Linear = true }} }},\n" for f, x, y in keys)
-            tools.append(f"\t\t{base}_{axis} = BezierSpline {{\n\t\t\tSplineColor = {{ {color} }},\n\t\t\tNameSet = true,\n"
-                         f"\t\t\tKeyFrames = {{\n{kf}\t\t\t}}\n\t\t}},\n")
-        tools.append(f'\t\t{base}_Path = XYPath {{\n\t\t\tShowKeyPoints = false,\n\t\t\tDrawMode = "ModifyOnly",\n\t\t\tInputs = {{\n'
-                     f'\t\t\t\tX = Input {{ SourceOp = "{base}_X", Source = "Value", }},\n'
-                     f'\t\t\t\tY = Input {{ SourceOp = "{base}_Y", Source = "Value", }},\n\t\t\t}},\n\t\t}},\n')
+        for axis, color, conv in (
+            ("X", "Red = 255, Green = 0, Blue = 0", lambda x, y: (x + 0.5) / W),
+            ("Y", "Red = 0, Green = 255, Blue = 0", lambda x, y: 1 - (y + 0.5) / H),
+        ):
+            kf = "".join(
+                f"\t\t\t\t[{f - shift}] = {{ {_num(conv(x, y), 10)}, Flags = {{ Linear = true }} }},\n"
+                for f, x, y in keys
+            )
+            tools.append(
+                f"\t\t{base}_{axis} = BezierSpline {{\n\t\t\tSplineColor = {{ {color} }},\n\t\t\tNameSet = true,\n"
+                f"\t\t\tKeyFrames = {{\n{kf}\t\t\t}}\n\t\t}},\n"
+            )
+        tools.append(
+            f"\t\t{base}_Path = XYPath {{\n\t\t\tShowKeyPoints = false,\n"
+            '\t\t\tDrawMode = "ModifyOnly",\n\t\t\tInputs = {\n'
+            f'\t\t\t\tX = Input {{ SourceOp = "{base}_X", Source = "Value", }},\n'
+            f'\t\t\t\tY = Input {{ SourceOp = "{base}_Y", Source = "Value", }},\n\t\t\t}},\n\t\t}},\n'
+        )
         return f'Input {{ SourceOp = "{base}_Path", Source = "Value", }}'
 
     for i, (name, keys) in enumerate(keyed):
         base = ident(name)
         center = path(base, keys)
-        tools.append(f"\t\t{base} = Transform {{\n\t\t\tNameSet = true,\n\t\t\tInputs = {{\n\t\t\t\tCenter = {center},\n\t\t\t}},\n"
-                     f"\t\t\tViewInfo = OperatorInfo {{ Pos = {{ 0, {33 * i} }} }},\n\t\t}},\n")
+        tools.append(
+            f"\t\t{base} = Transform {{\n\t\t\tNameSet = true,\n\t\t\tInputs = {{\n"
+            f"\t\t\t\tCenter = {center},\n\t\t\t}},\n"
+            f"\t\t\tViewInfo = OperatorInfo {{ Pos = {{ 0, {33 * i} }} }},\n\t\t}},\n"
+        )
     if corners:
         base = ident("cornerpin")
         bl, br, tr, tl = corners
-        inputs = "".join(f"\t\t\t\t{inp} = {path(f'{base}_{inp}', keys)},\n"
-                         for inp, (_, keys) in (("TopLeft", tl), ("TopRight", tr), ("BottomLeft", bl), ("BottomRight", br)))
-        tools.append(f"\t\t{base} = CornerPositioner {{\n\t\t\tNameSet = true,\n\t\t\tInputs = {{\n{inputs}\t\t\t}},\n"
-                     f"\t\t\tViewInfo = OperatorInfo {{ Pos = {{ 110, 0 }} }},\n\t\t}},\n")
+        inputs = "".join(
+            f"\t\t\t\t{inp} = {path(f'{base}_{inp}', keys)},\n"
+            for inp, (_, keys) in (("TopLeft", tl), ("TopRight", tr), ("BottomLeft", bl), ("BottomRight", br))
+        )
+        tools.append(
+            f"\t\t{base} = CornerPositioner {{\n\t\t\tNameSet = true,\n\t\t\tInputs = {{\n{inputs}\t\t\t}},\n"
+            f"\t\t\tViewInfo = OperatorInfo {{ Pos = {{ 110, 0 }} }},\n\t\t}},\n"
+        )
     return "{\n\tTools = ordered() {\n" + "".join(tools) + "\t},\n}\n"
-
-
-# ---------------------------------------------------------------- command line
-def _list(spec: str | None) -> list[str] | None:
-    return None if spec is None else [c.strip() for c in spec.split(",") if c.strip()]
-
-
-def add_export_parser(sub) -> None:
-    e = sub.add_parser("export", help="write tracks for Nuke, After Effects, Fusion/Resolve, CSV or JSON")
-    e.add_argument("tracks_json", metavar="TRACKS.json", help="a pipstrack tracks file")
-    e.add_argument("out", metavar="OUT", help=".nk (Nuke), .txt (After Effects), .setting (Fusion/Resolve), .csv or .json")
-    e.add_argument("--format", choices=list(FORMATS), help="default: from OUT's suffix")
-    e.add_argument("--tracks", metavar="A,B", help="track names (or ids) to export; default all")
-    e.add_argument("--corner-pin", metavar="BL,BR,TR,TL", help=f"four tracks for a corner pin: {CORNERS}")
-    e.add_argument("--fps", type=float, default=24.0, help="frames per second (After Effects' Units Per Second; default 24)")
-    e.add_argument("--skip-occluded", action="store_true", help="leave out frames where a point is estimated behind an occluder")
-    e.add_argument("--start-frame", type=int, metavar="N", help="clip frame written as frame 0 (default: first tracked frame for ae/fusion; nk keeps clip frames)")
-    e.add_argument("--reference-frame", type=int, metavar="N", help="clip frame of the corner pin's 'from' corners")
-    e.set_defaults(func=cmd_export)
-
-
-def cmd_export(args) -> int:
-    doc = read_tracks(args.tracks_json)
-    out = export_tracks(doc, args.out, args.format, tracks=_list(args.tracks), corner_pin=_list(args.corner_pin), fps=args.fps,
-                        occluded="skip" if args.skip_occluded else "keep", start_frame=args.start_frame, reference_frame=args.reference_frame)
-    print(f"wrote {LABELS[_format(out, args.format)]} to {out}")
-    return 0

@@ -13,6 +13,7 @@ Where the official checkpoint is looked for, first hit wins:
 2. ``$PIPSTRACK_HOME/weights/`` (default ``$XDG_DATA_HOME/pipstrack`` or ``~/.local/share/pipstrack``),
    any of :data:`OFFICIAL_NAMES`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,7 +28,7 @@ from .model import Pips, PipsConfig
 
 FORMAT = "pipstrack-model"
 OFFICIAL_NAMES = ("model-000200000.pth", "pips_reference.pth")
-DEFAULT_MODEL = Path(__file__).with_name("data") / "default_model.pt"
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "data" / "default_model.pt"
 # SHA-256 of files whose content we know. The authors publish no checksum for their
 # checkpoint; add its digest here once verified on a machine that has it.
 KNOWN_SHA256: dict[str, str] = {}
@@ -86,7 +87,10 @@ def read_checkpoint(path) -> Checkpoint:
     if path.is_dir():
         raise WeightsError(path, "is a folder, not a weights file")
     if not zipfile.is_zipfile(path):
-        raise WeightsError(path, "not a PyTorch checkpoint (expected a torch.save zip archive; the file is truncated or of another kind)")
+        raise WeightsError(
+            path,
+            "not a PyTorch checkpoint (expected a torch.save zip archive; the file is truncated or of another kind)",
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types; the caller needs one with the file name
@@ -113,7 +117,7 @@ def read_checkpoint(path) -> Checkpoint:
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise WeightsError(path, f"is not a PIPs checkpoint (non-tensor entries such as {bad[0]!r})")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
     if kind == "state-dict" and not any(k.startswith("fnet.") for k in state):
         raise WeightsError(path, "is not a PIPs checkpoint (no fnet.* encoder weights)")
     return Checkpoint(path, kind, config, state, meta)
@@ -153,7 +157,9 @@ def load_model(path=None, device="cpu", stride: int | None = None) -> Pips:
         found = find_official()
         if found is None:
             where = ", ".join(str(p) for p in official_candidates())
-            raise WeightsError("official", f"the authors' checkpoint was not found; looked in: {where}. See docs/weights.md")
+            raise WeightsError(
+                "official", f"the authors' checkpoint was not found; looked in: {where}. See docs/weights.md"
+            )
         path = found
     ckpt = read_checkpoint(path)
     config = ckpt.config
@@ -171,7 +177,10 @@ def save_model(model: Pips, path, meta: dict | None = None, half: bool = False) 
     """Writes a pipstrack weights file atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone() for k, v in model.state_dict().items()}
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+        for k, v in model.state_dict().items()
+    }
     obj = {"format": FORMAT, "config": model.config.to_dict(), "state_dict": state, "meta": dict(meta or {})}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)

@@ -13,6 +13,7 @@ Every header is validated here (:func:`parse`, :func:`check_submit`, ...). A pro
 :class:`ProtocolError` carrying one of the ``E_*`` codes and a message that names the field;
 the server turns it into an ``error`` reply and keeps serving.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,6 +21,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..conventions import DIRECTIONS
 
 PROTOCOL_VERSION = 1
 
@@ -61,12 +64,24 @@ E_READ_FAILED = "read_failed"  # a `paths` file could not be read
 E_TRACKING_FAILED = "tracking_failed"  # the tracker raised
 E_TIMEOUT = "timeout"  # the other side stopped answering (raised on the client side)
 E_SHUTDOWN = "shutdown"  # the server is stopping; running jobs are cancelled
-ERROR_CODES = (E_BAD_MESSAGE, E_VERSION, E_BAD_TYPE, E_BAD_FIELD, E_BAD_PAYLOAD, E_TOO_LARGE, E_UNKNOWN_JOB,
-               E_DUPLICATE_JOB, E_BAD_STATE, E_READ_FAILED, E_TRACKING_FAILED, E_TIMEOUT, E_SHUTDOWN)
+ERROR_CODES = (
+    E_BAD_MESSAGE,
+    E_VERSION,
+    E_BAD_TYPE,
+    E_BAD_FIELD,
+    E_BAD_PAYLOAD,
+    E_TOO_LARGE,
+    E_UNKNOWN_JOB,
+    E_DUPLICATE_JOB,
+    E_BAD_STATE,
+    E_READ_FAILED,
+    E_TRACKING_FAILED,
+    E_TIMEOUT,
+    E_SHUTDOWN,
+)
 
 DTYPES = {"uint8": np.dtype("<u1"), "float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 COLOURS = ("srgb", "linear")
-DIRECTIONS = ("both", "forward", "backward", "gaps")
 SOURCES = ("frames", "paths", "video")
 
 # Defaults, overridable by the environment (tests use short ones).
@@ -126,8 +141,12 @@ def parse(parts, allowed=CLIENT_TYPES) -> tuple[dict, list]:
     if not _is_int(v):
         raise ProtocolError(E_BAD_FIELD, "header field 'v' (protocol version) must be an integer", job)
     if v != PROTOCOL_VERSION:
-        raise ProtocolError(E_VERSION, f"protocol version mismatch: this side speaks {PROTOCOL_VERSION}, the other side {v}; "
-                                       "update the older of the add-on and the backend", job)
+        raise ProtocolError(
+            E_VERSION,
+            f"protocol version mismatch: this side speaks {PROTOCOL_VERSION}, the other side {v}; "
+            "update the older of the add-on and the backend",
+            job,
+        )
     t = h.get("type")
     if not isinstance(t, str) or t not in allowed:
         raise ProtocolError(E_BAD_TYPE, f"unknown message type {t!r}; expected one of {', '.join(allowed)}", job)
@@ -138,7 +157,9 @@ def parse(parts, allowed=CLIENT_TYPES) -> tuple[dict, list]:
 
 def check_job_id(job) -> str:
     if not isinstance(job, str) or not (1 <= len(job) <= MAX_JOB_ID) or not job.isprintable():
-        raise ProtocolError(E_BAD_FIELD, f"'job' must be a printable string of 1..{MAX_JOB_ID} characters, got {job!r:.80}")
+        raise ProtocolError(
+            E_BAD_FIELD, f"'job' must be a printable string of 1..{MAX_JOB_ID} characters, got {job!r:.80}"
+        )
     return job
 
 
@@ -199,27 +220,80 @@ class JobSpec:
 
     def submit_message(self) -> list:
         """The message that submits this job (queries as a binary float64 frame)."""
-        opts = {"frame_range": [self.first, self.last], "direction": self.direction,
-                "working_size": self.working_size, "iters": self.iters, "partial_interval": self.partial_interval,
-                "refine": self.refine, "comotion": self.comotion}
-        common = dict(frame_count=self.frame_count, frame_shape=[self.height, self.width, 3], dtype=self.dtype,
-                      colour=self.colour, queries="binary", points=self.points, source=self.source, options=opts)
+        opts = {
+            "frame_range": [self.first, self.last],
+            "direction": self.direction,
+            "working_size": self.working_size,
+            "iters": self.iters,
+            "partial_interval": self.partial_interval,
+            "refine": self.refine,
+            "comotion": self.comotion,
+        }
+        common = dict(
+            frame_count=self.frame_count,
+            frame_shape=[self.height, self.width, 3],
+            dtype=self.dtype,
+            colour=self.colour,
+            queries="binary",
+            points=self.points,
+            source=self.source,
+            options=opts,
+        )
         if self.video is not None:
             common["video"] = self.video
         if self.point_index is None:
             return [header(SUBMIT, self.job, **common), np.ascontiguousarray(self.queries, dtype="<f8").tobytes()]
         rows = np.column_stack([self.point_index.astype(np.float64), self.queries])
-        return [header(SUBMIT, self.job, anchors=int(len(rows)), **common), np.ascontiguousarray(rows, dtype="<f8").tobytes()]
+        return [
+            header(SUBMIT, self.job, anchors=int(len(rows)), **common),
+            np.ascontiguousarray(rows, dtype="<f8").tobytes(),
+        ]
 
 
 def check_submit(h: dict, payload: list) -> JobSpec:
     """Validates a ``submit`` header and its optional binary queries frame."""
     job = check_job_id(h.get("job"))
+    T, H, W, dtype, colour = _check_frame_format(h, job)
+    source, video = _check_source(h, job)
+    queries, point_index = _check_queries(h, payload, job)
+    first, last, direction, ws, iters, refine, comotion, pint = _check_options(h.get("options", {}), T, job)
+    _check_query_positions(queries, point_index, first, last, H, W, job)
+    return JobSpec(
+        job,
+        T,
+        H,
+        W,
+        dtype,
+        colour,
+        queries,
+        first,
+        last,
+        direction,
+        ws,
+        iters,
+        source,
+        point_index,
+        float(pint),
+        video,
+        refine,
+        comotion,
+    )
+
+
+def _check_frame_format(h: dict, job: str):
+    """(frame count, height, width, dtype, colour) of a submit."""
     T = _int_field(h, "frame_count", 1, MAX_FRAMES)
     shape = h.get("frame_shape")
-    if (not isinstance(shape, list) or len(shape) != 3 or not all(_is_int(s) for s in shape) or shape[2] != 3
-            or not (1 <= shape[0] <= MAX_SIDE and 1 <= shape[1] <= MAX_SIDE)):
-        raise ProtocolError(E_BAD_FIELD, f"'frame_shape' must be [height, width, 3] with sides 1..{MAX_SIDE}, got {shape!r:.80}", job)
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 3
+        or not all(_is_int(s) for s in shape)
+        or shape[2] != 3
+        or not (1 <= shape[0] <= MAX_SIDE and 1 <= shape[1] <= MAX_SIDE)
+    ):
+        raise ProtocolError(
+            E_BAD_FIELD, f"'frame_shape' must be [height, width, 3] with sides 1..{MAX_SIDE}, got {shape!r:.80}", job
+        )
     H, W = shape[0], shape[1]
     dtype = h.get("dtype", "uint8")
     if dtype not in DTYPES:
@@ -231,6 +305,11 @@ def check_submit(h: dict, payload: list) -> JobSpec:
         raise ProtocolError(E_BAD_FIELD, "uint8 frames must be 'srgb' (linear light needs float16 or float32)", job)
     if H * W * 3 * DTYPES[dtype].itemsize > MAX_PART_BYTES:
         raise ProtocolError(E_TOO_LARGE, f"one {W}x{H} {dtype} frame exceeds the {MAX_PART_BYTES} byte limit", job)
+    return T, H, W, dtype, colour
+
+
+def _check_source(h: dict, job: str):
+    """(source, movie path or None) of a submit."""
     source = h.get("source", "frames")
     if source not in SOURCES:
         raise ProtocolError(E_BAD_FIELD, f"'source' must be one of {', '.join(SOURCES)}, got {source!r:.40}", job)
@@ -239,7 +318,12 @@ def check_submit(h: dict, payload: list) -> JobSpec:
         raise ProtocolError(E_BAD_FIELD, "source 'video' needs 'video': the movie's path on the server", job)
     if source != "video" and video is not None:
         raise ProtocolError(E_BAD_FIELD, "'video' is only for source 'video'", job)
+    return source, video
 
+
+def _check_queries(h: dict, payload: list, job: str):
+    """(queries (M,3) [frame, x, y], each row's point index or None): JSON triples, binary
+    queries, or binary anchor rows [point, frame, x, y]."""
     q = h.get("queries")
     point_index = None
     if q == "binary" and "anchors" in h:
@@ -248,7 +332,11 @@ def check_submit(h: dict, payload: list) -> JobSpec:
         if len(payload) != 1:
             raise ProtocolError(E_BAD_PAYLOAD, f"binary anchors need exactly 1 binary frame, got {len(payload)}", job)
         if _buffer_len(payload[0]) != m * 4 * 8:
-            raise ProtocolError(E_BAD_PAYLOAD, f"anchors frame is {_buffer_len(payload[0])} bytes; {m} rows x 4 float64 need {m * 32}", job)
+            raise ProtocolError(
+                E_BAD_PAYLOAD,
+                f"anchors frame is {_buffer_len(payload[0])} bytes; {m} rows x 4 float64 need {m * 32}",
+                job,
+            )
         rows = np.frombuffer(payload[0], dtype="<f8").reshape(m, 4).astype(np.float64)
         pi = rows[:, 0]
         if not np.all(np.isfinite(pi)) or np.any(pi != np.round(pi)) or np.any(pi < 0) or np.any(pi >= n):
@@ -262,23 +350,43 @@ def check_submit(h: dict, payload: list) -> JobSpec:
         if len(payload) != 1:
             raise ProtocolError(E_BAD_PAYLOAD, f"binary queries need exactly 1 binary frame, got {len(payload)}", job)
         if _buffer_len(payload[0]) != n * 3 * 8:
-            raise ProtocolError(E_BAD_PAYLOAD, f"queries frame is {_buffer_len(payload[0])} bytes; {n} points x 3 float64 need {n * 24}", job)
+            raise ProtocolError(
+                E_BAD_PAYLOAD,
+                f"queries frame is {_buffer_len(payload[0])} bytes; {n} points x 3 float64 need {n * 24}",
+                job,
+            )
         queries = np.frombuffer(payload[0], dtype="<f8").reshape(n, 3).astype(np.float64)
     elif isinstance(q, list):
         if payload:
             raise ProtocolError(E_BAD_PAYLOAD, "JSON queries take no binary frames", job)
         if not (1 <= len(q) <= MAX_POINTS):
             raise ProtocolError(E_BAD_FIELD, f"'queries' must hold 1..{MAX_POINTS} points, got {len(q)}", job)
-        if not all(isinstance(r, list) and len(r) == 3 and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in r) for r in q):
+        if not all(
+            isinstance(r, list)
+            and len(r) == 3
+            and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in r)
+            for r in q
+        ):
             raise ProtocolError(E_BAD_FIELD, "'queries' must be a list of [frame, x, y] number triples", job)
         queries = np.asarray(q, dtype=np.float64).reshape(-1, 3)
     else:
         raise ProtocolError(E_BAD_FIELD, "'queries' must be a list of [frame, x, y] or \"binary\" (with 'points')", job)
+    return queries, point_index
 
-    opts = h.get("options", {})
+
+def _check_options(opts, T: int, job: str):
+    """(first, last, direction, working size, iterations, refine, comotion, partial interval)."""
     if not isinstance(opts, dict):
         raise ProtocolError(E_BAD_FIELD, "'options' must be an object", job)
-    unknown = set(opts) - {"frame_range", "direction", "working_size", "iters", "partial_interval", "refine", "comotion"}
+    unknown = set(opts) - {
+        "frame_range",
+        "direction",
+        "working_size",
+        "iters",
+        "partial_interval",
+        "refine",
+        "comotion",
+    }
     if unknown:
         raise ProtocolError(E_BAD_FIELD, f"unknown option(s): {', '.join(sorted(unknown))}", job)
     fr = opts.get("frame_range")
@@ -287,13 +395,21 @@ def check_submit(h: dict, payload: list) -> JobSpec:
     elif isinstance(fr, list) and len(fr) == 2 and all(_is_int(x) for x in fr) and 0 <= fr[0] <= fr[1] < T:
         first, last = fr
     else:
-        raise ProtocolError(E_BAD_FIELD, f"'options.frame_range' must be [first, last] with 0 <= first <= last < {T}, got {fr!r:.80}", job)
+        raise ProtocolError(
+            E_BAD_FIELD,
+            f"'options.frame_range' must be [first, last] with 0 <= first <= last < {T}, got {fr!r:.80}",
+            job,
+        )
     direction = opts.get("direction", "both")
     if direction not in DIRECTIONS:
-        raise ProtocolError(E_BAD_FIELD, f"'options.direction' must be one of {', '.join(DIRECTIONS)}, got {direction!r:.40}", job)
+        raise ProtocolError(
+            E_BAD_FIELD, f"'options.direction' must be one of {', '.join(DIRECTIONS)}, got {direction!r:.40}", job
+        )
     ws = opts.get("working_size", 512)
     if ws is not None and (not _is_int(ws) or not (32 <= ws <= MAX_SIDE)):
-        raise ProtocolError(E_BAD_FIELD, f"'options.working_size' must be null or an integer in 32..{MAX_SIDE}, got {ws!r:.40}", job)
+        raise ProtocolError(
+            E_BAD_FIELD, f"'options.working_size' must be null or an integer in 32..{MAX_SIDE}, got {ws!r:.40}", job
+        )
     iters = _int_field(opts, "iters", 1, MAX_ITERS, default=6)
     refine = opts.get("refine", True)
     if not isinstance(refine, bool):
@@ -303,19 +419,30 @@ def check_submit(h: dict, payload: list) -> JobSpec:
         raise ProtocolError(E_BAD_FIELD, f"'options.comotion' must be true or false, got {comotion!r:.40}", job)
     pint = opts.get("partial_interval", 1.0)
     if not isinstance(pint, (int, float)) or isinstance(pint, bool) or not (0 <= pint <= 3600):
-        raise ProtocolError(E_BAD_FIELD, f"'options.partial_interval' must be seconds in 0..3600 (0: no partial results), got {pint!r:.40}", job)
+        raise ProtocolError(
+            E_BAD_FIELD,
+            f"'options.partial_interval' must be seconds in 0..3600 (0: no partial results), got {pint!r:.40}",
+            job,
+        )
+    return first, last, direction, ws, iters, refine, comotion, pint
 
+
+def _check_query_positions(queries, point_index, first: int, last: int, H: int, W: int, job: str) -> None:
+    """Finite, on whole frames inside the tracked range, inside the image; one anchor per point and frame."""
     if not np.all(np.isfinite(queries)):
         raise ProtocolError(E_BAD_FIELD, "query coordinates must be finite (found NaN or infinity)", job)
     f = queries[:, 0]
     if np.any(f != np.round(f)) or np.any(f < first) or np.any(f > last):
-        raise ProtocolError(E_BAD_FIELD, f"query frames must be whole numbers in the tracked range {first}..{last}", job)
+        raise ProtocolError(
+            E_BAD_FIELD, f"query frames must be whole numbers in the tracked range {first}..{last}", job
+        )
     if point_index is not None and len(np.unique(point_index * (MAX_FRAMES + 1) + f.astype(np.int64))) != len(f):
         raise ProtocolError(E_BAD_FIELD, "a point has two anchors on the same frame", job)
     x, y = queries[:, 1], queries[:, 2]
     if np.any(x < -0.5) or np.any(x > W - 0.5) or np.any(y < -0.5) or np.any(y > H - 0.5):
-        raise ProtocolError(E_BAD_FIELD, f"query positions must lie inside the {W}x{H} image (-0.5..W-0.5, -0.5..H-0.5)", job)
-    return JobSpec(job, T, H, W, dtype, colour, queries, first, last, direction, ws, iters, source, point_index, float(pint), video, refine, comotion)
+        raise ProtocolError(
+            E_BAD_FIELD, f"query positions must lie inside the {W}x{H} image (-0.5..W-0.5, -0.5..H-0.5)", job
+        )
 
 
 # -- frames / paths ------------------------------------------------------------------------
@@ -323,18 +450,27 @@ def check_frames(h: dict, payload: list, spec: JobSpec) -> tuple[int, list[np.nd
     """Validates a ``frames`` chunk against its job: (first index, list of (H,W,3) arrays, zero-copy)."""
     job = spec.job
     if spec.source != "frames":
-        raise ProtocolError(E_BAD_STATE, f"this job reads its frames from {spec.source}; it takes no 'frames' messages", job)
+        raise ProtocolError(
+            E_BAD_STATE, f"this job reads its frames from {spec.source}; it takes no 'frames' messages", job
+        )
     first = _int_field(h, "first", 0, spec.frame_count - 1)
     count = _int_field(h, "count", 1, MAX_FRAMES_PER_MESSAGE)
     if first + count > spec.frame_count:
-        raise ProtocolError(E_BAD_FIELD, f"frames {first}..{first + count - 1} run past the job's {spec.frame_count} frames", job)
+        raise ProtocolError(
+            E_BAD_FIELD, f"frames {first}..{first + count - 1} run past the job's {spec.frame_count} frames", job
+        )
     if len(payload) != count:
         raise ProtocolError(E_BAD_PAYLOAD, f"header says {count} frames but {len(payload)} binary frames follow", job)
     out = []
     for k, part in enumerate(payload):
         n = _buffer_len(part)
         if n != spec.frame_bytes:
-            raise ProtocolError(E_BAD_PAYLOAD, f"frame {first + k} is {n} bytes; a {spec.width}x{spec.height}x3 {spec.dtype} image is {spec.frame_bytes}", job)
+            raise ProtocolError(
+                E_BAD_PAYLOAD,
+                f"frame {first + k} is {n} bytes; "
+                f"a {spec.width}x{spec.height}x3 {spec.dtype} image is {spec.frame_bytes}",
+                job,
+            )
         buf = part.buffer if hasattr(part, "buffer") else part
         out.append(np.frombuffer(buf, dtype=DTYPES[spec.dtype]).reshape(spec.height, spec.width, 3))
     return first, out
@@ -344,21 +480,32 @@ def check_paths(h: dict, payload: list, spec: JobSpec) -> tuple[int, list[str]]:
     """Validates a ``paths`` chunk: (first index, list of file paths on the server's filesystem)."""
     job = spec.job
     if spec.source != "paths":
-        raise ProtocolError(E_BAD_STATE, f"this job's frames come from {spec.source}; it takes no 'paths' messages", job)
+        raise ProtocolError(
+            E_BAD_STATE, f"this job's frames come from {spec.source}; it takes no 'paths' messages", job
+        )
     if payload:
         raise ProtocolError(E_BAD_PAYLOAD, "'paths' takes no binary frames", job)
     first = _int_field(h, "first", 0, spec.frame_count - 1)
     paths = h.get("paths")
-    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and 0 < len(p) <= MAX_PATH for p in paths):
+    if (
+        not isinstance(paths, list)
+        or not paths
+        or not all(isinstance(p, str) and 0 < len(p) <= MAX_PATH for p in paths)
+    ):
         raise ProtocolError(E_BAD_FIELD, "'paths' must be a non-empty list of file path strings", job)
     if first + len(paths) > spec.frame_count:
-        raise ProtocolError(E_BAD_FIELD, f"paths for frames {first}..{first + len(paths) - 1} run past the job's {spec.frame_count} frames", job)
+        raise ProtocolError(
+            E_BAD_FIELD,
+            f"paths for frames {first}..{first + len(paths) - 1} run past the job's {spec.frame_count} frames",
+            job,
+        )
     return first, paths
 
 
 # -- results -------------------------------------------------------------------------------
-def trajectories_message(type_: str, job: str, first: int, xy: np.ndarray, visible: np.ndarray,
-                         confidence: np.ndarray, **fields) -> list:
+def trajectories_message(
+    type_: str, job: str, first: int, xy: np.ndarray, visible: np.ndarray, confidence: np.ndarray, **fields
+) -> list:
     """``partial`` or ``result``: xy float32 (T,N,2), visible uint8 (T,N), confidence float32 (T,N)."""
     xy = np.ascontiguousarray(xy, dtype="<f4")
     T, N = xy.shape[:2]
@@ -372,7 +519,11 @@ def read_trajectories(h: dict, payload: list) -> dict:
     N = _int_field(h, "points", 0, MAX_POINTS)
     first = _int_field(h, "first", 0, MAX_FRAMES)
     if len(payload) != 3:
-        raise ProtocolError(E_BAD_PAYLOAD, f"trajectories need 3 binary frames (xy, visible, confidence), got {len(payload)}", h.get("job"))
+        raise ProtocolError(
+            E_BAD_PAYLOAD,
+            f"trajectories need 3 binary frames (xy, visible, confidence), got {len(payload)}",
+            h.get("job"),
+        )
     sizes = (T * N * 8, T * N, T * N * 4)
     for name, part, n in zip(("xy", "visible", "confidence"), payload, sizes):
         if _buffer_len(part) != n:
@@ -400,7 +551,7 @@ def is_loopback(address: str) -> bool:
         return True
     if not address.startswith("tcp://"):
         return False
-    host = address[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
     return host == "localhost" or host == "::1" or host.startswith("127.")
 
 

@@ -15,6 +15,7 @@ hundredths of a pixel on a clean, visible feature and hopeless through an occlud
    correction of its polished neighbours. Keyframes never move.
 PIPs keeps the point, LK polishes it, its neighbours bring it back.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -97,8 +98,20 @@ def refine_trajectories(
         for k in range(ROUNDS):
             pred = comotion_fill(out, polished)
             before = int(polished.sum())
-            _lk_pass(frame, out, pred, visible, start, polished, similarity, tracked & ~polished, radius,
-                     own_motion=OWN_MOTION, levels=SEEDED_LEVELS, tick=sweep_tick(1 + k))
+            _lk_pass(
+                frame,
+                out,
+                pred,
+                visible,
+                start,
+                polished,
+                similarity,
+                tracked & ~polished,
+                radius,
+                own_motion=OWN_MOTION,
+                levels=SEEDED_LEVELS,
+                tick=sweep_tick(1 + k),
+            )
             if int(polished.sum()) == before:
                 break
         else:
@@ -130,8 +143,9 @@ def refine_trajectories(
     return out.astype(np.float32), polished, similarity, stats
 
 
-def _lk_pass(frame, out, seeds, visible, start, polished, similarity, todo, radius, own_motion=False,
-             levels=LEVELS, tick=None) -> None:
+def _lk_pass(
+    frame, out, seeds, visible, start, polished, similarity, todo, radius, own_motion=False, levels=LEVELS, tick=None
+) -> None:
     """One Lucas-Kanade sweep away from each point's first anchor, forward then backward, over
     the frames in ``todo``: each step starts at the point's last trustworthy position and is
     seeded by ``seeds`` (NaN: no step, or with ``own_motion`` the point's velocity between its

@@ -17,7 +17,7 @@ Supported inputs (see :func:`open_frames`):
   the numbering is an error. 16-bit PNG/TIFF become 8-bit by rounding
   ``v / 257``; grey becomes RGB; alpha is dropped.
 * OpenEXR (and 32-bit float TIFF) hold linear scene values. They are shown to
-  the tracker through a display transform (:func:`display_transform`):
+  the tracker through a display transform (:func:`pipstrack.conventions.display_transform`):
 
   1. multiply by ``2 ** exposure`` (exposure in stops, default 0),
   2. clamp to ``[0, 1]`` (NaN counts as 0),
@@ -47,6 +47,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from ..conventions import split_sequence_name, to_display
+
 __all__ = [
     "FrameReadError",
     "FrameSource",
@@ -54,7 +56,6 @@ __all__ = [
     "VideoFrames",
     "ImageSequenceFrames",
     "open_frames",
-    "display_transform",
     "IMAGE_EXTENSIONS",
     "MOVIE_EXTENSIONS",
 ]
@@ -69,25 +70,6 @@ class FrameReadError(RuntimeError):
 
 # ---------------------------------------------------------------------------
 # Display transform
-
-
-def display_transform(linear: np.ndarray, exposure: float = 0.0) -> np.ndarray:
-    """Map linear scene values to 8-bit sRGB the way a viewer would show them.
-
-    The tracker was trained on display-referred 8-bit video, so linear EXR data
-    has to look like that before it is tracked.
-    """
-    x = np.asarray(linear, dtype=np.float32)
-    if exposure:
-        x = x * np.float32(2.0 ** float(exposure))
-    x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
-    x = np.clip(x, 0.0, 1.0)
-    y = np.where(
-        x < 0.0031308,
-        12.92 * x,
-        1.055 * np.power(x, 1.0 / 2.4, dtype=np.float32) - 0.055,
-    )
-    return np.clip(np.rint(y * 255.0), 0, 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------
@@ -153,8 +135,7 @@ class FrameSource:
             h, w = frame.shape[:2]
             eh, ew = self.size
             raise FrameReadError(
-                f"{what}: size {w}x{h} differs from the clip's {ew}x{eh}; "
-                "all frames of a clip must have the same size"
+                f"{what}: size {w}x{h} differs from the clip's {ew}x{eh}; all frames of a clip must have the same size"
             )
 
 
@@ -341,23 +322,8 @@ class VideoFrames(FrameSource):
 # ---------------------------------------------------------------------------
 # Image sequences
 
-_DIGITS = re.compile(r"(\d+)(?!.*\d)")
 _PRINTF = re.compile(r"%(0?)(\d*)d")
 _HASHES = re.compile(r"#+")
-
-
-def _split_ext(name: str) -> tuple[str, str]:
-    stem, ext = os.path.splitext(name)
-    return stem, ext
-
-
-def _parse_numbered(name: str) -> tuple[str, str, int, str] | None:
-    """Split ``shot.1001.png`` into (prefix, digits-suffix-without-ext, number, ext)."""
-    stem, ext = _split_ext(name)
-    m = _DIGITS.search(stem)
-    if m is None:
-        return None
-    return stem[: m.start()], stem[m.end():], int(m.group(1)), ext
 
 
 def _format_numbers(numbers: list[int], limit: int = 12) -> str:
@@ -390,16 +356,6 @@ def decode_image(path: str) -> np.ndarray:
     if img.dtype.kind == "f":
         return img.astype(np.float32)
     raise FrameReadError(f"unsupported pixel type {img.dtype}")
-
-
-def to_display(img: np.ndarray, exposure: float = 0.0) -> np.ndarray:
-    """A decoded image as the tracker sees it: 8-bit display-referred RGB (16-bit rounded
-    ``v / 257``, linear float through :func:`display_transform`)."""
-    if img.dtype == np.uint8:
-        return np.ascontiguousarray(img)
-    if img.dtype == np.uint16:
-        return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    return display_transform(img, exposure)
 
 
 def _is_supported_image(name: str) -> bool:
@@ -473,12 +429,11 @@ class ImageSequenceFrames(FrameSource):
 
     ``spec`` is a folder, a printf pattern (``shot.%04d.png``) or a hash
     pattern (``shot.####.png``). ``exposure`` (stops) applies to float images
-    (EXR, float TIFF) through :func:`display_transform`; it may be changed on
+    (EXR, float TIFF) through :func:`pipstrack.conventions.display_transform`; it may be changed on
     the instance between reads.
     """
 
-    def __init__(self, spec: str | os.PathLike, *, exposure: float = 0.0,
-                 _files: list[tuple[int, str]] | None = None):
+    def __init__(self, spec: str | os.PathLike, *, exposure: float = 0.0, _files: list[tuple[int, str]] | None = None):
         self.name = os.fspath(spec)
         self.exposure = float(exposure)
         files = _files if _files is not None else self._find_files(self.name)
@@ -486,9 +441,7 @@ class ImageSequenceFrames(FrameSource):
         numbers = [n for n, _ in files]
         dupes = sorted(n for n, c in collections.Counter(numbers).items() if c > 1)
         if dupes:
-            raise ValueError(
-                f"{self.name}: more than one file for frame number(s) {_format_numbers(dupes)}"
-            )
+            raise ValueError(f"{self.name}: more than one file for frame number(s) {_format_numbers(dupes)}")
         missing = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
         if missing:
             raise ValueError(
@@ -515,20 +468,18 @@ class ImageSequenceFrames(FrameSource):
         h = _HASHES.search(base)
         if m is not None:
             width = int(m.group(2) or 0) if m.group(1) else 0
-            prefix, suffix = base[: m.start()], base[m.end():]
+            prefix, suffix = base[: m.start()], base[m.end() :]
             fixed = bool(m.group(1))
         elif h is not None:
             width = len(h.group(0))
-            prefix, suffix = base[: h.start()], base[h.end():]
+            prefix, suffix = base[: h.start()], base[h.end() :]
             fixed = True
         else:
             raise ValueError(f"{spec}: not a folder or a sequence pattern (%04d or ####)")
         if "%" in prefix + suffix or "#" in prefix + suffix:
             raise ValueError(f"{spec}: only one frame-number placeholder is allowed")
         if not _is_supported_image(suffix):
-            raise ValueError(
-                f"{spec}: unsupported image extension; supported: {', '.join(IMAGE_EXTENSIONS)}"
-            )
+            raise ValueError(f"{spec}: unsupported image extension; supported: {', '.join(IMAGE_EXTENSIONS)}")
         if not os.path.isdir(folder_for_listing):
             raise FileNotFoundError(f"no such file or folder: {folder_for_listing}")
         rx = re.compile(re.escape(prefix) + r"(\d+)" + re.escape(suffix) + r"\Z")
@@ -549,22 +500,21 @@ class ImageSequenceFrames(FrameSource):
 
     @staticmethod
     def _scan_folder(folder: str) -> list[tuple[int, str]]:
-        names = sorted(e for e in os.listdir(folder)
-                       if not e.startswith(".") and _is_supported_image(e)
-                       and os.path.isfile(os.path.join(folder, e)))
+        names = sorted(
+            e
+            for e in os.listdir(folder)
+            if not e.startswith(".") and _is_supported_image(e) and os.path.isfile(os.path.join(folder, e))
+        )
         if not names:
-            raise ValueError(
-                f"{folder}: no image files; supported extensions: {', '.join(IMAGE_EXTENSIONS)}"
-            )
+            raise ValueError(f"{folder}: no image files; supported extensions: {', '.join(IMAGE_EXTENSIONS)}")
         groups: dict[tuple[str, str, str], list[tuple[int, str]]] = {}
         unnumbered = []
         for e in names:
-            parsed = _parse_numbered(e)
+            parsed = split_sequence_name(e)
             if parsed is None:
                 unnumbered.append(e)
                 continue
-            prefix, mid, n, ext = parsed
-            groups.setdefault((prefix, mid, ext), []).append((n, os.path.join(folder, e)))
+            groups.setdefault((parsed.head, parsed.tail), []).append((parsed.number, os.path.join(folder, e)))
         if unnumbered and not groups and len(unnumbered) == 1:
             return [(0, os.path.join(folder, unnumbered[0]))]
         if unnumbered:
@@ -573,10 +523,9 @@ class ImageSequenceFrames(FrameSource):
                 + (" ..." if len(unnumbered) > 5 else "")
             )
         if len(groups) > 1:
-            desc = ", ".join(f"{p}#{m}{x}" for p, m, x in sorted(groups))
+            desc = ", ".join(f"{head}#{tail}" for head, tail in sorted(groups))
             raise ValueError(
-                f"{folder}: holds more than one image sequence ({desc}); "
-                "give a pattern such as shot.####.exr instead"
+                f"{folder}: holds more than one image sequence ({desc}); give a pattern such as shot.####.exr instead"
             )
         return next(iter(groups.values()))
 
@@ -589,18 +538,16 @@ class ImageSequenceFrames(FrameSource):
         """
         path = os.fspath(path)
         folder, base = os.path.split(path)
-        parsed = _parse_numbered(base)
+        parsed = split_sequence_name(base)
         if parsed is None:
             return cls(path, exposure=exposure, _files=[(0, path)])
-        prefix, mid, n, ext = parsed
-        rx = re.compile(re.escape(prefix) + r"(\d+)" + re.escape(mid + ext) + r"\Z")
+        rx = re.compile(re.escape(parsed.head) + r"(\d+)" + re.escape(parsed.tail) + r"\Z")
         found = []
         for entry in os.listdir(folder or "."):
             mm = rx.match(entry)
             if mm:
                 found.append((int(mm.group(1)), os.path.join(folder, entry)))
-        width = len(_DIGITS.search(_split_ext(base)[0]).group(1))
-        pattern = os.path.join(folder, f"{prefix}{'#' * width}{mid}{ext}")
+        pattern = os.path.join(folder, f"{parsed.head}{'#' * parsed.digits}{parsed.tail}")
         return cls(pattern, exposure=exposure, _files=found)
 
     # reading -------------------------------------------------------------
@@ -651,7 +598,7 @@ def open_frames(path_or_pattern: str | os.PathLike, *, exposure: float = 0.0) ->
         return ImageSequenceFrames(spec, exposure=exposure)
     if not os.path.exists(spec):
         raise FileNotFoundError(f"cannot open frames: no such file or folder: {spec}")
-    ext = _split_ext(base)[1].lower()
+    ext = os.path.splitext(base)[1].lower()
     if ext in MOVIE_EXTENSIONS:
         return VideoFrames(spec)
     if ext in IMAGE_EXTENSIONS:

@@ -15,6 +15,7 @@ points whose next window is the same frames run through the network together. Th
 decisions (window positions, carried target features) are those of the per-point
 procedure in :mod:`pipstrack.chaining`, so the trajectories are the same.
 """
+
 from __future__ import annotations
 
 import threading
@@ -23,13 +24,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-import cv2
 import numpy as np
 import torch
 
+from ..conventions import DIRECTIONS, resize_to_working, to_source, to_working, working_size
 from .chaining import next_window_offset, window_frames
 
-DIRECTIONS = ("both", "forward", "backward", "gaps")
 REFINE_SHARE = 0.05  # refinement's part of a job's time (2-10 % measured, docs/performance.md)
 
 
@@ -68,39 +68,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device '{device}' requested but this torch has no usable CUDA GPU; use --device cpu or auto")
+            raise ValueError(
+                f"device '{device}' requested but this torch has no usable CUDA GPU; use --device cpu or auto"
+            )
         return torch.device(name)
     raise ValueError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N")
-
-
-def working_size(height: int, width: int, long_side: int | None, multiple: int = 8) -> tuple[int, int]:
-    """The network's frame size: long side ``long_side`` (never upscaled), rounded to ``multiple``.
-
-    A clip already that small (or ``long_side`` None) is used at its own size, unresampled.
-    """
-    scale = 1.0 if not long_side else min(1.0, long_side / max(height, width))
-    if scale == 1.0:
-        return height, width
-    h = max(multiple * 4, int(round(height * scale / multiple)) * multiple)
-    w = max(multiple * 4, int(round(width * scale / multiple)) * multiple)
-    return h, w
-
-
-def to_working(xy: np.ndarray, size: tuple[int, int], work: tuple[int, int]) -> np.ndarray:
-    """Full-resolution pixel coords -> working-resolution coords (pixel centres map to centres)."""
-    sx, sy = work[1] / size[1], work[0] / size[0]
-    out = np.empty_like(xy, dtype=np.float64)
-    out[..., 0] = (xy[..., 0] + 0.5) * sx - 0.5
-    out[..., 1] = (xy[..., 1] + 0.5) * sy - 0.5
-    return out
-
-
-def to_source(xy: np.ndarray, size: tuple[int, int], work: tuple[int, int]) -> np.ndarray:
-    sx, sy = work[1] / size[1], work[0] / size[0]
-    out = np.empty_like(xy, dtype=np.float64)
-    out[..., 0] = (xy[..., 0] + 0.5) / sx - 0.5
-    out[..., 1] = (xy[..., 1] + 0.5) / sy - 0.5
-    return out
 
 
 @dataclass
@@ -163,7 +135,7 @@ class _FeatureCache:
 
 def _as_source(frames):
     if isinstance(frames, np.ndarray):
-        from .frames import ArrayFrames
+        from ..io.frames import ArrayFrames
 
         return ArrayFrames(frames)
     for attr in ("read", "size", "__len__"):
@@ -312,14 +284,23 @@ class Tracker:
                 images[i] = np.ascontiguousarray(self._read_work(source, i, work))
             return images[i]
 
-        refined, found, similarity, stats = refine_trajectories(image, result.frame_indices, xyw, result.visible, [p[:, 0] for p in points],
-                                                         comotion=self.comotion, tick=tick)
+        refined, found, similarity, stats = refine_trajectories(
+            image,
+            result.frame_indices,
+            xyw,
+            result.visible,
+            [p[:, 0] for p in points],
+            comotion=self.comotion,
+            tick=tick,
+        )
         # A frame where a step found the point's own patch again is seen, whatever the network
         # thought: its confidence is raised to that patch similarity (at least 0.7). Elsewhere it
         # is at most the similarity of the patch at the reported position to the point's: what
         # does not look like the point there is not seen there.
         conf = result.confidence.astype(np.float64)
-        conf = np.where(found, np.maximum(conf, similarity), np.where(np.isfinite(similarity), np.minimum(conf, similarity), conf))
+        conf = np.where(
+            found, np.maximum(conf, similarity), np.where(np.isfinite(similarity), np.minimum(conf, similarity), conf)
+        )
         result.confidence = np.clip(conf, 0.0, 1.0).astype(np.float32)
         result.visible = result.confidence > 0.5
         out = to_source(refined.astype(np.float64), size, work)
@@ -388,13 +369,8 @@ class Tracker:
 
     @staticmethod
     def _read_work(source, index: int, work) -> np.ndarray:
-        """Frame ``index`` at the working size (area resampling when shrinking)."""
-        h, w = work
-        img = source.read(index)
-        if img.shape[:2] != (h, w):
-            interp = cv2.INTER_AREA if img.shape[0] > h else cv2.INTER_LINEAR
-            img = cv2.resize(img, (w, h), interpolation=interp)
-        return img
+        """Frame ``index`` at the working size."""
+        return resize_to_working(source.read(index), work)
 
     def _encode(self, source, cache, frames: tuple[int, ...], work):
         needed = [f for f in dict.fromkeys(frames) if cache.get(f) is None]

@@ -1,11 +1,11 @@
-"""Client for ``pipstrack serve``: numpy + pyzmq + protocol.py only, so Blender can ship it.
+"""Client for ``pipstrack serve``: numpy + pyzmq + the protocol only, so Blender can ship it.
 
 Nothing here blocks unless asked to: a Blender timer calls :meth:`Job.poll` every tenth of a
 second, which uploads a little (zero-copy frames, pulled lazily from a callable so a 4K EXR
 clip is never in RAM at once), sends heartbeats, and returns whatever arrived. Scripts use
 the blocking :func:`track`::
 
-    from pipstrack.client import Connection
+    from pipstrack.wire.client import Connection
     conn = Connection("tcp://127.0.0.1:5555")
     job = conn.submit(frames, [[0, 120.5, 80.0]])     # (T,H,W,3) array, or a callable + frame_count
     while not job.done:
@@ -13,6 +13,7 @@ the blocking :func:`track`::
             ...
     job.result["xy"]                                    # (T,N,2) float32
 """
+
 from __future__ import annotations
 
 import os
@@ -23,10 +24,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-try:
-    from . import protocol as P
-except ImportError:  # a loose copy next to this file (the Blender add-on's vendored layout)
-    import protocol as P  # type: ignore
+from . import protocol as P
 
 
 class TrackingError(RuntimeError):
@@ -51,8 +49,16 @@ def _load_keys(keys_dir, name: str = "client"):
 class Connection:
     """One DEALER socket to a server, shared by any number of jobs; drive it with :meth:`pump`."""
 
-    def __init__(self, address: str, *, keys_dir=None, key_name: str = "client", heartbeat: float | None = None,
-                 timeout: float | None = None, context: zmq.Context | None = None):
+    def __init__(
+        self,
+        address: str,
+        *,
+        keys_dir=None,
+        key_name: str = "client",
+        heartbeat: float | None = None,
+        timeout: float | None = None,
+        context: zmq.Context | None = None,
+    ):
         self.address = address
         self.heartbeat = heartbeat or P.env_float(os.environ, "PIPSTRACK_HEARTBEAT", P.HEARTBEAT_INTERVAL)
         self.timeout = timeout or P.env_float(os.environ, "PIPSTRACK_SERVER_TIMEOUT", P.SERVER_TIMEOUT)
@@ -121,7 +127,9 @@ class Connection:
             self._dispatch(parts)
         del self.events[:-100]  # connection-level events are only for wait_hello and diagnostics
         if self.failure is None and time.monotonic() - self.last_heard > self.timeout:
-            self._fail(TrackingError(P.E_TIMEOUT, f"the server at {self.address} has not answered for {self.timeout:g} s"))
+            self._fail(
+                TrackingError(P.E_TIMEOUT, f"the server at {self.address} has not answered for {self.timeout:g} s")
+            )
 
     def _fail(self, err: TrackingError) -> None:
         self.failure = err
@@ -136,7 +144,9 @@ class Connection:
             if e.code == P.E_VERSION:
                 self._fail(TrackingError(e.code, e.message))
             else:
-                self.events.append({"type": P.ERROR, "code": e.code, "message": f"bad message from the server: {e.message}"})
+                self.events.append(
+                    {"type": P.ERROR, "code": e.code, "message": f"bad message from the server: {e.message}"}
+                )
             return
         t = h["type"]
         if t == P.HELLO_OK:
@@ -147,7 +157,13 @@ class Connection:
             for j in h.get("unknown", []) if isinstance(h.get("unknown"), list) else []:
                 job = self.jobs.get(j)
                 if job is not None and job.accepted and not job.done:
-                    job._finish({"type": P.ERROR, "code": P.E_UNKNOWN_JOB, "message": "the server no longer knows this job (restarted?)"})
+                    job._finish(
+                        {
+                            "type": P.ERROR,
+                            "code": P.E_UNKNOWN_JOB,
+                            "message": "the server no longer knows this job (restarted?)",
+                        }
+                    )
             return
         job = self.jobs.get(h.get("job")) if isinstance(h.get("job"), str) else None
         if job is None:
@@ -174,18 +190,51 @@ class Connection:
             self.sock.poll(20)
         return self.server
 
-    def submit(self, frames, queries, *, frame_count: int | None = None, frame_shape=None, dtype: str | None = None,
-               colour: str | None = None, frame_range=None, direction: str = "both", working_size: int | None = 512,
-               iters: int = 6, chunk: int = 4, paths=None, video: str | None = None, partial_interval: float = 1.0,
-               refine: bool = True, comotion: bool = True, job_id: str | None = None) -> "Job":
+    def submit(
+        self,
+        frames,
+        queries,
+        *,
+        frame_count: int | None = None,
+        frame_shape=None,
+        dtype: str | None = None,
+        colour: str | None = None,
+        frame_range=None,
+        direction: str = "both",
+        working_size: int | None = 512,
+        iters: int = 6,
+        chunk: int = 4,
+        paths=None,
+        video: str | None = None,
+        partial_interval: float = 1.0,
+        refine: bool = True,
+        comotion: bool = True,
+        job_id: str | None = None,
+    ) -> "Job":
         """Starts a job. ``frames``: (T,H,W,3) array, or ``callable(i) -> (H,W,3) array`` with
         ``frame_count``; ``paths``: instead of frames, one file per frame the server can read;
         ``video``: a movie file the server can read (with ``frame_count`` and ``frame_shape``).
         ``queries``: (N,3) rows [frame, x, y], or a list with one (K,3) array of keyframes per point."""
-        return Job(self, frames, queries, frame_count=frame_count, frame_shape=frame_shape, dtype=dtype, colour=colour,
-                   frame_range=frame_range, direction=direction, working_size=working_size, iters=iters, chunk=chunk,
-                   paths=paths, video=video, partial_interval=partial_interval, refine=refine, comotion=comotion,
-                   job_id=job_id)
+        return Job(
+            self,
+            frames,
+            queries,
+            frame_count=frame_count,
+            frame_shape=frame_shape,
+            dtype=dtype,
+            colour=colour,
+            frame_range=frame_range,
+            direction=direction,
+            working_size=working_size,
+            iters=iters,
+            chunk=chunk,
+            paths=paths,
+            video=video,
+            partial_interval=partial_interval,
+            refine=refine,
+            comotion=comotion,
+            job_id=job_id,
+        )
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -194,9 +243,28 @@ class Connection:
 class Job:
     """One tracking job. :meth:`poll` never blocks; ``done``, ``result``, ``error`` tell the outcome."""
 
-    def __init__(self, conn: Connection, frames, queries, *, frame_count, frame_shape, dtype, colour, frame_range,
-                 direction, working_size, iters, chunk, paths, video=None, partial_interval=1.0, refine=True, comotion=True,
-                 job_id=None):
+    def __init__(
+        self,
+        conn: Connection,
+        frames,
+        queries,
+        *,
+        frame_count,
+        frame_shape,
+        dtype,
+        colour,
+        frame_range,
+        direction,
+        working_size,
+        iters,
+        chunk,
+        paths,
+        video=None,
+        partial_interval=1.0,
+        refine=True,
+        comotion=True,
+        job_id=None,
+    ):
         self.conn = conn
         self.id = job_id or uuid.uuid4().hex
         self.events: list[dict] = []
@@ -249,10 +317,26 @@ class Job:
             point_index = None
         first, last = (0, int(frame_count) - 1) if frame_range is None else (int(frame_range[0]), int(frame_range[1]))
         source = "video" if video is not None else "paths" if paths is not None else "frames"
-        self.spec = P.JobSpec(self.id, int(frame_count), int(frame_shape[0]), int(frame_shape[1]), dtype, colour, q,
-                              first, last, direction, working_size, int(iters), source, point_index,
-                              float(partial_interval), None if video is None else str(video), bool(refine),
-                              bool(comotion))
+        self.spec = P.JobSpec(
+            self.id,
+            int(frame_count),
+            int(frame_shape[0]),
+            int(frame_shape[1]),
+            dtype,
+            colour,
+            q,
+            first,
+            last,
+            direction,
+            working_size,
+            int(iters),
+            source,
+            point_index,
+            float(partial_interval),
+            None if video is None else str(video),
+            bool(refine),
+            bool(comotion),
+        )
         self._next = first  # next frame index to upload
         self._chunk = max(1, min(int(chunk), P.MAX_FRAMES_PER_MESSAGE))
         conn.jobs[self.id] = self
@@ -284,7 +368,7 @@ class Job:
         lo = self._next
         n = min(self._chunk, self.spec.last - lo + 1)
         if self._get is None:
-            parts = [P.header(P.PATHS, self.id, first=lo, paths=self._paths[lo:lo + n])]
+            parts = [P.header(P.PATHS, self.id, first=lo, paths=self._paths[lo : lo + n])]
         else:
             try:
                 images = [self._frame(i) for i in range(lo, lo + n)]

@@ -12,6 +12,7 @@ Queries are every ground-truth point on frame 0, tracked forward. Metrics are TA
 is added: it needs no ground truth, so it is what one can measure on a real shot, and
 seeing it next to the true errors shows how far it can be trusted.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,7 @@ class EvalClip:
 
 def synthetic_clips(count: int, frames: int, size: tuple[int, int], points: int = 48, seed: int = EVAL_SEED):
     """Held-out synthetic clips, generated lazily (one clip in memory at a time)."""
-    from .synth import SynthConfig, make_clip
+    from ..datasets.synth import SynthConfig, make_clip
 
     H, W = size
     cfg = SynthConfig(frames=frames, height=H, width=W, points=points)
@@ -94,7 +95,7 @@ def available_photos() -> list[str]:
 
 def photo_clips(count: int, frames: int, size: tuple[int, int], points: int = 48, seed: int = EVAL_SEED):
     """``count`` homography clips, cycling over the available photos, each with its own seed."""
-    from .sample import homography_clip
+    from ..datasets.sample import homography_clip
 
     names = available_photos() if count else []
     if count and not names:
@@ -184,7 +185,9 @@ def run_eval(
                 seconds = time.perf_counter() - t0
                 xy, vis = np.asarray(xy, np.float64), np.asarray(vis, bool)
                 if xy.shape != clip.trajs.shape or vis.shape != clip.visible.shape:
-                    raise RuntimeError(f"returned shapes {xy.shape}, {vis.shape}; expected {clip.trajs.shape}, {clip.visible.shape}")
+                    raise RuntimeError(
+                        f"returned shapes {xy.shape}, {vis.shape}; expected {clip.trajs.shape}, {clip.visible.shape}"
+                    )
                 run.per_clip.append({"clip": clip.name, "seconds": seconds, **score(clip, xy, vis)})
                 if name == fb_method and hasattr(method, "tracker"):
                     run.fb_frame0.append(forward_backward_frame0(method.tracker, clip.rgbs, xy))
@@ -305,8 +308,10 @@ def evaluate(
         methods["pipstrack"] = pipstrack_method(model, device)
         meta = getattr(model, "meta", None) or {}
         about = ", ".join(f"{k} {meta[k]}" for k in ("step", "note") if k in meta)
-        descriptions["pipstrack"] = (f"pipstrack, {model_label}{f' ({about})' if about else ''}, on {methods['pipstrack'].tracker.device}, "
-                                     "with sub-pixel refinement and co-motion (the default)")
+        descriptions["pipstrack"] = (
+            f"pipstrack, {model_label}{f' ({about})' if about else ''}, on {methods['pipstrack'].tracker.device}, "
+            "with sub-pixel refinement and co-motion (the default)"
+        )
         methods["pipstrack-raw"] = pipstrack_method(model, device, refine=False)
         descriptions["pipstrack-raw"] = "the same network's own positions, without refinement or co-motion"
     for b in baselines:
@@ -320,8 +325,19 @@ def evaluate(
 
     runs = run_eval(methods, clips(), total=synthetic + photo, progress=progress)
     H, W = size
-    title = f"pipstrack eval: {frames} frames of {H}x{W} (HxW), up to {points} points per clip, queries on frame 0, seed {seed}"
+    title = (
+        f"pipstrack eval: {frames} frames of {H}x{W} (HxW), up to {points} points per clip, "
+        f"queries on frame 0, seed {seed}"
+    )
     text = f"{title}\n\n{markdown_table(runs, list(methods))}\n\n{legend(descriptions)}"
-    config = {"synthetic": synthetic, "photo": photo, "frames": frames, "size": [H, W], "points": points, "seed": seed,
-              "baselines": list(baselines), "model": model_label}
+    config = {
+        "synthetic": synthetic,
+        "photo": photo,
+        "frames": frames,
+        "size": [H, W],
+        "points": points,
+        "seed": seed,
+        "baselines": list(baselines),
+        "model": model_label,
+    }
     return text, report_json(runs, config, descriptions)

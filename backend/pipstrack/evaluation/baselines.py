@@ -9,6 +9,7 @@ Queries are on frame 0 and tracked forward. Positions use pipstrack's pixel conv
 report a point as lost once they give up on it; from then on it stays lost, held at its
 last good position, because that is what an artist sees in those tools.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,6 +19,9 @@ from typing import Callable
 
 import cv2
 import numpy as np
+
+from ..conventions import inside_frame, marker_to_pixel, pixel_to_marker
+from .clip_editor import NoClipEditor, clip_editor_context
 
 Method = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -82,8 +86,14 @@ def lucas_kanade(rgbs: np.ndarray, queries: np.ndarray, win: int = 21, levels: i
             p0b, st2, _ = cv2.calcOpticalFlowPyrLK(cur, prev, p1, None, **params)
             p1, p0b = p1.reshape(-1, 2).astype(np.float64), p0b.reshape(-1, 2).astype(np.float64)
             fb = np.linalg.norm(p0b - p0.reshape(-1, 2), axis=1)
-            inside = (p1[:, 0] >= -0.5) & (p1[:, 0] <= W - 0.5) & (p1[:, 1] >= -0.5) & (p1[:, 1] <= H - 0.5)
-            ok = (st1.ravel() == 1) & (st2.ravel() == 1) & (fb <= fb_threshold) & inside & np.all(np.isfinite(p1), axis=1)
+            inside = inside_frame(p1, width=W, height=H)
+            ok = (
+                (st1.ravel() == 1)
+                & (st2.ravel() == 1)
+                & (fb <= fb_threshold)
+                & inside
+                & np.all(np.isfinite(p1), axis=1)
+            )
             xy[t, idx[ok]] = p1[ok]
             visible[t, idx[ok]] = True
             alive[idx[~ok]] = False
@@ -94,50 +104,12 @@ def lucas_kanade(rgbs: np.ndarray, queries: np.ndarray, win: int = 21, levels: i
 # -- Blender's tracker (libmv), through bpy ---------------------------------------------------------
 
 
-def to_blender(xy: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Pixels (centres at integers, y down) -> Blender marker ``co`` (0..1 over the frame, y up)."""
-    H, W = size
-    xy = np.asarray(xy, np.float64)
-    return np.stack([(xy[..., 0] + 0.5) / W, 1.0 - (xy[..., 1] + 0.5) / H], axis=-1)
-
-
-def from_blender(co: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Blender marker ``co`` -> pixels; the inverse of :func:`to_blender`."""
-    H, W = size
-    co = np.asarray(co, np.float64)
-    return np.stack([co[..., 0] * W - 0.5, (1.0 - co[..., 1]) * H - 0.5], axis=-1)
-
-
 def _import_bpy():
     try:
         import bpy  # noqa: F401  (Blender as a Python module; heavy, so imported on first use)
     except Exception as e:  # ImportError, or a bpy build that fails to initialise
         raise BaselineUnavailable(f"Blender's Python module (bpy) is not importable: {type(e).__name__}: {e}") from None
     return bpy
-
-
-def clip_editor_context(bpy, clip):
-    """A window/screen/area/region whose Clip Editor shows ``clip``: what track_markers polls for.
-
-    bpy-as-module has one window with the default screen and no event loop; we turn its
-    biggest area into a Clip Editor (once, reused afterwards) and point it at the clip.
-    """
-    wm = bpy.context.window_manager
-    if not wm.windows:
-        raise BaselineUnavailable("bpy has no window to host a Clip Editor")
-    window = wm.windows[0]
-    screen = window.screen
-    areas = [a for a in screen.areas if a.type == "CLIP_EDITOR"]
-    if areas:
-        area = areas[0]
-    else:
-        area = max(screen.areas, key=lambda a: a.width * a.height)
-        area.type = "CLIP_EDITOR"
-    space = area.spaces.active
-    space.clip = clip
-    space.mode = "TRACKING"
-    region = next(r for r in area.regions if r.type == "WINDOW")
-    return dict(window=window, screen=screen, area=area, region=region, space_data=space, edit_movieclip=clip)
 
 
 def blender_tracker(
@@ -160,75 +132,100 @@ def blender_tracker(
     rgbs, queries = _check(rgbs, queries)
     bpy = _import_bpy()
     T, H, W = rgbs.shape[:3]
-    N = len(queries)
     tmp = tempfile.mkdtemp(prefix="pipstrack-blender-")
     clip = None
     try:
-        for k, img in enumerate(rgbs):
-            cv2.imwrite(os.path.join(tmp, f"frame_{k + 1:05d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-        clip = bpy.data.movieclips.load(os.path.join(tmp, "frame_00001.png"))
-        clip.frame_start = 1
-        if tuple(clip.size) != (W, H) or clip.frame_duration != T:
-            raise RuntimeError(f"Blender read the PNG sequence as {tuple(clip.size)} x {clip.frame_duration} frames, expected {(W, H)} x {T}")
-        scene = bpy.context.scene
-        scene.frame_start, scene.frame_end = 1, max(T, scene.frame_start)
-        scene.frame_set(1)
+        clip = _load_png_clip(bpy, rgbs, tmp)
         settings = clip.tracking.settings
         settings.default_pattern_size = int(pattern_size)
         settings.default_search_size = int(search_size)
         settings.default_motion_model = motion_model
         settings.default_pattern_match = pattern_match
         settings.default_correlation_min = float(correlation_min)
-        co0 = to_blender(queries[:, 1:], (H, W))
-        tracks = clip.tracking.tracks
-        for t in list(tracks):
-            tracks.remove(t)
-        made = []
-        for i in range(N):
-            track = tracks.new(name=f"q{i:04d}", frame=1)
-            track.motion_model = motion_model
-            track.pattern_match = pattern_match
-            track.correlation_min = float(correlation_min)
-            track.markers[0].co = (float(co0[i, 0]), float(co0[i, 1]))
-            track.select = True
-            made.append(track)
-        ctx = clip_editor_context(bpy, clip)
+        tracks = _key_tracks(clip, queries, W, H, motion_model, pattern_match, correlation_min)
+        try:
+            ctx = clip_editor_context(bpy, clip)
+        except NoClipEditor as e:
+            raise BaselineUnavailable(str(e)) from None
         with bpy.context.temp_override(**ctx):
             if not bpy.ops.clip.track_markers.poll():
                 raise BaselineUnavailable("bpy.ops.clip.track_markers cannot run: no usable Clip Editor context")
             result = bpy.ops.clip.track_markers(backwards=False, sequence=True)
         if "FINISHED" not in result:
             raise RuntimeError(f"bpy.ops.clip.track_markers returned {result}")
-
-        co = np.zeros((T, N, 2), np.float64)
-        visible = np.zeros((T, N), bool)
-        co[0], visible[0] = co0, True
-        for i, track in enumerate(made):
-            alive = True
-            for f in range(2, T + 1):
-                marker = track.markers.find_frame(f) if alive else None
-                if marker is None or marker.mute:
-                    alive = False
-                    co[f - 1, i] = co[f - 2, i]
-                else:
-                    co[f - 1, i] = marker.co[:]
-                    visible[f - 1, i] = True
-        xy = from_blender(co, (H, W))
+        xy, visible = _read_tracks(tracks, pixel_to_marker(queries[:, 1:], width=W, height=H), T, W, H)
         xy[0] = queries[:, 1:]  # exact, not through float32 marker storage
         return xy, visible
     finally:
         if clip is not None:
-            ctx_space = None
-            try:
-                for area in bpy.context.window_manager.windows[0].screen.areas:
-                    if area.type == "CLIP_EDITOR" and area.spaces.active.clip == clip:
-                        ctx_space = area.spaces.active
-                if ctx_space is not None:
-                    ctx_space.clip = None
-                bpy.data.movieclips.remove(clip)
-            except Exception:
-                pass
+            _forget_clip(bpy, clip)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_png_clip(bpy, rgbs: np.ndarray, folder: str):
+    """The frames as a PNG sequence that Blender loads as a movie clip on scene frames 1..T."""
+    T, H, W = rgbs.shape[:3]
+    for k, img in enumerate(rgbs):
+        cv2.imwrite(os.path.join(folder, f"frame_{k + 1:05d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    clip = bpy.data.movieclips.load(os.path.join(folder, "frame_00001.png"))
+    clip.frame_start = 1
+    if tuple(clip.size) != (W, H) or clip.frame_duration != T:
+        raise RuntimeError(
+            f"Blender read the PNG sequence as {tuple(clip.size)} x {clip.frame_duration} frames, "
+            f"expected {(W, H)} x {T}"
+        )
+    scene = bpy.context.scene
+    scene.frame_start, scene.frame_end = 1, max(T, scene.frame_start)
+    scene.frame_set(1)
+    return clip
+
+
+def _key_tracks(clip, queries, W, H, motion_model, pattern_match, correlation_min) -> list:
+    """One selected track per query, keyed on clip frame 1 at the query's position."""
+    co0 = pixel_to_marker(queries[:, 1:], width=W, height=H)
+    tracks = clip.tracking.tracks
+    for old in list(tracks):
+        tracks.remove(old)
+    made = []
+    for i in range(len(queries)):
+        track = tracks.new(name=f"q{i:04d}", frame=1)
+        track.motion_model = motion_model
+        track.pattern_match = pattern_match
+        track.correlation_min = float(correlation_min)
+        track.markers[0].co = (float(co0[i, 0]), float(co0[i, 1]))
+        track.select = True
+        made.append(track)
+    return made
+
+
+def _read_tracks(tracks, co0: np.ndarray, T: int, W: int, H: int) -> tuple[np.ndarray, np.ndarray]:
+    """(T,N,2) pixels and (T,N) visibility from the keyed ``co0``; once Blender loses a point
+    it stays lost, held at its last position."""
+    co = np.zeros((T, len(tracks), 2), np.float64)
+    visible = np.zeros((T, len(tracks)), bool)
+    co[0], visible[0] = co0, True
+    for i, track in enumerate(tracks):
+        alive = True
+        for f in range(2, T + 1):
+            marker = track.markers.find_frame(f) if alive else None
+            if marker is None or marker.mute:
+                alive = False
+                co[f - 1, i] = co[f - 2, i]
+            else:
+                co[f - 1, i] = marker.co[:]
+                visible[f - 1, i] = True
+    return marker_to_pixel(co, width=W, height=H), visible
+
+
+def _forget_clip(bpy, clip) -> None:
+    """Removes the clip (and the Clip Editor's hold on it); never raises."""
+    try:
+        for area in bpy.context.window_manager.windows[0].screen.areas:
+            if area.type == "CLIP_EDITOR" and area.spaces.active.clip == clip:
+                area.spaces.active.clip = None
+        bpy.data.movieclips.remove(clip)
+    except Exception:
+        pass
 
 
 def blender_available() -> str | None:
@@ -245,7 +242,7 @@ def blender_available() -> str | None:
 
 def pipstrack_method(model, device="auto", **tracker_options) -> Method:
     """pipstrack's own tracker in the common shape; the Tracker is kept as ``method.tracker``."""
-    from .tracker import Tracker
+    from ..engine.tracker import Tracker
 
     tracker = Tracker(model, device=device, **tracker_options)
 
@@ -260,8 +257,12 @@ def pipstrack_method(model, device="auto", **tracker_options) -> Method:
 BASELINES: dict[str, tuple[str, Method]] = {
     "zero": ("zero motion: the query position on every frame, always visible", zero_motion),
     "lk": ("OpenCV pyramidal Lucas-Kanade, 21 px window, 3 levels, forward-backward check 1 px", lucas_kanade),
-    "blender-loc": ("Blender 5.0 tracker via bpy, motion model Loc, pattern 21 px, search 71 px, match keyframe",
-                    lambda r, q: blender_tracker(r, q, motion_model="Loc")),
-    "blender-perspective": ("Blender 5.0 tracker via bpy, motion model Perspective, pattern 21 px, search 71 px, match keyframe",
-                            lambda r, q: blender_tracker(r, q, motion_model="Perspective")),
+    "blender-loc": (
+        "Blender 5.0 tracker via bpy, motion model Loc, pattern 21 px, search 71 px, match keyframe",
+        lambda r, q: blender_tracker(r, q, motion_model="Loc"),
+    ),
+    "blender-perspective": (
+        "Blender 5.0 tracker via bpy, motion model Perspective, pattern 21 px, search 71 px, match keyframe",
+        lambda r, q: blender_tracker(r, q, motion_model="Perspective"),
+    ),
 }

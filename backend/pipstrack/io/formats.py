@@ -4,6 +4,7 @@ docs/formats.md is the reference for both. Frames are always the clip's own fram
 numbers (e.g. 1001 for ``plate.1001.exr``), never 0-based indices; positions are
 full-resolution pixels with pixel centres at integer coordinates, origin top-left, y down.
 """
+
 from __future__ import annotations
 
 import csv
@@ -66,14 +67,20 @@ def read_points(path) -> list[tuple[str, np.ndarray]]:
             continue
         first_data_line = False
         if len(cells) not in (3, 4):
-            raise PointsFileError(f"{path}, line {lineno}: expected 'frame,x,y' or 'frame,x,y,name', got {raw.strip()!r}")
+            raise PointsFileError(
+                f"{path}, line {lineno}: expected 'frame,x,y' or 'frame,x,y,name', got {raw.strip()!r}"
+            )
         try:
             frame = float(cells[0])
             x, y = float(cells[1]), float(cells[2])
         except ValueError:
-            raise PointsFileError(f"{path}, line {lineno}: frame, x and y must be numbers, got {raw.strip()!r}") from None
+            raise PointsFileError(
+                f"{path}, line {lineno}: frame, x and y must be numbers, got {raw.strip()!r}"
+            ) from None
         if frame != int(frame) or not (math.isfinite(x) and math.isfinite(y)):
-            raise PointsFileError(f"{path}, line {lineno}: the frame must be a whole number and x, y finite, got {raw.strip()!r}")
+            raise PointsFileError(
+                f"{path}, line {lineno}: the frame must be a whole number and x, y finite, got {raw.strip()!r}"
+            )
         name = cells[3] if len(cells) == 4 else f"point{len(tracks) + 1}"
         while len(cells) == 3 and name in tracks:
             name += "_"
@@ -86,7 +93,10 @@ def read_points(path) -> list[tuple[str, np.ndarray]]:
 def _points_from_json(path, text):
     try:
         doc = json.loads(text)
-        out = [(t.get("name") or f"point{i + 1}", np.array(t["anchors"], np.float64).reshape(-1, 3)) for i, t in enumerate(doc["tracks"])]
+        out = [
+            (t.get("name") or f"point{i + 1}", np.array(t["anchors"], np.float64).reshape(-1, 3))
+            for i, t in enumerate(doc["tracks"])
+        ]
     except (ValueError, KeyError, TypeError) as e:
         raise PointsFileError(f"{path}: not a pipstrack tracks file ({e})") from None
     if not out:
@@ -118,8 +128,23 @@ def tracks_document(result, names, anchors, frame_numbers, source: dict, model: 
             x, y = result.xy[t, n]
             if np.isnan(x):
                 continue
-            pts.append([f, round(float(x), 4), round(float(y), 4), bool(result.visible[t, n]), round(float(result.confidence[t, n]), 4)])
-        tracks.append({"id": n, "name": name, "anchors": [[int(a[0]), float(a[1]), float(a[2])] for a in anchors[n]], "points": pts})
+            pts.append(
+                [
+                    f,
+                    round(float(x), 4),
+                    round(float(y), 4),
+                    bool(result.visible[t, n]),
+                    round(float(result.confidence[t, n]), 4),
+                ]
+            )
+        tracks.append(
+            {
+                "id": n,
+                "name": name,
+                "anchors": [[int(a[0]), float(a[1]), float(a[2])] for a in anchors[n]],
+                "points": pts,
+            }
+        )
     return {
         "format": FORMAT,
         "version": VERSION,

@@ -5,6 +5,7 @@ each point's query frame is left out, as in TAP-Vid. Added: median pixel error (
 clip's own resolution) on visible frames, and on frames where the point is hidden but
 inside the image (how well occlusions are filled).
 """
+
 from __future__ import annotations
 
 import numpy as np

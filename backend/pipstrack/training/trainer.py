@@ -6,6 +6,7 @@ balanced binary cross-entropy on visibility. Runs resume from ``<out>/last.pt``;
 data stream is a pure function of (seed, clip index), so a resumed run sees the clips it
 would have seen.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import synth
-from .model import Pips, PipsConfig
+from ..datasets import synth
+from ..engine.model import Pips, PipsConfig
 
 # The default model: measured on the 2-core CPU to train at ~1 step/s at 128x160
 # while keeping the official structure (see docs/model.md).
@@ -105,7 +106,7 @@ def train_step(model: Pips, clips, opts: TrainOptions, device) -> dict:
 @torch.no_grad()
 def evaluate_windows(model: Pips, clips, iters: int = 6, device="cpu") -> dict:
     """Window-level metrics on held-out clips (TAP-Vid style thresholds at 256x256)."""
-    from .metrics import mean_metrics, tapvid_metrics
+    from ..evaluation.metrics import mean_metrics, tapvid_metrics
 
     model.eval()
     results = []
@@ -116,7 +117,12 @@ def evaluate_windows(model: Pips, clips, iters: int = 6, device="cpu") -> dict:
         pred = preds[-1][0].cpu().numpy()
         results.append(
             tapvid_metrics(
-                pred, torch.sigmoid(logits[0]).cpu().numpy() > 0.5, c["trajs"], c["visible"], (H, W), query_frames=np.zeros(pred.shape[1], int)
+                pred,
+                torch.sigmoid(logits[0]).cpu().numpy() > 0.5,
+                c["trajs"],
+                c["visible"],
+                (H, W),
+                query_frames=np.zeros(pred.shape[1], int),
             )
         )
     return mean_metrics(results)
@@ -132,7 +138,7 @@ def train(opts: TrainOptions, log=print) -> Path:
     """Runs (or resumes) a training run; returns the path of the best weights file."""
     from tqdm import tqdm
 
-    from .weights import load_model, save_model
+    from ..engine.weights import load_model, save_model
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -143,7 +149,9 @@ def train(opts: TrainOptions, log=print) -> Path:
     model = load_model(opts.init) if opts.init else Pips(config=cfg)
     model.to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(optim, opts.lr, total_steps=opts.steps + 100, pct_start=0.02, cycle_momentum=False, anneal_strategy="linear")
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        optim, opts.lr, total_steps=opts.steps + 100, pct_start=0.02, cycle_momentum=False, anneal_strategy="linear"
+    )
     step, best = 0, -math.inf
     last = out / "last.pt"
     if last.exists():
@@ -154,17 +162,37 @@ def train(opts: TrainOptions, log=print) -> Path:
         step, best = int(state["step"]), float(state["best"])
         log(f"resumed {last} at step {step}")
 
-    scfg = synth.SynthConfig(frames=model.S, height=opts.height, width=opts.width, points=opts.points, slow_prob=opts.slow_prob,
-                             shake_prob=opts.shake_prob)
+    scfg = synth.SynthConfig(
+        frames=model.S,
+        height=opts.height,
+        width=opts.width,
+        points=opts.points,
+        slow_prob=opts.slow_prob,
+        shake_prob=opts.shake_prob,
+    )
     held_out_path = out / "heldout.npz"
     if not held_out_path.exists():
         synth.write_test_set(held_out_path, opts.eval_clips, seed=10_000 + opts.seed, cfg=scfg)
     held_out = synth.load_test_set(held_out_path)
     metrics_log = open(out / "metrics.jsonl", "a")
-    meta_base = {"config_name": opts.config, "train_resolution": [opts.height, opts.width], "iters": opts.iters, "seed": opts.seed}
+    meta_base = {
+        "config_name": opts.config,
+        "train_resolution": [opts.height, opts.width],
+        "iters": opts.iters,
+        "seed": opts.seed,
+    }
 
     def save():
-        _atomic_save({"model": model.state_dict(), "optim": optim.state_dict(), "sched": sched.state_dict(), "step": step, "best": best}, last)
+        _atomic_save(
+            {
+                "model": model.state_dict(),
+                "optim": optim.state_dict(),
+                "sched": sched.state_dict(),
+                "step": step,
+                "best": best,
+            },
+            last,
+        )
 
     t0 = time.time()
     bar = tqdm(total=opts.steps, initial=step, desc="train", unit="step", disable=None, dynamic_ncols=True)
@@ -187,7 +215,12 @@ def train(opts: TrainOptions, log=print) -> Path:
             save()
         if step % opts.eval_every == 0 or step == opts.steps:
             m = evaluate_windows(model, held_out, device=device)
-            m.update(step=step, elapsed_s=round(time.time() - t0, 1), lr=sched.get_last_lr()[0], **{f"train_{k}": v for k, v in running.items()})
+            m.update(
+                step=step,
+                elapsed_s=round(time.time() - t0, 1),
+                lr=sched.get_last_lr()[0],
+                **{f"train_{k}": v for k, v in running.items()},
+            )
             metrics_log.write(json.dumps(m) + "\n")
             metrics_log.flush()
             log(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, float)))

@@ -10,6 +10,7 @@ Frames are stored as they arrive already converted to 8-bit and resized to the n
 working size, exactly as the tracker itself would do it, so a 4K float clip costs the server
 a few hundred kB per frame and the trajectories equal an in-process ``Tracker.track`` call.
 """
+
 from __future__ import annotations
 
 import collections
@@ -22,12 +23,12 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import zmq
 
-from . import protocol as P
-from .frames import decode_image, display_transform, to_display
+from ..conventions import resize_to_working, to_display, working_size
+from ..io.frames import decode_image
+from ..wire import protocol as P
 
 log = logging.getLogger("pipstrack.service")
 MAX_JOBS_PER_CLIENT = 64  # unfinished jobs (receiving, queued, running) per connection
@@ -38,16 +39,6 @@ class ServiceError(RuntimeError):
 
 
 # -- frames --------------------------------------------------------------------------------
-def to_display_uint8(img: np.ndarray, colour: str) -> np.ndarray:
-    """Any received frame -> 8-bit display-referred RGB, the tracker's input."""
-    if img.dtype == np.uint8:
-        return img
-    if colour == "linear":
-        return display_transform(img)
-    x = np.nan_to_num(np.asarray(img, np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
 class ReceivedFrames:
     """A FrameSource for the tracker: the job's frames, stored at the working size.
 
@@ -69,15 +60,11 @@ class ReceivedFrames:
         return self.spec.frame_count
 
     def _shrink(self, img: np.ndarray) -> np.ndarray:
-        h, w = self.work
-        if img.shape[:2] != (h, w):
-            interp = cv2.INTER_AREA if img.shape[0] > h else cv2.INTER_LINEAR  # as Tracker._encode
-            img = cv2.resize(img, (w, h), interpolation=interp)
-        return np.ascontiguousarray(img)
+        return np.ascontiguousarray(resize_to_working(img, self.work))
 
     def put(self, index: int, img: np.ndarray) -> None:
         if self.spec.first <= index <= self.spec.last:
-            self.frames[index] = self._shrink(to_display_uint8(img, self.spec.colour))
+            self.frames[index] = self._shrink(to_display(img, linear=self.spec.colour == "linear"))
 
     def put_path(self, index: int, path: str) -> None:
         if self.spec.first <= index <= self.spec.last:
@@ -85,15 +72,19 @@ class ReceivedFrames:
 
     def _open_video(self):
         if self.video is None:
-            from .frames import VideoFrames
+            from ..io.frames import VideoFrames
 
             path = self.spec.video
             if not os.path.isfile(path):
                 raise P.ProtocolError(P.E_READ_FAILED, f"{path}: no such movie file on the server", self.spec.job)
             video = VideoFrames(path)
             if tuple(video.size) != self.size or len(video) < self.spec.frame_count:
-                raise P.ProtocolError(P.E_READ_FAILED, f"{path} is {video.size[1]}x{video.size[0]} with {len(video)} frames; "
-                                      f"the job says {self.size[1]}x{self.size[0]} with {self.spec.frame_count}", self.spec.job)
+                raise P.ProtocolError(
+                    P.E_READ_FAILED,
+                    f"{path} is {video.size[1]}x{video.size[0]} with {len(video)} frames; "
+                    f"the job says {self.size[1]}x{self.size[0]} with {self.spec.frame_count}",
+                    self.spec.job,
+                )
             self.video = video
         return self.video
 
@@ -112,7 +103,11 @@ class ReceivedFrames:
         path = self.paths[index]  # read lazily, on the worker thread
         img = decode_image(path)  # same decoding as a local image sequence
         if img.shape != (self.spec.height, self.spec.width, 3):
-            raise P.ProtocolError(P.E_READ_FAILED, f"{path} is {img.shape[1]}x{img.shape[0]}, the job says {self.spec.width}x{self.spec.height}", self.spec.job)
+            raise P.ProtocolError(
+                P.E_READ_FAILED,
+                f"{path} is {img.shape[1]}x{img.shape[0]}, the job says {self.spec.width}x{self.spec.height}",
+                self.spec.job,
+            )
         return self._shrink(to_display(img))
 
 
@@ -171,13 +166,24 @@ class FairQueue:
 
 # -- the server ----------------------------------------------------------------------------
 class Server:
-    def __init__(self, model, *, bind="tcp://127.0.0.1:5555", device="auto", keys_dir=None, insecure=False,
-                 client_timeout=None, context=None):
-        from .tracker import resolve_device
+    def __init__(
+        self,
+        model,
+        *,
+        bind="tcp://127.0.0.1:5555",
+        device="auto",
+        keys_dir=None,
+        insecure=False,
+        client_timeout=None,
+        context=None,
+    ):
+        from ..engine.tracker import resolve_device
 
         if not P.is_loopback(bind) and keys_dir is None and not insecure:
-            raise ServiceError(f"refusing to bind {bind} without encryption: other machines could reach it. "
-                               "Make keys with `pipstrack keys DIR` and pass --keys DIR, or pass --insecure on a trusted network")
+            raise ServiceError(
+                f"refusing to bind {bind} without encryption: other machines could reach it. "
+                "Make keys with `pipstrack keys DIR` and pass --keys DIR, or pass --insecure on a trusted network"
+            )
         self.model = model
         self.device = resolve_device(device)
         self.model.to(self.device).eval()
@@ -189,13 +195,17 @@ class Server:
         self.sock.setsockopt(zmq.LINGER, 500)
         # libzmq disconnects a peer that sends a bigger frame before it is ever buffered whole;
         # the environment may lower the limit (a small server, or the tests).
-        self.max_part = min(P.MAX_PART_BYTES, int(P.env_float(os.environ, "PIPSTRACK_MAX_PART_BYTES", P.MAX_PART_BYTES)))
+        self.max_part = min(
+            P.MAX_PART_BYTES, int(P.env_float(os.environ, "PIPSTRACK_MAX_PART_BYTES", P.MAX_PART_BYTES))
+        )
         self.sock.setsockopt(zmq.MAXMSGSIZE, self.max_part)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         if keys_dir is not None:
             self._secure(Path(keys_dir).expanduser())
         elif not P.is_loopback(bind):
-            log.warning("serving %s WITHOUT encryption or authentication (--insecure): anyone who can reach it can use it", bind)
+            log.warning(
+                "serving %s WITHOUT encryption or authentication (--insecure): anyone who can reach it can use it", bind
+            )
         try:
             self.sock.bind(bind)
         except zmq.ZMQError as e:
@@ -216,7 +226,9 @@ class Server:
         secret = keys / "server.key_secret"
         allowed = keys / "authorized_clients"
         if not secret.is_file() or not allowed.is_dir():
-            raise ServiceError(f"{keys} has no server.key_secret or authorized_clients/: make it with `pipstrack keys {keys}`")
+            raise ServiceError(
+                f"{keys} has no server.key_secret or authorized_clients/: make it with `pipstrack keys {keys}`"
+            )
         public, private = zmq.auth.load_certificate(str(secret))
         self.auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("pipstrack.service.auth"))
         self.auth.start()
@@ -269,7 +281,10 @@ class Server:
             self._send(client, P.error_message(e.code, e.message, e.job))
         except Exception as e:  # a bug here must not take the service down for everybody
             log.exception("client %s: handling a message failed", client.hex()[:8])
-            self._send(client, P.error_message(P.E_BAD_MESSAGE, f"the server could not handle this message: {type(e).__name__}: {e}"))
+            self._send(
+                client,
+                P.error_message(P.E_BAD_MESSAGE, f"the server could not handle this message: {type(e).__name__}: {e}"),
+            )
 
     def _job(self, client: bytes, h: dict) -> Job:
         job = self.jobs.get((client, h["job"]))
@@ -279,11 +294,27 @@ class Server:
 
     # -- message handlers --------------------------------------------------------------------
     def _on_hello(self, client, h, payload):
-        self._send(client, [P.header(P.HELLO_OK, None, protocol=P.PROTOCOL_VERSION, server=_version(),
-                                     model=str(getattr(self.model, "source", "unknown")), device=str(self.device),
-                                     client_timeout=self.client_timeout, heartbeat=P.HEARTBEAT_INTERVAL,
-                                     limits={"max_part_bytes": self.max_part, "max_frames_per_message": P.MAX_FRAMES_PER_MESSAGE,
-                                             "max_frames": P.MAX_FRAMES, "max_points": P.MAX_POINTS})])
+        self._send(
+            client,
+            [
+                P.header(
+                    P.HELLO_OK,
+                    None,
+                    protocol=P.PROTOCOL_VERSION,
+                    server=_version(),
+                    model=str(getattr(self.model, "source", "unknown")),
+                    device=str(self.device),
+                    client_timeout=self.client_timeout,
+                    heartbeat=P.HEARTBEAT_INTERVAL,
+                    limits={
+                        "max_part_bytes": self.max_part,
+                        "max_frames_per_message": P.MAX_FRAMES_PER_MESSAGE,
+                        "max_frames": P.MAX_FRAMES,
+                        "max_points": P.MAX_POINTS,
+                    },
+                )
+            ],
+        )
 
     def _on_ping(self, client, h, payload):
         asked = h.get("jobs", [])
@@ -293,13 +324,17 @@ class Server:
         self._send(client, [P.header(P.PONG, None, unknown=unknown)])
 
     def _on_submit(self, client, h, payload):
-        from .tracker import working_size
-
         spec = P.check_submit(h, payload)
         if spec.source == "frames" and spec.frame_bytes > self.max_part:
-            raise P.ProtocolError(P.E_TOO_LARGE, f"one frame is {spec.frame_bytes} bytes; this server accepts at most {self.max_part}", spec.job)
+            raise P.ProtocolError(
+                P.E_TOO_LARGE,
+                f"one frame is {spec.frame_bytes} bytes; this server accepts at most {self.max_part}",
+                spec.job,
+            )
         if sum(1 for c, _ in self.jobs if c == client) >= MAX_JOBS_PER_CLIENT:
-            raise P.ProtocolError(P.E_TOO_LARGE, f"this client already has {MAX_JOBS_PER_CLIENT} unfinished jobs", spec.job)
+            raise P.ProtocolError(
+                P.E_TOO_LARGE, f"this client already has {MAX_JOBS_PER_CLIENT} unfinished jobs", spec.job
+            )
         if (client, spec.job) in self.jobs:
             raise P.ProtocolError(P.E_DUPLICATE_JOB, f"job {spec.job!r} is already in use by this client", spec.job)
         work = working_size(spec.height, spec.width, spec.working_size)
@@ -308,8 +343,16 @@ class Server:
         if spec.source == "video":  # nothing to upload: ready now
             job.state = "queued"
             self.fair.put(job)
-        log.info("job %s from %s: %d frames %dx%d %s, %d points", spec.job, client.hex()[:8], spec.last - spec.first + 1,
-                 spec.width, spec.height, spec.dtype, len(spec.queries))
+        log.info(
+            "job %s from %s: %d frames %dx%d %s, %d points",
+            spec.job,
+            client.hex()[:8],
+            spec.last - spec.first + 1,
+            spec.width,
+            spec.height,
+            spec.dtype,
+            len(spec.queries),
+        )
         self._send(client, [P.header(P.ACCEPTED, spec.job, first=spec.first, last=spec.last, working_size=list(work))])
 
     def _on_frames(self, client, h, payload):
@@ -353,8 +396,20 @@ class Server:
                 self.outbox.put((job, None))
                 continue
             spec = job.spec
-            self.outbox.put((job, [P.header(P.PROGRESS, spec.job, phase="upload", done=len(store.frames) + len(store.paths),
-                                            total=spec.last - spec.first + 1)]))
+            self.outbox.put(
+                (
+                    job,
+                    [
+                        P.header(
+                            P.PROGRESS,
+                            spec.job,
+                            phase="upload",
+                            done=len(store.frames) + len(store.paths),
+                            total=spec.last - spec.first + 1,
+                        )
+                    ],
+                )
+            )
             if store.complete and job.state == "receiving" and not job.cancel.is_set():
                 job.state = "queued"
                 self.fair.put(job)
@@ -386,7 +441,9 @@ class Server:
                 del self.last_seen[client]
                 jobs = [j for (c, _), j in self.jobs.items() if c == client]
                 if jobs:
-                    log.warning("client %s silent for %.0f s: dropping its %d job(s)", client.hex()[:8], now - seen, len(jobs))
+                    log.warning(
+                        "client %s silent for %.0f s: dropping its %d job(s)", client.hex()[:8], now - seen, len(jobs)
+                    )
                 for j in jobs:
                     self._cancel(j, "client timed out", silent=True)
 
@@ -394,7 +451,10 @@ class Server:
         log.info("stopping: cancelling %d job(s)", len(self.jobs))
         for job in list(self.jobs.values()):
             if not job.silent:
-                self._send(job.client, P.error_message(P.E_SHUTDOWN, "the server is shutting down; the job was cancelled", job.spec.job))
+                self._send(
+                    job.client,
+                    P.error_message(P.E_SHUTDOWN, "the server is shutting down; the job was cancelled", job.spec.job),
+                )
             self._cancel(job, "server shutdown", silent=True)
         self.fair.stop()
         self.intake.put(None)
@@ -410,7 +470,7 @@ class Server:
 
     # -- worker thread -----------------------------------------------------------------------
     def _work(self) -> None:
-        from .tracker import Tracker, TrackingCancelled
+        from ..engine.tracker import Tracker, TrackingCancelled
 
         while True:
             job = self.fair.get()
@@ -427,22 +487,52 @@ class Server:
                 now = time.monotonic()
                 if done >= total or now - last_sent[0] > 0.1:
                     last_sent[0] = now
-                    self.outbox.put((job, [P.header(P.PROGRESS, job.spec.job, phase="track", done=int(done), total=int(total))]))
+                    self.outbox.put(
+                        (job, [P.header(P.PROGRESS, job.spec.job, phase="track", done=int(done), total=int(total))])
+                    )
 
             def partial(res, job=job):
                 if not job.silent:
-                    self.outbox.put((job, P.trajectories_message(P.PARTIAL, job.spec.job, job.spec.first, res.xy, res.visible, res.confidence)))
+                    self.outbox.put(
+                        (
+                            job,
+                            P.trajectories_message(
+                                P.PARTIAL, job.spec.job, job.spec.first, res.xy, res.visible, res.confidence
+                            ),
+                        )
+                    )
 
             t0 = time.perf_counter()
             try:
-                tracker = Tracker(self.model, device=self.device, iters=spec.iters, working_long_side=spec.working_size,
-                                  refine=spec.refine, comotion=spec.comotion)
-                result = tracker.track(job.frames, spec.anchors(), frame_range=(spec.first, spec.last), direction=spec.direction,
-                                       progress=progress, cancel=job.cancel, partial=partial if spec.partial_interval > 0 else None,
-                                       partial_interval=spec.partial_interval)
-                msg = P.trajectories_message(P.RESULT, spec.job, spec.first, result.xy, result.visible, result.confidence,
-                                             working_size=list(result.working_size), seconds=round(time.perf_counter() - t0, 4),
-                                             stats={k: int(v) for k, v in result.stats.items()})
+                tracker = Tracker(
+                    self.model,
+                    device=self.device,
+                    iters=spec.iters,
+                    working_long_side=spec.working_size,
+                    refine=spec.refine,
+                    comotion=spec.comotion,
+                )
+                result = tracker.track(
+                    job.frames,
+                    spec.anchors(),
+                    frame_range=(spec.first, spec.last),
+                    direction=spec.direction,
+                    progress=progress,
+                    cancel=job.cancel,
+                    partial=partial if spec.partial_interval > 0 else None,
+                    partial_interval=spec.partial_interval,
+                )
+                msg = P.trajectories_message(
+                    P.RESULT,
+                    spec.job,
+                    spec.first,
+                    result.xy,
+                    result.visible,
+                    result.confidence,
+                    working_size=list(result.working_size),
+                    seconds=round(time.perf_counter() - t0, 4),
+                    stats={k: int(v) for k, v in result.stats.items()},
+                )
                 log.info("job %s done in %.2f s", spec.job, time.perf_counter() - t0)
             except TrackingCancelled:
                 msg = [P.header(P.CANCELLED, spec.job, reason="cancelled")]
@@ -471,7 +561,7 @@ class Server:
 
 def _version() -> str:
     try:
-        from . import __version__
+        from .. import __version__
 
         return __version__
     except Exception:  # pragma: no cover
@@ -482,8 +572,14 @@ def serve(model, **kwargs) -> None:
     """Runs a :class:`Server` until SIGINT/SIGTERM, then cancels running jobs and exits cleanly."""
     server = Server(model, **kwargs)
     previous = {s: signal.signal(s, server.stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    log.info("pipstrack %s serving %s (protocol %d, model %s, device %s)", _version(), server.bind, P.PROTOCOL_VERSION,
-             getattr(model, "source", "?"), server.device)
+    log.info(
+        "pipstrack %s serving %s (protocol %d, model %s, device %s)",
+        _version(),
+        server.bind,
+        P.PROTOCOL_VERSION,
+        getattr(model, "source", "?"),
+        server.device,
+    )
     try:
         server.serve_forever()
     finally:

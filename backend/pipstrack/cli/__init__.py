@@ -1,0 +1,1 @@
+"""The ``pipstrack`` command line."""

@@ -1,0 +1,176 @@
+"""``pipstrack weights``, ``train`` and ``eval``: the network's weights, training it, scoring it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .common import EXIT_FAILURE, CliError
+
+
+def cmd_weights(args) -> int:
+    from ..engine.weights import DEFAULT_MODEL, KNOWN_SHA256, WeightsError, official_candidates, read_checkpoint, sha256
+
+    def describe(label, path):
+        print(f"{label}: {path}")
+        if not Path(path).is_file():
+            print("  not found")
+            return False
+        digest = sha256(path)
+        known = KNOWN_SHA256.get(Path(path).name)
+        verdict = (
+            ""
+            if known is None
+            else (
+                " (matches the published checksum)" if known == digest else " (DOES NOT MATCH the published checksum)"
+            )
+        )
+        print(f"  size {Path(path).stat().st_size / 2**20:.1f} MiB, sha256 {digest}{verdict}")
+        try:
+            ckpt = read_checkpoint(path)
+            from ..engine.model import Pips
+            from ..engine.weights import check_state_dict
+
+            check_state_dict(Pips(config=ckpt.config), ckpt.state_dict, path)
+            n = sum(v.numel() for v in ckpt.state_dict.values())
+            print(f"  {ckpt.kind} checkpoint, {n:,} parameters, loads: yes")
+        except WeightsError as e:
+            print(f"  loads: no ({e.problem})")
+            return False
+        return known is None or known == digest
+
+    ok = describe("default model", DEFAULT_MODEL)
+    print("official PIPs checkpoint, searched in order:")
+    found = False
+    for p in official_candidates():
+        if Path(p).is_file() and not found:
+            found = describe("  found", p)
+        else:
+            print(f"  {p}{'' if Path(p).is_file() else ' (absent)'}")
+    if not found:
+        print("  not installed: see docs/weights.md for where to get model-000200000.pth and where to put it")
+    for path in args.files:
+        ok = describe("file", path) and ok
+    return 0 if ok else EXIT_FAILURE
+
+
+def cmd_train(args) -> int:
+    from ..engine.tracker import resolve_device
+    from ..training.trainer import TrainOptions, train
+
+    try:
+        h, w = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise CliError(f"--size must look like 128x160, got {args.size!r}") from None
+    opts = TrainOptions(
+        out=Path(args.out),
+        config=args.config,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        height=h,
+        width=w,
+        device=str(resolve_device(args.device)),
+        threads=args.threads,
+        eval_every=args.eval_every,
+        init=args.init,
+        seed=args.seed,
+        iters=args.iters,
+        slow_prob=args.slow,
+        shake_prob=args.shake,
+    )
+    for name in ("slow", "shake"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise CliError(f"--{name} must be a share between 0 and 1, got {getattr(args, name)}")
+    best = train(opts, log=lambda m: print(m, file=sys.stderr))
+    print(f"best weights: {best}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Prints one Markdown table (pipstrack and the baselines on both datasets); see pipstrack.eval."""
+    from ..engine.weights import load_model
+    from ..evaluation.harness import evaluate, write_json
+
+    try:
+        h, w = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise CliError(f"--size must look like 256x320, got {args.size!r}") from None
+    if h < 32 or w < 32 or args.frames < 2 or args.synthetic < 0 or args.photo_clips < 0 or args.points < 1:
+        raise CliError(
+            "--size must be at least 32x32, --frames at least 2, --points at least 1, clip counts not negative"
+        )
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    model = load_model(args.model)
+    text, doc = evaluate(
+        model,
+        model_label=str(getattr(model, "source", args.model or "default")),
+        synthetic=args.synthetic,
+        photo=args.photo_clips,
+        frames=args.frames,
+        size=(h, w),
+        points=args.points,
+        baselines=baselines,
+        device=args.device,
+        seed=args.seed,
+    )
+    print(text)
+    if args.json:
+        write_json(args.json, doc)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    w = sub.add_parser("weights", help="show which model weights are installed and check them")
+    w.add_argument("files", nargs="*", help="more weights files to check")
+    w.set_defaults(func=cmd_weights)
+
+    ev = sub.add_parser("eval", help="compare pipstrack with classical trackers on clips with exact ground truth")
+    ev.add_argument("--model", default=None, help="weights file, 'default' (shipped) or 'official'")
+    ev.add_argument("--synthetic", type=int, default=10, metavar="N", help="held-out synthetic clips (default 10)")
+    ev.add_argument("--photo-clips", type=int, default=5, metavar="N", help="scikit-image photo clips (default 5)")
+    ev.add_argument("--frames", type=int, default=24, help="frames per clip (default 24)")
+    ev.add_argument("--size", default="256x320", help="clip size HxW (default 256x320)")
+    ev.add_argument("--points", type=int, default=48, help="points per clip (default 48)")
+    ev.add_argument(
+        "--baselines",
+        default="zero,lk,blender-loc,blender-perspective",
+        help="comma-separated: zero, lk, blender-loc, blender-perspective ('' for none)",
+    )
+    ev.add_argument("--device", default="auto")
+    ev.add_argument(
+        "--seed",
+        type=int,
+        default=20_000,
+        help="draws the clips (default 20000: the held-out set docs/model.md reports; another seed, another draw)",
+    )
+    ev.add_argument("--json", metavar="FILE", help="also write every number, per clip, to this JSON file")
+    ev.set_defaults(func=cmd_eval)
+
+    tr = sub.add_parser("train", help="train a PIPs network on synthetic clips (resumes from OUT/last.pt)")
+    tr.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, best.pt)")
+    tr.add_argument("--config", choices=("small", "official"), default="small")
+    tr.add_argument("--steps", type=int, default=20000)
+    tr.add_argument("--batch", type=int, default=2)
+    tr.add_argument("--lr", type=float, default=5e-4)
+    tr.add_argument("--size", default="128x160", help="training clip size HxW")
+    tr.add_argument("--device", default="auto")
+    tr.add_argument("--threads", type=int, default=None)
+    tr.add_argument("--eval-every", type=int, default=500)
+    tr.add_argument("--init", default=None, help="start from these weights")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument(
+        "--iters", type=int, default=4, help="refinement iterations in training (inference uses 6 by default)"
+    )
+    tr.add_argument(
+        "--slow",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of slow / near-static clips (0..1); real shots are often slow",
+    )
+    tr.add_argument(
+        "--shake", type=float, default=0.0, metavar="P", help="share of clips with hand-held camera shake (0..1)"
+    )
+    tr.set_defaults(func=cmd_train)

@@ -1,0 +1,1 @@
+"""Scoring trackers against ground truth: TAP-Vid metrics, baselines (OpenCV, Blender), the eval table."""

@@ -1,0 +1,1 @@
+"""``pipstrack serve``: the ZeroMQ tracking service."""

@@ -1,0 +1,1 @@
+"""Training the network on procedural clips."""
