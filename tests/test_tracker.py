@@ -13,18 +13,6 @@ from pipstrack.engine.chaining import next_window_offset, track_point_reference
 from pipstrack.io.frames import ArrayFrames
 
 
-def blob_image(h, w, x, y, sigma=3.0):
-    yy, xx = np.mgrid[0:h, 0:w]
-    g = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
-    return np.repeat((255 * g)[..., None], 3, axis=2)
-
-
-def centroid(img):
-    g = img[..., 0].astype(np.float64)
-    yy, xx = np.mgrid[0 : g.shape[0], 0 : g.shape[1]]
-    return (g * xx).sum() / g.sum(), (g * yy).sum() / g.sum()
-
-
 def test_window_rule_follows_the_authors():
     assert next_window_offset(np.array([1, 1, 1, 1, 1, 1, 1, 0.95])) == 7
     assert next_window_offset(np.array([1, 1, 1, 0.95, 0.5, 0.5, 0.5, 0.5])) == 3

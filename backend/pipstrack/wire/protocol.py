@@ -329,15 +329,7 @@ def _check_queries(h: dict, payload: list, job: str):
     if q == "binary" and "anchors" in h:
         n = _int_field(h, "points", 1, MAX_POINTS)
         m = _int_field(h, "anchors", n, MAX_ANCHORS)
-        if len(payload) != 1:
-            raise ProtocolError(E_BAD_PAYLOAD, f"binary anchors need exactly 1 binary frame, got {len(payload)}", job)
-        if _buffer_len(payload[0]) != m * 4 * 8:
-            raise ProtocolError(
-                E_BAD_PAYLOAD,
-                f"anchors frame is {_buffer_len(payload[0])} bytes; {m} rows x 4 float64 need {m * 32}",
-                job,
-            )
-        rows = np.frombuffer(payload[0], dtype="<f8").reshape(m, 4).astype(np.float64)
+        rows = _binary_rows(payload, m, 4, "anchors", f"{m} rows x 4 float64", job)
         pi = rows[:, 0]
         if not np.all(np.isfinite(pi)) or np.any(pi != np.round(pi)) or np.any(pi < 0) or np.any(pi >= n):
             raise ProtocolError(E_BAD_FIELD, f"anchor rows must start with a point index 0..{n - 1}", job)
@@ -347,15 +339,7 @@ def _check_queries(h: dict, payload: list, job: str):
         queries = rows[:, 1:]
     elif q == "binary":
         n = _int_field(h, "points", 1, MAX_POINTS)
-        if len(payload) != 1:
-            raise ProtocolError(E_BAD_PAYLOAD, f"binary queries need exactly 1 binary frame, got {len(payload)}", job)
-        if _buffer_len(payload[0]) != n * 3 * 8:
-            raise ProtocolError(
-                E_BAD_PAYLOAD,
-                f"queries frame is {_buffer_len(payload[0])} bytes; {n} points x 3 float64 need {n * 24}",
-                job,
-            )
-        queries = np.frombuffer(payload[0], dtype="<f8").reshape(n, 3).astype(np.float64)
+        queries = _binary_rows(payload, n, 3, "queries", f"{n} points x 3 float64", job)
     elif isinstance(q, list):
         if payload:
             raise ProtocolError(E_BAD_PAYLOAD, "JSON queries take no binary frames", job)
@@ -372,6 +356,17 @@ def _check_queries(h: dict, payload: list, job: str):
     else:
         raise ProtocolError(E_BAD_FIELD, "'queries' must be a list of [frame, x, y] or \"binary\" (with 'points')", job)
     return queries, point_index
+
+
+def _binary_rows(payload: list, rows: int, cols: int, what: str, shape: str, job: str) -> np.ndarray:
+    """The one binary frame of a submit as (rows, cols) float64."""
+    if len(payload) != 1:
+        raise ProtocolError(E_BAD_PAYLOAD, f"binary {what} need exactly 1 binary frame, got {len(payload)}", job)
+    if _buffer_len(payload[0]) != rows * cols * 8:
+        raise ProtocolError(
+            E_BAD_PAYLOAD, f"{what} frame is {_buffer_len(payload[0])} bytes; {shape} need {rows * cols * 8}", job
+        )
+    return np.frombuffer(payload[0], dtype="<f8").reshape(rows, cols).astype(np.float64)
 
 
 def _check_options(opts, T: int, job: str):
