@@ -44,17 +44,45 @@ def test_rough_estimates_are_polished_on_visible_frames_only():
 
 
 def test_a_wrong_feature_far_from_the_seed_is_not_taken():
+    """Without re-detection nothing pulls a point that PIPs lost to some other place."""
     frames, shift = textured_clip(seed=3)
     T = len(frames)
     truth = np.array([[50.0, 40.0]])[None] + shift[:, None]
     far = truth.copy()
     far[1:] += 25.0  # PIPs lost it: 35 px off, beyond the 12 px radius
-    out, found, sim, _ = refine_trajectories(lambda i: frames[i], np.arange(T), far, np.ones((T, 1), bool), [[0]])
+    out, found, sim, _ = refine_trajectories(
+        lambda i: frames[i], np.arange(T), far, np.ones((T, 1), bool), [[0]], redetect=False
+    )
     np.testing.assert_allclose(out[1:], far[1:], atol=1e-4)  # left as PIPs said, not pulled elsewhere
     assert not found[1:].any() and found[0, 0] and sim[0, 0] == 1.0  # nothing claims to have found it there
-    assert (
-        np.median(sim[1:, 0]) < 0.5
-    )  # and the patch there does not look like the point: the tracker reports it unseen
+    assert np.median(sim[1:, 0]) < 0.5  # and the patch there does not look like the point: reported unseen
+
+
+def test_a_lone_point_the_network_lost_is_found_again_by_its_looks():
+    """The same lost point, alone in its job (no co-motion): re-detection finds its patch again
+    and every frame is back on the truth, verified."""
+    frames, shift = textured_clip(seed=3)
+    T = len(frames)
+    truth = np.array([[50.0, 40.0]])[None] + shift[:, None]
+    far = truth.copy()
+    far[1:] += 25.0
+    out, found, sim, stats = refine_trajectories(lambda i: frames[i], np.arange(T), far, np.ones((T, 1), bool), [[0]])
+    err = np.linalg.norm(out - truth, axis=2)
+    assert stats["redetected"] >= 1 and found.all()
+    assert err.max() < 0.1, err.max()
+    assert np.nanmin(sim) > 0.9
+
+
+def test_a_repeating_texture_is_not_re_detected_on_the_wrong_period():
+    """Stripes look alike every period: no unique match, so nothing is claimed found there."""
+    T, H, W = 6, 96, 128
+    xx = np.arange(W)[None, :].repeat(H, 0)
+    stripes = (127 + 100 * np.sin(2 * np.pi * xx / 10.0)).astype(np.uint8)
+    frames = [np.dstack([stripes] * 3)] * T
+    xy = np.tile(np.array([[60.0, 48.0]]), (T, 1, 1))
+    xy[1:] += 37.0  # PIPs far off, on another stripe
+    out, found, _, stats = refine_trajectories(lambda i: frames[i], np.arange(T), xy, np.ones((T, 1), bool), [[0]])
+    assert stats["redetected"] == 0 and not found[1:].any()
 
 
 def test_a_texture_that_differs_in_hue_only_is_polished():
@@ -123,9 +151,17 @@ def test_a_point_dragged_by_an_occluder_is_brought_back_by_the_points_around_it(
     assert stats["comotion"] > 0
     covered = [t for t in range(T) if -40 + 12 * t <= truth[t, n, 0] < -40 + 12 * t + 36]  # the card on its centre
     assert covered and np.all(sim[covered, n] < 0.5)  # the patch there is the card: reported unseen
-    # Without its neighbours (the same point tracked alone) nothing can bring it back.
-    alone, _, _, _ = refine_trajectories(lambda i: frames[i], np.arange(T), rough[:, [n]], net_visible[:, [n]], [[0]])
-    assert np.median(np.linalg.norm(alone[after, 0] - truth[after, n], axis=1)) > 10
+    # Tracked alone (no neighbours, so no co-motion) re-detection finds it again after the card;
+    # without re-detection nothing can.
+    alone, found_alone, _, st = refine_trajectories(
+        lambda i: frames[i], np.arange(T), rough[:, [n]], net_visible[:, [n]], [[0]]
+    )
+    assert st["redetected"] > 0 and found_alone[after, 0].all()
+    assert np.max(np.linalg.norm(alone[after, 0] - truth[after, n], axis=1)) < 0.1
+    stuck, _, _, _ = refine_trajectories(
+        lambda i: frames[i], np.arange(T), rough[:, [n]], net_visible[:, [n]], [[0]], redetect=False
+    )
+    assert np.median(np.linalg.norm(stuck[after, 0] - truth[after, n], axis=1)) > 10
 
 
 def test_a_card_sweeping_the_whole_plate_drags_every_point_and_all_are_brought_back():

@@ -111,6 +111,7 @@ def cmd_eval(args) -> int:
         size=(h, w),
         points=args.points,
         baselines=baselines,
+        lone=args.lone,
         device=args.device,
         seed=args.seed,
     )
@@ -146,6 +147,9 @@ def add_parsers(sub) -> None:
         help="draws the clips (default 20000: the held-out set docs/model.md reports; another seed, another draw)",
     )
     ev.add_argument("--json", metavar="FILE", help="also write every number, per clip, to this JSON file")
+    ev.add_argument(
+        "--lone", action="store_true", help="add a row with every point tracked alone (slow: a call per point)"
+    )
     ev.set_defaults(func=cmd_eval)
 
     tr = sub.add_parser("train", help="train a PIPs network on synthetic clips (resumes from OUT/last.pt)")

@@ -121,6 +121,7 @@ def cmd_track(args) -> int:
     )
     write_tracks(out, doc)
     print(f"wrote {len(names)} tracks x {len(result.frame_indices)} frames to {out} ({elapsed:.1f} s)")
+    _report_quality(doc)
     if args.preview:
         from ..io.preview import write_preview
 
@@ -133,6 +134,23 @@ def cmd_track(args) -> int:
             bar.close()
         print(f"wrote preview {args.preview}")
     return 0
+
+
+def _report_quality(doc: dict, limit: int = 12) -> None:
+    """Names the tracks with stretches the tracker could not verify (estimates behind an
+    occluder, or a point it lost), so nobody learns it from a median."""
+    from ..io.formats import describe_quality
+
+    lines = [describe_quality(t["name"], t["quality"]) for t in doc["tracks"] if "quality" in t]
+    lines = [line for line in lines if line]
+    if not lines:
+        return
+    lost = sum(1 for t in doc["tracks"] if any(g[2] is None for g in t.get("quality", {}).get("unverified", [])))
+    print(f"{len(lines)} of {len(doc['tracks'])} tracks have frames that are estimates, not verified; {lost} end lost:")
+    for line in lines[:limit]:
+        print(f"  {line}")
+    if len(lines) > limit:
+        print(f"  ... and {len(lines) - limit} more (see 'quality' in the tracks file)")
 
 
 def cmd_demo(args) -> int:

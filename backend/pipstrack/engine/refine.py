@@ -26,11 +26,16 @@ LEVELS = 2  # pyramid levels above full resolution: PIPs' seed can be several px
 FB_MAX = 0.5  # max forward-backward disagreement (px)
 NCC_VISIBLE = 0.7  # patch similarity a step needs where PIPs says the point is visible
 NCC_HIDDEN = 0.95  # ... and where PIPs says it is hidden (PIPs' occlusion calls are not always right)
+NCC_ANCHOR = 0.5  # ... and the similarity to the point's patch on its first anchor a step keeps
 # Pyramid levels for steps seeded by co-moving points or the point's own motion (seeds within a
 # few px): a coarse level sees an occluder's edge near the template and follows it instead.
 SEEDED_LEVELS = 1
 OWN_MOTION = True  # seed where no co-moving point predicts: the point's own motion
 ROUNDS = 4  # co-motion seeding rounds at most (each one only while it polishes something new)
+REDETECT_RADIUS = 3.0  # a re-detection's sub-pixel step stays this close to the match (px)
+# A gap between two verified frames where the network's positions stray this far (px) from the
+# point's own motion between them is filled by that motion.
+STRAYED_PX = 8.0
 
 
 def _ncc(g0, p0, g1, p1) -> np.ndarray:
@@ -47,7 +52,16 @@ def _ncc(g0, p0, g1, p1) -> np.ndarray:
 
 
 def refine_trajectories(
-    image, frame_indices, xy, visible, keyframes, *, radius: float = 20.0, comotion: bool = True, tick=None
+    image,
+    frame_indices,
+    xy,
+    visible,
+    keyframes,
+    *,
+    radius: float = 20.0,
+    comotion: bool = True,
+    redetect: bool = True,
+    tick=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Refined copy of ``xy`` (T,N,2 source pixels); ``found`` (T,N): the frames where a step found
     the point (and keyframes); ``similarity`` (T,N): there the patch similarity of that step (1 on
@@ -60,7 +74,9 @@ def refine_trajectories(
     keyframes (the first one starts its chains).
     A refined position may move at most ``radius`` pixels from its seed (all in the frames'
     own pixels). ``comotion``: seed the frames LK could not polish from co-moving points
-    (:mod:`pipstrack.comotion`) and try again, and fill what stays unpolished from them.
+    (:mod:`pipstrack.engine.comotion`) and try again, and fill what stays unpolished from them.
+    ``redetect``: look for a point that is still unverified by its patch
+    (:mod:`pipstrack.engine.redetect`), re-anchor it where it is found and chain on from there.
     ``tick(fraction)``, if given, is called as the work proceeds (0..1; it may raise to stop it).
     """
     T, N = xy.shape[:2]
@@ -82,7 +98,7 @@ def refine_trajectories(
         return image(int(frame_indices[t]))
 
     similarity = np.where(keyed, 1.0, np.nan)
-    sweeps = 1 + (ROUNDS if comotion and N > 1 else 0)  # Lucas-Kanade passes at most
+    sweeps = 1 + (ROUNDS if comotion and N > 1 else 0) + (2 if redetect else 0)  # passes at most
 
     def sweep_tick(k):  # progress within sweep k (0-based): fraction of its frames done
         return None if tick is None else (lambda f: tick((k + f) / sweeps))
@@ -116,6 +132,49 @@ def refine_trajectories(
                 break
         else:
             pred = comotion_fill(out, polished)
+    stats["redetected"] = 0
+    if redetect:
+        from .redetect import redetect_pass
+
+        def verify(g0, g1, p0, seed):  # a sub-pixel step from the template to a match, nearby
+            return _lk_step(g0, g1, p0, seed, np.ones(len(p0), bool), REDETECT_RADIUS, levels=0)
+
+        k = sweeps - 2
+
+        def looks_like(n, g1, p):
+            return _looks_like_anchor(frame, out, start, n, g1, p)
+
+        found = redetect_pass(
+            frame,
+            out,
+            polished,
+            similarity,
+            tracked & ~polished,
+            start,
+            verify,
+            looks_like,
+            win=WIN,
+            tick=sweep_tick(k),
+        )
+        stats["redetected"] = found
+        if found:  # chain on from where points were found again
+            no_seeds = np.full_like(xy, np.nan)
+            _lk_pass(
+                frame,
+                out,
+                no_seeds,
+                visible,
+                start,
+                polished,
+                similarity,
+                tracked & ~polished,
+                radius,
+                own_motion=True,
+                levels=SEEDED_LEVELS,
+                tick=sweep_tick(k + 1),
+            )
+            if comotion and N > 1:
+                pred = comotion_fill(out, polished)
     stats["refined"] = int((polished & ~keyed).sum())
     stats["kept_pips"] = int((tracked & ~polished).sum())
     filled = np.isfinite(pred[..., 0]) & ~polished & tracked if pred is not None else np.zeros((T, N), bool)
@@ -130,6 +189,9 @@ def refine_trajectories(
         # PIPs' error changes slowly along a trajectory.
         for c in range(2):
             out[rest, n, c] = xy[rest, n, c] + np.interp(rest, good, out[good, n, c] - xy[good, n, c])
+        # Where the network strayed inside a gap (it followed an occluder), the point's own
+        # motion between the two verified ends fills it instead.
+        _own_motion_fill(out[:, n], xy[:, n], good, rest)
         if pred is not None:
             out[filled[:, n], n] = pred[filled[:, n], n]
         # How much the patch at the reported position looks like the point on its nearest
@@ -141,6 +203,35 @@ def refine_trajectories(
             img = frame(g)
             similarity[ts, n] = [_ncc(img, out[[g], n], frame(t), out[[t], n])[0] for t in ts]
     return out.astype(np.float32), polished, similarity, stats
+
+
+def _looks_like_anchor(frame, out, start, n, g1, p) -> bool:
+    """Whether point ``n`` at ``p`` in ``g1`` still looks like its patch on its first anchor."""
+    s = start[n]
+    return _ncc(frame(s), out[[s], n], g1, np.asarray(p, np.float64)[None])[0] >= NCC_ANCHOR
+
+
+def _own_motion_fill(out, net, good, rest) -> None:
+    """Fills, in place, each gap between two ``good`` (verified) frames where the position
+    so far (the network's, shifted by the verified ends' corrections) strays ``STRAYED_PX`` or
+    more from the point's own motion: a cubic through the ends with the point's velocity there
+    (Hermite; the velocity from the verified frame next to each end, or the chord where there is
+    none). A point's motion is smooth where the network, dragged along by an occluder, is not."""
+    verified = set(good.tolist())
+    for j in range(len(good) - 1):
+        a, b = int(good[j]), int(good[j + 1])
+        if b - a < 2:
+            continue
+        ts = np.arange(a + 1, b)
+        ts = ts[np.isfinite(net[ts, 0])]  # tracked frames only
+        chord = (out[b] - out[a]) / (b - a)
+        va = out[a] - out[a - 1] if a - 1 in verified else chord
+        vb = out[b + 1] - out[b] if b + 1 in verified else chord
+        s = ((ts - a) / (b - a))[:, None]
+        h00, h10, h01, h11 = 2 * s**3 - 3 * s**2 + 1, s**3 - 2 * s**2 + s, -2 * s**3 + 3 * s**2, s**3 - s**2
+        own = h00 * out[a] + h10 * (b - a) * va + h01 * out[b] + h11 * (b - a) * vb
+        if len(ts) and np.linalg.norm(out[ts] - own, axis=1).max() >= STRAYED_PX:
+            out[ts] = own
 
 
 def _lk_pass(
@@ -177,6 +268,10 @@ def _lk_pass(
                     seed[miss] = p0[miss] + vel * (t - lt)
                 g0, g1 = frame(lt), frame(t)
                 p1, ok, ncc = _lk_step(g0, g1, p0, seed, visible[t, idx], radius, levels)
+                # Chained steps drift onto what slides over a point (each compares with the last
+                # frame only): a step must still look like the point's first anchor.
+                for j in np.nonzero(ok)[0]:
+                    ok[j] = _looks_like_anchor(frame, out, start, idx[j], g1, p1[j])
                 out[t, idx[ok]] = p1[ok]
                 polished[t, idx[ok]] = True
                 similarity[t, idx[ok]] = ncc[ok]

@@ -52,6 +52,9 @@ class TrackResult:
     size: tuple[int, int]  # (height, width) of the source
     working_size: tuple[int, int]  # (height, width) the network saw
     stats: dict = field(default_factory=dict)
+    # (T,N) bool: frames where refinement verified the point (found its own patch there), and its
+    # keyframes; None without refinement. Elsewhere a position is an estimate.
+    verified: np.ndarray | None = None
 
     @property
     def tracked(self) -> np.ndarray:
@@ -302,6 +305,7 @@ class Tracker:
             found, np.maximum(conf, similarity), np.where(np.isfinite(similarity), np.minimum(conf, similarity), conf)
         )
         result.confidence = np.clip(conf, 0.0, 1.0).astype(np.float32)
+        result.verified = np.asarray(found, bool)
         result.visible = result.confidence > 0.5
         out = to_source(refined.astype(np.float64), size, work)
         for i, p in enumerate(points):  # anchors stay exact

@@ -254,6 +254,23 @@ def pipstrack_method(model, device="auto", **tracker_options) -> Method:
     return method
 
 
+def pipstrack_lone_method(model, device="auto", **tracker_options) -> Method:
+    """pipstrack with every query tracked in a call of its own: no company, so no co-motion (a
+    lone marker in Blender is tracked like this)."""
+    from ..engine.tracker import Tracker
+
+    tracker = Tracker(model, device=device, **tracker_options)
+
+    def method(rgbs, queries):
+        rgbs, queries = np.asarray(rgbs), np.asarray(queries, np.float64)
+        runs = [tracker.track(rgbs, q[None]) for q in queries]
+        xy = np.concatenate([r.xy for r in runs], axis=1).astype(np.float64)
+        return xy, np.concatenate([r.visible for r in runs], axis=1)
+
+    method.tracker = tracker
+    return method
+
+
 BASELINES: dict[str, tuple[str, Method]] = {
     "zero": ("zero motion: the query position on every frame, always visible", zero_motion),
     "lk": ("OpenCV pyramidal Lucas-Kanade, 21 px window, 3 levels, forward-backward check 1 px", lucas_kanade),

@@ -34,6 +34,9 @@ COLUMNS = (  # metric key, header, scale, decimals
     ("occlusion_accuracy", "OA %", 100, 1),
     ("median_err_visible", "err vis px", 1, 2),
     ("median_err_occluded", "err occ px", 1, 2),
+    ("median_err_claimed", "err tracked px", 1, 2),
+    ("worst_err_visible", "worst px", 1, 1),
+    ("lost_tracks", "lost %", 100, 0),
 )
 DATASET_LABELS = {"synthetic": "synthetic", "photo": "photo"}
 
@@ -250,7 +253,10 @@ def legend(methods: dict[str, str]) -> str:
     rows.append(
         "- δavg: share of visible points within 1/2/4/8/16 px (at 256x256), averaged; AJ: average Jaccard; "
         "OA: occlusion accuracy; err vis / err occ: median distance in px on visible frames / on frames where "
-        "the point is hidden but inside the image (per-clip medians averaged over clips); FB px: median over "
+        "the point is hidden but inside the image (per-clip medians averaged over clips); err tracked: the same "
+        "on the visible frames the method itself reports as seen (its precision where it tracks); worst px: each "
+        f"track's worst error on its visible frames, median over tracks; lost %: tracks more than "
+        f"{metrics.LOST_PX:g} px off on at least one visible frame; FB px: median over "
         "points of the frame-0 distance after tracking forward and back again (no ground truth needed)."
     )
     return "\n".join(rows)
@@ -293,9 +299,11 @@ def evaluate(
     device: str = "auto",
     seed: int = EVAL_SEED,
     progress: bool = True,
+    lone: bool = False,
 ) -> tuple[str, dict]:
-    """The whole evaluation: (Markdown report, JSON-able document). ``model`` None skips pipstrack."""
-    from .baselines import pipstrack_method
+    """The whole evaluation: (Markdown report, JSON-able document). ``model`` None skips pipstrack;
+    ``lone`` adds pipstrack with every point tracked alone (one call per point: slow)."""
+    from .baselines import pipstrack_lone_method, pipstrack_method
 
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
@@ -314,6 +322,9 @@ def evaluate(
         )
         methods["pipstrack-raw"] = pipstrack_method(model, device, refine=False)
         descriptions["pipstrack-raw"] = "the same network's own positions, without refinement or co-motion"
+        if lone:
+            methods["pipstrack-lone"] = pipstrack_lone_method(model, device)
+            descriptions["pipstrack-lone"] = "pipstrack with every point tracked alone (no co-moving company)"
     for b in baselines:
         descriptions[b], methods[b] = BASELINES[b]
     if any(b.startswith("blender") for b in baselines):

@@ -49,7 +49,25 @@ def tapvid_metrics(pred_xy, pred_visible, gt_xy, gt_visible, size, query_frames=
     occ = ~gt_visible & in_frame & evaluated
     out["median_err_visible"] = float(np.nanmedian(dist[vis_eval])) if vis_eval.any() else np.nan
     out["median_err_occluded"] = float(np.nanmedian(dist[occ])) if occ.any() else np.nan
+    # Where the tracker itself says the point is seen (and it is): its precision on the frames it
+    # tracks, the figure to put beside a tracker that gives up on points.
+    claimed = vis_eval & pred_visible
+    out["median_err_claimed"] = float(np.nanmedian(dist[claimed])) if claimed.any() else np.nan
+    out.update(per_track_summary(dist, vis_eval))
     return out
+
+
+LOST_PX = 8.0  # a track this far off on any visible frame is lost, whatever its median says
+
+
+def per_track_summary(dist: np.ndarray, visible: np.ndarray) -> dict:
+    """Medians hide failures: the worst error of each track on its visible frames (median over
+    tracks) and the share of tracks more than ``LOST_PX`` off on at least one visible frame."""
+    d = np.where(visible, np.nan_to_num(dist, nan=np.inf), -np.inf)
+    worst = d.max(axis=0)[visible.any(axis=0)]
+    if not len(worst):
+        return {"worst_err_visible": np.nan, "lost_tracks": np.nan}
+    return {"worst_err_visible": float(np.median(worst)), "lost_tracks": float(np.mean(worst > LOST_PX))}
 
 
 def mean_metrics(results: list[dict]) -> dict:

@@ -118,8 +118,42 @@ def grid_points(spec: str, width: int, height: int) -> np.ndarray:
     return np.stack([gx.ravel(), gy.ravel()], axis=1)
 
 
+def track_quality(verified, tracked, frame_numbers) -> dict:
+    """One track's summary: how many of its frames the tracker verified (it found the point's
+    own patch there), how many are estimates (behind an occluder, or where it could not verify),
+    and each stretch of estimates as [first, last, found again on] in clip frame numbers (found
+    again: None when the point was never verified after it: lost from ``first``).
+    Medians hide a lost track; this does not."""
+    verified, tracked = np.asarray(verified, bool), np.asarray(tracked, bool)
+    rows = np.nonzero(tracked)[0]
+    gaps, k = [], 0
+    while k < len(rows):
+        if verified[rows[k]]:
+            k += 1
+            continue
+        j = k
+        while j + 1 < len(rows) and not verified[rows[j + 1]]:
+            j += 1
+        again = int(frame_numbers[rows[j + 1]]) if j + 1 < len(rows) else None
+        gaps.append([int(frame_numbers[rows[k]]), int(frame_numbers[rows[j]]), again])
+        k = j + 1
+    n_verified = int((verified & tracked).sum())
+    return {"verified_frames": n_verified, "estimated_frames": int(len(rows) - n_verified), "unverified": gaps}
+
+
+def describe_quality(name: str, quality: dict) -> str | None:
+    """A line for the artist about a track with stretches the tracker could not verify, such as
+    "feature06: not verified 1017-1033, found again at 1034"; None for a track verified throughout."""
+    parts = []
+    for first, last, again in quality.get("unverified", []):
+        span = f"{first}" if first == last else f"{first}-{last}"
+        parts.append(f"not verified {span}, found again at {again}" if again is not None else f"lost from {first}")
+    return f"{name}: " + "; ".join(parts) if parts else None
+
+
 def tracks_document(result, names, anchors, frame_numbers, source: dict, model: dict) -> dict:
-    """The JSON document for a :class:`~pipstrack.tracker.TrackResult`."""
+    """The JSON document for a :class:`~pipstrack.engine.tracker.TrackResult`; with refinement each
+    track also carries its ``quality`` (:func:`track_quality`)."""
     fn = [int(frame_numbers[i]) for i in result.frame_indices]
     tracks = []
     for n, name in enumerate(names):
@@ -137,14 +171,15 @@ def tracks_document(result, names, anchors, frame_numbers, source: dict, model: 
                     round(float(result.confidence[t, n]), 4),
                 ]
             )
-        tracks.append(
-            {
-                "id": n,
-                "name": name,
-                "anchors": [[int(a[0]), float(a[1]), float(a[2])] for a in anchors[n]],
-                "points": pts,
-            }
-        )
+        track = {
+            "id": n,
+            "name": name,
+            "anchors": [[int(a[0]), float(a[1]), float(a[2])] for a in anchors[n]],
+            "points": pts,
+        }
+        if getattr(result, "verified", None) is not None:
+            track["quality"] = track_quality(result.verified[:, n], ~np.isnan(result.xy[:, n, 0]), fn)
+        tracks.append(track)
     return {
         "format": FORMAT,
         "version": VERSION,

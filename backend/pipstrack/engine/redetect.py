@@ -1,0 +1,110 @@
+"""Finding a lost point again by its looks (docs/tracking.md, "Re-detection").
+
+Why: Lucas-Kanade polish chains from a point's last trustworthy position and starts each step
+where the network puts the point; when the network followed an occluder instead (a pole sweeping
+across), every later step starts hundreds of pixels off and fails, and co-motion helps only where
+other points of the job move with it. A lone point needs to be looked for: on each frame where it
+is not verified, the patch of its last verified frame is matched (normalised cross-correlation)
+over a window around where it was, growing with the time since then until it covers the frame.
+A match counts only when it is strong (``MIN_NCC``), clearly better than any other place in the
+window (``MARGIN``: a repeating texture has no single answer), and a Lucas-Kanade step from the
+template to it is forward-backward consistent: the point re-anchors there, and the polish chains
+on from it. (TAPIR's global matching stage and TAPTRv3's re-detection do the same with learned
+features; the patch at the working resolution is enough to verify a point that really is back.)
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+MIN_NCC = 0.9  # a match must look this much like the point's last verified patch
+MARGIN = 0.1  # ... and this much more than the best other place in the search window
+SEARCH_PX = 24  # search radius (px, working size) on the first frame after the point was verified
+GROWTH_PX = 12  # ... growing by this much per frame since then (the point may have moved on)
+
+
+def best_match(image: np.ndarray, template: np.ndarray, centre, radius: float):
+    """Where ``template`` (odd square, same channels as ``image``) looks most alike within
+    ``radius`` of ``centre``: ((x, y) of the match's centre in ``image``, its NCC, the best NCC
+    at least ``template``'s size away from it), or None when the window is off the image."""
+    h, w = image.shape[:2]
+    k = template.shape[0] // 2
+    cx, cy = float(centre[0]), float(centre[1])
+    x0, x1 = max(int(np.floor(cx - radius)) - k, 0), min(int(np.ceil(cx + radius)) + k + 1, w)
+    y0, y1 = max(int(np.floor(cy - radius)) - k, 0), min(int(np.ceil(cy + radius)) + k + 1, h)
+    if x1 - x0 <= 2 * k or y1 - y0 <= 2 * k:
+        return None
+    score = cv2.matchTemplate(image[y0:y1, x0:x1], template, cv2.TM_CCOEFF_NORMED)
+    score = np.nan_to_num(score, nan=-1.0)  # flat windows
+    _, peak, _, (px, py) = cv2.minMaxLoc(score)
+    others = score.copy()
+    s = 2 * k + 1  # anything within a template's width of the peak is the same match
+    others[max(py - s + 1, 0) : py + s, max(px - s + 1, 0) : px + s] = -1.0
+    return (x0 + px + k, y0 + py + k), float(peak), float(others.max()) if others.size else -1.0
+
+
+def redetect_pass(frame, out, polished, similarity, todo, start, step_fn, looks_like, *, win: int, tick=None) -> int:
+    """One sweep away from each point's first anchor (forward, then backward) over the frames in
+    ``todo`` that are not polished: looks for the point's patch from its last polished frame on
+    that side; accepted matches update ``out``, ``polished`` and ``similarity`` in place.
+    ``step_fn(g0, g1, p0, seed)`` is the verifying Lucas-Kanade step: (positions, accepted, ncc);
+    ``looks_like(n, g1, p)`` whether point ``n`` at ``p`` in ``g1`` still looks like its anchor.
+    Returns how many frames were found."""
+    T = out.shape[0]
+    found = 0
+    for half, ts in enumerate((range(1, T), range(T - 2, -1, -1))):
+        forward = half == 0
+        last_t = start.copy()  # the point's last verified frame on this side
+        before_gap = np.full_like(start, -1)  # ... and the last one before the latest gap
+
+        def advance(n, t):
+            if abs(t - last_t[n]) > 1:
+                before_gap[n] = last_t[n]
+            last_t[n] = t
+
+        for i, t in enumerate(ts):
+            if tick is not None and i % 8 == 0:
+                tick((half + i / max(len(ts), 1)) / 2)
+            ahead = (t > start) if forward else (t < start)
+            for n in np.nonzero(ahead & polished[t] & ~todo[t])[0]:
+                advance(n, t)
+            look = np.nonzero(ahead & todo[t] & ~polished[t])[0]
+            if not len(look):
+                continue
+            g1 = frame(t)
+            for n in look:
+                lt = last_t[n]
+                radius = SEARCH_PX + GROWTH_PX * abs(t - lt)
+                # The patch of the last verified frame looks most like the point now, but right
+                # after an occluder it may still hold the occluder's edge: the last verified
+                # patch before that gap, and the first keyframe's, are the other candidates.
+                for ref in dict.fromkeys(r for r in (int(lt), int(before_gap[n]), int(start[n])) if r >= 0):
+                    at = _verified_match(frame, ref, out[ref, n], g1, out[lt, n], radius, step_fn, win)
+                    if at is not None and looks_like(n, g1, at[0]):
+                        out[t, n], similarity[t, n] = at
+                        polished[t, n] = True
+                        advance(n, t)
+                        found += 1
+                        break
+    return found
+
+
+def _verified_match(frame, ref: int, p_ref, g1, centre, radius: float, step_fn, win: int):
+    """The point's patch on frame ``ref`` (at ``p_ref``) looked for in ``g1`` within ``radius``
+    of ``centre``: (sub-pixel position, NCC) when the match is strong, unique and verified by a
+    Lucas-Kanade step, else None."""
+    g0 = frame(ref)
+    template = cv2.getRectSubPix(g0, (win, win), (float(p_ref[0]), float(p_ref[1])))
+    hit = best_match(g1, template, centre, radius)
+    if hit is None:
+        return None
+    at, peak, runner_up = hit
+    if peak < MIN_NCC or peak - runner_up < MARGIN:
+        return None
+    p1, ok, ncc = step_fn(g0, g1, np.asarray(p_ref, np.float64)[None], np.array([at], np.float64))
+    k = win // 2
+    inside = k <= p1[0, 0] <= g1.shape[1] - 1 - k and k <= p1[0, 1] <= g1.shape[0] - 1 - k
+    if ok[0] and ncc[0] >= MIN_NCC and inside:
+        return p1[0], float(ncc[0])
+    return None
