@@ -44,7 +44,7 @@ def full_model(weights: str | None):
 
 
 def clip(frames: int, height: int = 1080, width: int = 1920):
-    """A 1080p clip of the sample photo under a camera move (from pipstrack.sample)."""
+    """A 1080p clip of the sample photo under a camera move (from pipstrack.datasets.sample)."""
     import cv2
 
     from pipstrack.datasets.sample import homography_clip

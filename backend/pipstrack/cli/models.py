@@ -88,7 +88,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    """Prints one Markdown table (pipstrack and the baselines on both datasets); see pipstrack.eval."""
+    """Prints one Markdown table (pipstrack and the baselines on both datasets); see pipstrack.evaluation.harness."""
     from ..engine.weights import load_model
     from ..evaluation.harness import evaluate, write_json
 

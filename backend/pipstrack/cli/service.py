@@ -8,7 +8,7 @@ from .common import EXIT_FAILURE, CliError
 
 
 def cmd_serve(args) -> int:
-    """Loads the model once and serves jobs until SIGINT/SIGTERM (pipstrack.service)."""
+    """Loads the model once and serves jobs until SIGINT/SIGTERM (pipstrack.service.server)."""
     from ..engine.weights import load_model
     from ..service.server import ServiceError, serve
 

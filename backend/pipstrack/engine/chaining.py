@@ -4,7 +4,7 @@ PIPs sees 8 frames at a time. To go further the authors move the window start to
 latest frame of the current window where the point is confidently visible, and carry the
 point's original target feature into the next window (shared/docs/pips-model.md,
 "Long clips"). :func:`next_window_offset` is that rule; both the batched engine
-(:mod:`pipstrack.tracker`) and the slow reference below use it, so they can only differ
+(:mod:`pipstrack.engine.tracker`) and the slow reference below use it, so they can only differ
 in how they batch, never in what they decide.
 """
 

@@ -9,11 +9,14 @@ hundredths of a pixel on a clean, visible feature and hopeless through an occlud
    is forward-backward consistent, stays near its seed and the patch looks like the template
    (stricter where PIPs says hidden);
 2. frames still unpolished are predicted from the points of the job that move with the point
-   (:mod:`pipstrack.comotion`), or from its own motion, and tried again: a point the network
+   (:mod:`pipstrack.engine.comotion`), or from its own motion, and tried again: a point the network
    lost is found again, and then carries others;
-3. what stays unpolished takes the co-moving prediction, or else PIPs plus the interpolated
-   correction of its polished neighbours. Keyframes never move.
-PIPs keeps the point, LK polishes it, its neighbours bring it back.
+3. a point still unverified is looked for by its patch (:mod:`pipstrack.engine.redetect`),
+   alone or in company, and the polish chains on from where it is found;
+4. what stays unpolished takes the co-moving prediction, or else PIPs plus the interpolated
+   correction of its polished neighbours, or the point's own motion across a gap where PIPs
+   strayed. Keyframes never move.
+PIPs keeps the point, LK polishes it, its looks and its neighbours bring it back.
 """
 
 from __future__ import annotations

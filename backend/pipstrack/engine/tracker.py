@@ -13,7 +13,7 @@ Why it is fast: the authors chain 8-frame windows one point at a time and re-enc
 window's frames. Here every frame is encoded once (feature maps are cached), and all
 points whose next window is the same frames run through the network together. The
 decisions (window positions, carried target features) are those of the per-point
-procedure in :mod:`pipstrack.chaining`, so the trajectories are the same.
+procedure in :mod:`pipstrack.engine.chaining`, so the trajectories are the same.
 """
 
 from __future__ import annotations
@@ -186,9 +186,9 @@ class Tracker:
         comotion: bool = True,
     ):
         """``refine``: polish visible frames with sub-pixel Lucas-Kanade steps seeded by PIPs
-        (:mod:`pipstrack.refine`); False gives the network's own trajectories. ``comotion``
+        (:mod:`pipstrack.engine.refine`); False gives the network's own trajectories. ``comotion``
         (with ``refine``): carry a point through frames refinement could not polish with the
-        points of the same call that moved with it (:mod:`pipstrack.comotion`)."""
+        points of the same call that moved with it (:mod:`pipstrack.engine.comotion`)."""
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.iters = int(iters)

@@ -1,14 +1,14 @@
 """``pipstrack eval``: pipstrack against classical trackers on clips with exact ground truth.
 
 Two datasets, both with exact trajectories and visibility:
-- held-out synthetic clips (:func:`pipstrack.synth.make_clip`) from seed
+- held-out synthetic clips (:func:`pipstrack.datasets.synth.make_clip`) from seed
   :data:`EVAL_SEED`, which training never draws (it trains on seeds ``[0, step, b]`` and
   picks its best checkpoint on seeds ``[10_000, k]``, so neither is reused here);
-- photo clips (:func:`pipstrack.sample.homography_clip`): scikit-image photos seen by a
+- photo clips (:func:`pipstrack.datasets.sample.homography_clip`): scikit-image photos seen by a
   hand-held-like camera with an occluder crossing, content unlike the synthetic data.
 
 Queries are every ground-truth point on frame 0, tracked forward. Metrics are TAP-Vid's
-(:mod:`pipstrack.metrics`), averaged over clips. For pipstrack a forward-backward figure
+(:mod:`pipstrack.evaluation.metrics`), averaged over clips. For pipstrack a forward-backward figure
 is added: it needs no ground truth, so it is what one can measure on a real shot, and
 seeing it next to the true errors shows how far it can be trusted.
 """
@@ -168,7 +168,7 @@ def run_eval(
 
     A method that raises is recorded as failed (with the reason) and skipped on the
     remaining clips; the others go on. ``fb_method`` also gets the forward-backward figure
-    (it must carry a ``tracker``, as :func:`pipstrack.baselines.pipstrack_method` does).
+    (it must carry a ``tracker``, as :func:`pipstrack.evaluation.baselines.pipstrack_method` does).
     """
     from tqdm import tqdm
 

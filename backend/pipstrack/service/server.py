@@ -1,4 +1,4 @@
-"""``pipstrack serve``: a long-running tracking service over ZeroMQ (protocol: pipstrack.protocol).
+"""``pipstrack serve``: a long-running tracking service over ZeroMQ (protocol: pipstrack.wire.protocol).
 
 Why a service: Blender must never freeze while tracking runs, and the GPU may be on another
 machine. The model is loaded once; many clients submit many jobs. One ROUTER socket is served

@@ -201,8 +201,8 @@ class JobSpec:
     point_index: np.ndarray | None = None  # (M,) point of each query row; None: one row per point
     partial_interval: float = 1.0  # seconds between partial results; 0 = none
     video: str | None = None  # source "video": a movie file the server opens itself
-    refine: bool = True  # sub-pixel Lucas-Kanade polish of visible frames (pipstrack.refine)
-    comotion: bool = True  # with refine: fill and recover points from co-moving ones (pipstrack.comotion)
+    refine: bool = True  # sub-pixel Lucas-Kanade polish of visible frames (pipstrack.engine.refine)
+    comotion: bool = True  # with refine: fill and recover points from co-moving ones (pipstrack.engine.comotion)
 
     @property
     def frame_bytes(self) -> int:
