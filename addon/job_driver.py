@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import marker_writer as mw
+from ._pipstrack import conventions as cv
 from ._pipstrack.conventions import marker_to_pixel
+from ._pipstrack.io import formats
 from ._pipstrack.wire import client as wire_client
 from ._pipstrack.wire import protocol as P
 from .clip_source import ClipFrames, ClipSourceError
@@ -131,6 +133,8 @@ class TrackingRun:
         self.job = None
         self.progress = 0.0  # 0..1, upload and tracking together
         self.written = 0
+        self.quality: list[str] = []  # a line per track the tracker could not verify throughout
+        self.lost_tracks = 0
         self.frames = ClipFrames(clip)
         s = settings
         s.first, s.last = max(1, s.first), min(self.frames.count, s.last)
@@ -209,6 +213,8 @@ class TrackingRun:
                 self._write(ev, final=True)
                 self.state, self.progress = "done", 1.0
                 self.message = f"pipstrack: tracked {len(self.plans)} track(s), {self.written} markers"
+                if self.lost_tracks:
+                    self.message += f"; {self.lost_tracks} lost (disabled where never found again)"
             elif t == P.CANCELLED:
                 self._fail("cancelled", "pipstrack: tracking cancelled; tracks restored")
             elif t == P.ERROR:
@@ -251,12 +257,18 @@ class TrackingRun:
         tracks = self.collection
         frames = np.asarray(ev["frame_indices"]) + 1  # clip frames
         xy, conf = ev["xy"], ev["confidence"]
+        verified = ev.get("verified") if final else None  # None from an older backend, or without refinement
         written, seen = 0, {}
         for n, p in enumerate(self.plans):
             track = tracks.get(p.track_name)
             if track is None:  # renamed or deleted while tracking: skip it
                 continue
             rows = (frames >= p.lo) & (frames <= p.hi)
+            lost = None
+            if verified is not None:
+                lost = self._judge(
+                    p.track_name, frames[rows], xy[rows, n], verified[rows, n] | np.isin(frames[rows], list(p.keep))
+                )
             written += mw.write_track(
                 track,
                 frames[rows],
@@ -266,10 +278,30 @@ class TrackingRun:
                 occlusion=self.s.occlusion,
                 threshold=self.s.threshold,
                 keep_frames=p.keep,
+                lost=lost,
             )
             if final:
                 ok = rows & ~np.isnan(xy[:, n, 0]) & ~np.isin(frames, list(p.keep))
-                seen[p.track_name] = (frames[ok], conf[ok, n], mw.outside_frame(xy[ok, n], self.shape))
+                gone = mw.outside_frame(xy[:, n], self.shape)  # kept disabled when the occlusion choice changes
+                if lost is not None:
+                    gone[np.nonzero(rows)[0][lost]] = True
+                seen[p.track_name] = (frames[ok], conf[ok, n], gone[ok])
         if final:
             mw.remember(self.clip, seen)
             self.written = written
+
+    def _judge(self, name: str, frames, xy, verified) -> np.ndarray:
+        """Which of a track's frames are lost (after the point was last verified, never found
+        again: disabled whatever the occlusion choice, never a confident wrong marker), and a
+        line for the report about every stretch the tracker could not verify, in scene frames."""
+        scene = [cv.clip_to_scene_frame(f, self.clip.frame_start) for f in frames]
+        q = formats.track_quality(verified, ~np.isnan(xy[:, 0]), scene)
+        line = formats.describe_quality(name, q)
+        if line:
+            self.quality.append(line)
+        lost = np.zeros(len(frames), bool)
+        for first, _last, again in q["unverified"]:
+            if again is None:
+                lost |= np.asarray(scene) >= first
+                self.lost_tracks += 1
+        return lost

@@ -89,7 +89,16 @@ def stored(clip) -> dict:
 
 # -- writing ---------------------------------------------------------------------------------
 def write_track(
-    track, frames, xy, confidence, shape, *, occlusion: str = "KEEP", threshold: float = 0.5, keep_frames=frozenset()
+    track,
+    frames,
+    xy,
+    confidence,
+    shape,
+    *,
+    occlusion: str = "KEEP",
+    threshold: float = 0.5,
+    keep_frames=frozenset(),
+    lost=None,
 ) -> int:
     """Writes one trajectory as tracked (not keyed) markers; returns the number written.
 
@@ -99,10 +108,14 @@ def write_track(
     ``occlusion="DISABLE"`` markers below ``threshold`` are written disabled, as Blender's
     own tracker marks a lost track; with "KEEP" every estimate stays enabled. A point
     estimated outside the frame gets a disabled marker on the frame's edge in both modes:
-    Blender keeps markers inside the frame, so the position there would be wrong.
+    Blender keeps markers inside the frame, so the position there would be wrong. Frames in
+    ``lost`` ((T,) bool: the tracker lost the point there and never found it again) are written
+    disabled in both modes.
     """
     co = pixel_to_marker(xy, width=shape[1], height=shape[0])
     outside = outside_frame(xy, shape)
+    if lost is not None:
+        outside = outside | np.asarray(lost, bool)
     written = 0
     for f, c, conf, out in zip(frames, co, confidence, outside):
         f = int(f)

@@ -145,6 +145,10 @@ class _TrackingOperator:
     def _report(self, run):
         for w in run.s.warnings:
             self.report({"WARNING"}, w)
+        for line in run.quality[:8]:  # e.g. "Track.003: not verified 1017-1033, found again at 1034"
+            self.report({"INFO"}, f"pipstrack: {line}")
+        if len(run.quality) > 8:
+            self.report({"INFO"}, f"pipstrack: ... and {len(run.quality) - 8} more tracks with unverified frames")
         if run.state == "done":
             self.report({"INFO"}, run.message)
             return {"FINISHED"}

@@ -380,6 +380,15 @@ def test_readme_demo_round_trip(tmp_path):
     print("\ndemo through Blender: worst error on visible frames per track", worst)
     assert len(worst) == 10 and sum(w < 3.1 for w in worst.values()) >= 9  # today feature05 is the exception
     assert acc["lost_tracks_list"] == [n for n, w in worst.items() if w > 8.0] and len(acc["lost_tracks_list"]) <= 1
+    # A point that is never seen again (behind the pole until the end: feature01, feature04) ends
+    # as disabled markers, even with occlusion "keep estimates"; the others end enabled.
+    from pipstrack.datasets.sample import load_ground_truth
+
+    hidden_at_end = ~load_ground_truth()["visible"][-1]
+    for n, name in enumerate(sorted(markers_doc["tracks"])):
+        last = sorted(markers_doc["tracks"][name])[-1]
+        assert last[3] == bool(hidden_at_end[n]), (name, last)
+    assert hidden_at_end.sum() == 2
     still = cv2.imread(str(out / "still.png"))
     assert still.shape == (540, 960, 3)  # the plate at twice its size, truth and errors drawn on it
 

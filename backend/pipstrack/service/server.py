@@ -529,6 +529,7 @@ class Server:
                     result.xy,
                     result.visible,
                     result.confidence,
+                    verified=result.verified if spec.verified else None,
                     working_size=list(result.working_size),
                     seconds=round(time.perf_counter() - t0, 4),
                     stats={k: int(v) for k, v in result.stats.items()},

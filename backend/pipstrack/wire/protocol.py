@@ -203,6 +203,9 @@ class JobSpec:
     video: str | None = None  # source "video": a movie file the server opens itself
     refine: bool = True  # sub-pixel Lucas-Kanade polish of visible frames (pipstrack.engine.refine)
     comotion: bool = True  # with refine: fill and recover points from co-moving ones (pipstrack.engine.comotion)
+    # The client reads a result's fourth frame: which frames the tracker verified. A top-level
+    # header field, so that a server that predates it ignores it and sends three frames.
+    verified: bool = True
 
     @property
     def frame_bytes(self) -> int:
@@ -238,6 +241,7 @@ class JobSpec:
             points=self.points,
             source=self.source,
             options=opts,
+            verified=self.verified,
         )
         if self.video is not None:
             common["video"] = self.video
@@ -258,6 +262,9 @@ def check_submit(h: dict, payload: list) -> JobSpec:
     queries, point_index = _check_queries(h, payload, job)
     first, last, direction, ws, iters, refine, comotion, pint = _check_options(h.get("options", {}), T, job)
     _check_query_positions(queries, point_index, first, last, H, W, job)
+    verified = h.get("verified", False)
+    if not isinstance(verified, bool):
+        raise ProtocolError(E_BAD_FIELD, f"'verified' must be true or false, got {verified!r:.40}", job)
     return JobSpec(
         job,
         T,
@@ -277,6 +284,7 @@ def check_submit(h: dict, payload: list) -> JobSpec:
         video,
         refine,
         comotion,
+        verified,
     )
 
 
@@ -499,13 +507,27 @@ def check_paths(h: dict, payload: list, spec: JobSpec) -> tuple[int, list[str]]:
 
 # -- results -------------------------------------------------------------------------------
 def trajectories_message(
-    type_: str, job: str, first: int, xy: np.ndarray, visible: np.ndarray, confidence: np.ndarray, **fields
+    type_: str,
+    job: str,
+    first: int,
+    xy: np.ndarray,
+    visible: np.ndarray,
+    confidence: np.ndarray,
+    verified: np.ndarray | None = None,
+    **fields,
 ) -> list:
-    """``partial`` or ``result``: xy float32 (T,N,2), visible uint8 (T,N), confidence float32 (T,N)."""
+    """``partial`` or ``result``: xy float32 (T,N,2), visible uint8 (T,N), confidence float32 (T,N),
+    and, for a client that asked (``verified`` in its submit), verified uint8 (T,N): the frames
+    where the tracker found the point's own patch (the rest are estimates)."""
     xy = np.ascontiguousarray(xy, dtype="<f4")
     T, N = xy.shape[:2]
+    if verified is not None:
+        fields["verified"] = True
     h = header(type_, job, first=int(first), frames=int(T), points=int(N), **fields)
-    return [h, xy, np.ascontiguousarray(visible, dtype="u1"), np.ascontiguousarray(confidence, dtype="<f4")]
+    msg = [h, xy, np.ascontiguousarray(visible, dtype="u1"), np.ascontiguousarray(confidence, dtype="<f4")]
+    if verified is not None:
+        msg.append(np.ascontiguousarray(verified, dtype="u1"))
+    return msg
 
 
 def read_trajectories(h: dict, payload: list) -> dict:
@@ -513,14 +535,16 @@ def read_trajectories(h: dict, payload: list) -> dict:
     T = _int_field(h, "frames", 0, MAX_FRAMES)
     N = _int_field(h, "points", 0, MAX_POINTS)
     first = _int_field(h, "first", 0, MAX_FRAMES)
-    if len(payload) != 3:
+    with_verified = h.get("verified") is True
+    if len(payload) != 3 + with_verified:
         raise ProtocolError(
             E_BAD_PAYLOAD,
-            f"trajectories need 3 binary frames (xy, visible, confidence), got {len(payload)}",
+            f"trajectories need {3 + with_verified} binary frames (xy, visible, confidence"
+            f"{', verified' if with_verified else ''}), got {len(payload)}",
             h.get("job"),
         )
-    sizes = (T * N * 8, T * N, T * N * 4)
-    for name, part, n in zip(("xy", "visible", "confidence"), payload, sizes):
+    sizes = (T * N * 8, T * N, T * N * 4, T * N)
+    for name, part, n in zip(("xy", "visible", "confidence", "verified"), payload, sizes):
         if _buffer_len(part) != n:
             raise ProtocolError(E_BAD_PAYLOAD, f"{name} frame is {_buffer_len(part)} bytes, expected {n}", h.get("job"))
     buf = [p.buffer if hasattr(p, "buffer") else p for p in payload]
@@ -530,7 +554,9 @@ def read_trajectories(h: dict, payload: list) -> dict:
         "visible": np.frombuffer(buf[1], dtype="u1").reshape(T, N).astype(bool),
         "confidence": np.frombuffer(buf[2], dtype="<f4").reshape(T, N).copy(),
         "frame_indices": np.arange(first, first + T),
-        **{k: v for k, v in h.items() if k not in ("v", "type", "job", "first", "frames", "points")},
+        # None from a server that predates it, or for a job tracked without refinement
+        "verified": np.frombuffer(buf[3], dtype="u1").reshape(T, N).astype(bool) if with_verified else None,
+        **{k: v for k, v in h.items() if k not in ("v", "type", "job", "first", "frames", "points", "verified")},
     }
 
 
