@@ -191,6 +191,33 @@ def test_trajectories_roundtrip_and_checked():
     assert out["first"] == 5 and list(out["frame_indices"]) == [5, 6, 7, 8] and out["seconds"] == 1.5
     assert code_of(P.read_trajectories, h, payload[:2]) == P.E_BAD_PAYLOAD
     assert code_of(P.read_trajectories, h, [payload[0][:-4], payload[1], payload[2]]) == P.E_BAD_PAYLOAD
+    assert out["verified"] is None  # not asked for, not sent: what an older server gives
+
+
+def test_verified_frames_travel_only_to_a_client_that_asks():
+    xy = np.zeros((4, 3, 2), np.float32)
+    vis = np.ones((4, 3), bool)
+    conf = np.ones((4, 3), np.float32)
+    verified = np.array([[1, 0, 1], [1, 1, 0], [0, 0, 0], [1, 1, 1]], bool)
+    parts = P.trajectories_message(P.RESULT, "j", 0, xy, vis, conf, verified=verified)
+    assert len(parts) == 5
+    h, payload = P.parse([bytes(parts[0])] + [np.asarray(p).tobytes() for p in parts[1:]], allowed=P.SERVER_TYPES)
+    out = P.read_trajectories(h, payload)
+    np.testing.assert_array_equal(out["verified"], verified)
+    assert "verified" not in {k for k, v in out.items() if v is True}  # decoded, not left as the header flag
+    assert code_of(P.read_trajectories, h, payload[:3]) == P.E_BAD_PAYLOAD  # announced, then missing
+    # the request is a top-level submit field: the new client sends it, an old one does not
+    spec = P.check_submit(
+        json.loads(
+            P.JobSpec(
+                "j", 4, 8, 8, "uint8", "srgb", np.zeros((1, 3)), 0, 3, "both", None, 6, "frames"
+            ).submit_message()[0]
+        ),
+        [np.zeros(3).tobytes()],
+    )
+    assert spec.verified is True
+    hdr_old = dict(v=1, type="submit", job="k", frame_count=4, frame_shape=[8, 8, 3], queries=[[0, 1.0, 1.0]])
+    assert P.check_submit(hdr_old, []).verified is False
 
 
 def test_progress_and_loopback():
