@@ -24,3 +24,25 @@ def progress_bar(desc: str, unit: str):
         bar.refresh()
 
     return bar, update
+
+
+def add_threads_option(parser) -> None:
+    parser.add_argument(
+        "--threads",
+        default="auto",
+        metavar="N|auto",
+        help="CPU threads: a number, or auto (default): as many as the cores other processes leave free, "
+        "re-checked while tracking; OMP_NUM_THREADS, when set, fixes it",
+    )
+
+
+def resolve_threads(value: str) -> int | str:
+    """--threads: 'auto' (OMP_NUM_THREADS fixes it when set) or a positive number."""
+    import os
+
+    if value == "auto":
+        pinned = os.environ.get("OMP_NUM_THREADS", "").strip()
+        return int(pinned) if pinned.isdigit() and int(pinned) > 0 else "auto"
+    if not value.isdigit() or int(value) < 1:
+        raise CliError(f"--threads must be a positive number or auto, got {value!r}")
+    return int(value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from .common import EXIT_FAILURE, CliError
+from .common import EXIT_FAILURE, CliError, add_threads_option, resolve_threads
 
 
 def cmd_serve(args) -> int:
@@ -15,7 +15,14 @@ def cmd_serve(args) -> int:
     logging.getLogger("pipstrack").setLevel(args.log_level.upper())
     model = load_model(args.model)
     try:
-        serve(model, bind=args.bind, device=args.device, keys_dir=args.keys, insecure=args.insecure)
+        serve(
+            model,
+            bind=args.bind,
+            device=args.device,
+            keys_dir=args.keys,
+            insecure=args.insecure,
+            threads=resolve_threads(args.threads),
+        )
     except ServiceError as e:
         raise CliError(str(e)) from None
     return 0
@@ -54,6 +61,7 @@ def cmd_keys(args) -> int:
 
 def add_parsers(sub) -> None:
     sv = sub.add_parser("serve", help="run the tracking service (ZeroMQ) for the Blender add-on and scripts")
+    add_threads_option(sv)
     sv.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint (default tcp://127.0.0.1:5555)")
     sv.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     sv.add_argument("--model", default=None, help="weights file, 'default' or 'official'")

@@ -7,7 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from .common import CliError, progress_bar
+from .common import CliError, add_threads_option, progress_bar, resolve_threads
 
 
 def _parse_frames(spec: str | None, numbers: list[int]) -> tuple[int, int]:
@@ -89,6 +89,7 @@ def cmd_track(args) -> int:
         working_long_side=args.working_size,
         refine=not getattr(args, "no_refine", False),
         comotion=not getattr(args, "no_comotion", False),
+        threads=resolve_threads(getattr(args, "threads", "auto")),
     )
     log = logging.getLogger("pipstrack")
     log.info(
@@ -222,6 +223,7 @@ def add_parsers(sub) -> None:
     t.add_argument(
         "--working-size", type=int, default=512, help="long side in pixels the network works at (0: full resolution)"
     )
+    add_threads_option(t)
     t.add_argument(
         "--no-refine",
         action="store_true",

@@ -184,11 +184,14 @@ class Tracker:
         cache_mb: int = 4096,
         refine: bool = True,
         comotion: bool = True,
+        threads: int | str | None = None,
     ):
         """``refine``: polish visible frames with sub-pixel Lucas-Kanade steps seeded by PIPs
         (:mod:`pipstrack.engine.refine`); False gives the network's own trajectories. ``comotion``
         (with ``refine``): carry a point through frames refinement could not polish with the
-        points of the same call that moved with it (:mod:`pipstrack.engine.comotion`)."""
+        points of the same call that moved with it (:mod:`pipstrack.engine.comotion`).
+        ``threads``: None leaves torch's thread count as the caller set it; a number fixes it;
+        "auto" follows the cores other processes leave free (:mod:`pipstrack.engine.threads`)."""
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.iters = int(iters)
@@ -197,6 +200,11 @@ class Tracker:
         self.cache_bytes = int(cache_mb) * 2**20
         self.refine = bool(refine)
         self.comotion = bool(comotion)
+        self.threads = None
+        if threads is not None:
+            from .threads import ThreadBudget
+
+            self.threads = ThreadBudget(None if threads == "auto" else int(threads))
         self.S = model.S
         self.dtype = next(self.model.parameters()).dtype
 
@@ -347,6 +355,8 @@ class Tracker:
             active = [s for s in segments if s.step == step]
             while active:
                 self._check_cancel(cancel)
+                if self.threads is not None:
+                    self.threads.adjust()
                 lead = min(active, key=lambda s: step * s.absolute(s.cur))
                 key = lead.window(self.S)
                 group = [s for s in active if s.window(self.S) == key]

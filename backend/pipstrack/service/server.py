@@ -176,8 +176,11 @@ class Server:
         insecure=False,
         client_timeout=None,
         context=None,
+        threads=None,
     ):
         from ..engine.tracker import resolve_device
+
+        self.threads = threads  # for every job's Tracker: None (as torch is), a number, or "auto"
 
         if not P.is_loopback(bind) and keys_dir is None and not insecure:
             raise ServiceError(
@@ -511,6 +514,7 @@ class Server:
                     working_long_side=spec.working_size,
                     refine=spec.refine,
                     comotion=spec.comotion,
+                    threads=self.threads,
                 )
                 result = tracker.track(
                     job.frames,

@@ -1,0 +1,42 @@
+"""The thread budget: a fixed count is kept; 'auto' gives up the cores another process uses."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from pipstrack.engine.threads import ThreadBudget
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_fixed_count_is_set_and_kept(restore_threads):
+    budget = ThreadBudget(1)
+    assert torch.get_num_threads() == 1 and budget.adjust(force=True) == 1
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/stat"), reason="the load is read from /proc/stat")
+def test_auto_leaves_a_core_to_a_process_that_keeps_it_busy(restore_threads):
+    budget = ThreadBudget(None)
+    cores = budget.cores
+    if cores < 2:
+        pytest.skip("one core: nothing to give up")
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # the busy loop is running
+        budget.adjust(force=True)  # starts a measurement interval
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:  # this process works too, as while tracking
+            torch.ones(256, 256) @ torch.ones(256, 256)
+        assert budget.adjust(force=True) == cores - 1
+        assert torch.get_num_threads() == cores - 1
+    finally:
+        hog.kill()
+        hog.wait()
