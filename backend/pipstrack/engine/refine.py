@@ -106,6 +106,22 @@ def refine_trajectories(
     def sweep_tick(k):  # progress within sweep k (0-based): fraction of its frames done
         return None if tick is None else (lambda f: tick((k + f) / sweeps))
 
+    def seeded_pass(seeds, tick_fn):  # steps seeded by predictions, or the point's own motion, on one level
+        _lk_pass(
+            frame,
+            out,
+            seeds,
+            visible,
+            start,
+            polished,
+            similarity,
+            tracked & ~polished,
+            radius,
+            own_motion=OWN_MOTION,
+            levels=SEEDED_LEVELS,
+            tick=tick_fn,
+        )
+
     _lk_pass(frame, out, xy, visible, start, polished, similarity, tracked & ~keyed, radius, tick=sweep_tick(0))
     pred = None
     if comotion and N > 1:
@@ -117,20 +133,7 @@ def refine_trajectories(
         for k in range(ROUNDS):
             pred = comotion_fill(out, polished)
             before = int(polished.sum())
-            _lk_pass(
-                frame,
-                out,
-                pred,
-                visible,
-                start,
-                polished,
-                similarity,
-                tracked & ~polished,
-                radius,
-                own_motion=OWN_MOTION,
-                levels=SEEDED_LEVELS,
-                tick=sweep_tick(1 + k),
-            )
+            seeded_pass(pred, sweep_tick(1 + k))
             if int(polished.sum()) == before:
                 break
         else:
@@ -162,20 +165,7 @@ def refine_trajectories(
         stats["redetected"] = found
         if found:  # chain on from where points were found again
             no_seeds = np.full_like(xy, np.nan)
-            _lk_pass(
-                frame,
-                out,
-                no_seeds,
-                visible,
-                start,
-                polished,
-                similarity,
-                tracked & ~polished,
-                radius,
-                own_motion=True,
-                levels=SEEDED_LEVELS,
-                tick=sweep_tick(k + 1),
-            )
+            seeded_pass(no_seeds, sweep_tick(k + 1))
             if comotion and N > 1:
                 pred = comotion_fill(out, polished)
     stats["refined"] = int((polished & ~keyed).sum())
