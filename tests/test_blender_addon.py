@@ -530,3 +530,13 @@ def test_export_from_blender_to_nuke_and_after_effects(tmp_path, extension_zip, 
     vis = shot["visible"][:, 2]
     assert sorted(pos) == [i for i in range(T) if vis[i]]  # AE: frames from the first, occluded ones skipped
     np.testing.assert_allclose([np.subtract(pos[i], 0.5) for i in sorted(pos)], shot["trajs"][vis, 2], atol=2e-3)
+
+
+def test_blenders_strict_validator_accepts_the_extension(extension_zip):
+    """What `blender --command extension validate` (and so `extension build` and the extensions
+    platform) runs: the validator that ships inside Blender, on the zip as built."""
+    import bpy
+
+    validator = Path(bpy.utils.system_resource("SCRIPTS")) / "addons_core" / "bl_pkg" / "cli" / "blender_ext.py"
+    r = subprocess.run([sys.executable, str(validator), "validate", str(extension_zip)], capture_output=True, text=True)
+    assert r.returncode == 0 and "Success" in r.stdout, r.stdout + r.stderr
