@@ -266,9 +266,8 @@ class TrackingRun:
             rows = (frames >= p.lo) & (frames <= p.hi)
             lost = None
             if verified is not None:
-                lost = self._judge(
-                    p.track_name, frames[rows], xy[rows, n], verified[rows, n] | np.isin(frames[rows], list(p.keep))
-                )
+                # the backend counts the anchors it was sent (these keyframes) as verified
+                lost = self._judge(p.track_name, frames[rows], xy[rows, n], verified[rows, n])
             written += mw.write_track(
                 track,
                 frames[rows],

@@ -184,7 +184,7 @@ def refine_trajectories(
             out[rest, n, c] = xy[rest, n, c] + np.interp(rest, good, out[good, n, c] - xy[good, n, c])
         # Where the network strayed inside a gap (it followed an occluder), the point's own
         # motion between the two verified ends fills it instead.
-        _own_motion_fill(out[:, n], xy[:, n], good, rest)
+        _own_motion_fill(out[:, n], xy[:, n], good)
         if pred is not None:
             out[filled[:, n], n] = pred[filled[:, n], n]
         # How much the patch at the reported position looks like the point on its nearest
@@ -204,7 +204,7 @@ def _looks_like_anchor(frame, out, start, n, g1, p) -> bool:
     return _ncc(frame(s), out[[s], n], g1, np.asarray(p, np.float64)[None])[0] >= NCC_ANCHOR
 
 
-def _own_motion_fill(out, net, good, rest) -> None:
+def _own_motion_fill(out, net, good) -> None:
     """Fills, in place, each gap between two ``good`` (verified) frames where the position
     so far (the network's, shifted by the verified ends' corrections) strays ``STRAYED_PX`` or
     more from the point's own motion: a cubic through the ends with the point's velocity there

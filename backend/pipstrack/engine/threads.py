@@ -41,7 +41,6 @@ class ThreadBudget:
         self.fixed = None if threads is None else max(1, int(threads))
         self.current = None
         self._last = None  # (wall time, busy jiffies, total jiffies, own CPU seconds)
-        self._hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self.adjust(force=True)
 
     def free_cores(self) -> int | None:

@@ -240,30 +240,18 @@ def blender_available() -> str | None:
 # -- pipstrack --------------------------------------------------------------------------------------
 
 
-def pipstrack_method(model, device="auto", **tracker_options) -> Method:
-    """pipstrack's own tracker in the common shape; the Tracker is kept as ``method.tracker``."""
-    from ..engine.tracker import Tracker
-
-    tracker = Tracker(model, device=device, **tracker_options)
-
-    def method(rgbs, queries):
-        result = tracker.track(np.asarray(rgbs), np.asarray(queries, np.float64))
-        return result.xy.astype(np.float64), result.visible
-
-    method.tracker = tracker
-    return method
-
-
-def pipstrack_lone_method(model, device="auto", **tracker_options) -> Method:
-    """pipstrack with every query tracked in a call of its own: no company, so no co-motion (a
-    lone marker in Blender is tracked like this)."""
+def pipstrack_method(model, device="auto", *, lone: bool = False, **tracker_options) -> Method:
+    """pipstrack's own tracker in the common shape; the Tracker is kept as ``method.tracker``.
+    ``lone``: every query tracked in a call of its own, so no company and no co-motion (a lone
+    marker in Blender is tracked like this)."""
     from ..engine.tracker import Tracker
 
     tracker = Tracker(model, device=device, **tracker_options)
 
     def method(rgbs, queries):
         rgbs, queries = np.asarray(rgbs), np.asarray(queries, np.float64)
-        runs = [tracker.track(rgbs, q[None]) for q in queries]
+        calls = [queries[[n]] for n in range(len(queries))] if lone else [queries]
+        runs = [tracker.track(rgbs, q) for q in calls]
         xy = np.concatenate([r.xy for r in runs], axis=1).astype(np.float64)
         return xy, np.concatenate([r.visible for r in runs], axis=1)
 

@@ -303,7 +303,7 @@ def evaluate(
 ) -> tuple[str, dict]:
     """The whole evaluation: (Markdown report, JSON-able document). ``model`` None skips pipstrack;
     ``lone`` adds pipstrack with every point tracked alone (one call per point: slow)."""
-    from .baselines import pipstrack_lone_method, pipstrack_method
+    from .baselines import pipstrack_method
 
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
@@ -323,7 +323,7 @@ def evaluate(
         methods["pipstrack-raw"] = pipstrack_method(model, device, refine=False)
         descriptions["pipstrack-raw"] = "the same network's own positions, without refinement or co-motion"
         if lone:
-            methods["pipstrack-lone"] = pipstrack_lone_method(model, device)
+            methods["pipstrack-lone"] = pipstrack_method(model, device, lone=True)
             descriptions["pipstrack-lone"] = "pipstrack with every point tracked alone (no co-moving company)"
     for b in baselines:
         descriptions[b], methods[b] = BASELINES[b]
