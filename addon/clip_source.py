@@ -2,9 +2,12 @@
 (the frame-number rules themselves are in ``_pipstrack.conventions``).
 
 A backend on this machine (or one sharing the storage) reads the files itself: the job sends
-file paths (sequences) or the movie's path. A render box elsewhere gets pixels, decoded
-here by Blender (so every format and colour space Blender reads works): 8-bit images as
-sRGB uint8, float images (EXR, float TIFF) as linear float16 in the scene's linear space.
+file paths (sequences) or the movie's path. A render box elsewhere gets the files' bytes
+(read on a helper thread, decoded there exactly as it decodes files), for every format the
+backend reads (``_pipstrack.wire.protocol.IMAGE_SUFFIXES``). Other formats (DPX, Cineon, TGA,
+...) are decoded here by Blender and sent as pixels: 8-bit images as sRGB uint8, float images
+as linear float16 in the scene's linear space; that decode runs on Blender's own thread, one
+frame per timer tick.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import bpy
 import numpy as np
 
 from ._pipstrack import conventions as cv
+from ._pipstrack.wire import protocol as P
 
 
 class ClipSourceError(RuntimeError):
@@ -59,6 +63,11 @@ class ClipFrames:
         movie's frame counted from 1 (both shifted by the clip's frame offset)."""
         return cv.file_number(self._name.number if self._name is not None else 1, clip_frame, self.offset)
 
+    @property
+    def backend_reads(self) -> bool:
+        """Whether the backend decodes this clip's files itself (movies: it opens them)."""
+        return self.kind == "MOVIE" or P.backend_reads(self.path)
+
     def missing(self, first: int, last: int) -> list[int]:
         """Job indices in first..last whose file does not exist (sequences only)."""
         if self.kind != "SEQUENCE":
@@ -69,8 +78,9 @@ class ClipFrames:
     def job_source(self, mode: str, first: int, last: int) -> dict:
         """Keyword arguments for ``Connection.submit``: paths, a movie, or a pixel reader.
 
-        ``mode``: "FILES" (backend reads the files: same machine or shared storage) or
-        "PIXELS" (frames decoded here and sent over the socket)."""
+        ``mode``: "FILES" (backend reads the files: same machine or shared storage), "UPLOAD" (the
+        files' bytes are sent, the backend decodes them) or "PIXELS" (frames decoded here by
+        Blender and sent). Only formats the backend reads go as files (check ``backend_reads``)."""
         common = dict(frame_count=self.count, frame_shape=(self.height, self.width))
         if self.kind == "MOVIE":
             if mode != "FILES":
@@ -84,11 +94,15 @@ class ClipFrames:
         gone = self.missing(first, last)
         if gone:
             raise ClipSourceError(f"{len(gone)} frame file(s) of the clip are missing, first {self.file_for(gone[0])}")
+        if mode in ("FILES", "UPLOAD") and not self.backend_reads:
+            raise ClipSourceError(f"the backend cannot decode {os.path.basename(self.path)}: send pixels")
         if mode == "FILES":
             return dict(paths=[self.file_for(i) for i in range(self.count)], **common)
+        if mode == "UPLOAD":
+            return dict(encoded=[self.file_for(i) for i in range(self.count)], **common)
         # The client decodes the first frame to learn its dtype (uint8 -> sRGB, float16 -> linear)
         # and sends that same decoded frame: no frame is read twice.
-        return dict(frames=self.read, **common)
+        return dict(frames=self.read, chunk=1, **common)  # one Blender decode per timer tick
 
     def read(self, index: int) -> np.ndarray:
         """Clip frame ``index + 1`` as (H,W,3), top row first: uint8 sRGB, or float16 linear."""

@@ -11,6 +11,7 @@ Nothing here waits unless :meth:`TrackingRun.run_blocking` is called: the modal 
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +24,10 @@ from ._pipstrack.io import formats
 from ._pipstrack.wire import client as wire_client
 from ._pipstrack.wire import protocol as P
 from .clip_source import ClipFrames, ClipSourceError
+
+WRITE_BATCH = 64  # markers written between two looks at the clock
+UPLOAD_SHARE = 0.3  # of a tick's budget, for reading and sending frames; the rest writes markers
+ACTIVE: set = set()  # runs going on now: file load and undo stop them (operators.py handlers)
 
 
 class RunError(RuntimeError):
@@ -49,6 +54,19 @@ def close_connections() -> None:
     for conn in _connections.values():
         conn.close()
     _connections.clear()
+
+
+def online_access_refusal(address: str) -> str | None:
+    """Why Blender's "Allow Online Access" forbids talking to ``address`` (None: it does not).
+    A backend on this machine (loopback) is never online access."""
+    import bpy
+
+    if P.is_loopback(address) or bpy.app.online_access:
+        return None
+    return (
+        f"the backend {address} is on another machine and Blender's online access is off: allow it in "
+        "Preferences > System > Network, or use a backend on this machine (tcp://127.0.0.1:PORT)"
+    )
 
 
 def describe_error(code, message) -> str:
@@ -80,7 +98,7 @@ class Settings:
     current: int = 1  # clip frame the user is on (anchor of tracks without keyframes)
     occlusion: str = "KEEP"
     threshold: float = 0.5
-    frames_via: str = "AUTO"  # AUTO / FILES / PIXELS
+    frames_via: str = "AUTO"  # AUTO / FILES / UPLOAD / PIXELS (clip_source.ClipFrames.job_source)
     working_size: int = 512
     iters: int = 6
     refine: bool = True
@@ -151,12 +169,30 @@ class TrackingRun:
         self.shape = self.frames.shape
         self._snap = mw.snapshot([self.collection[p.track_name] for p in self.plans])
         self._store = mw.stored(clip)
+        # what is written and what is to be written (see _aim / _flush)
+        self._frames = None
+        self._want = None
+        self._todo: list = []
+        self._final = None
+        self._seen: dict = {}
 
     # -- submitting ------------------------------------------------------------------------
     def _frames_via(self) -> str:
-        if self.s.frames_via != "AUTO":
-            return self.s.frames_via
-        return "FILES" if P.is_loopback(self.s.address) else "PIXELS"
+        """AUTO: a backend here reads the files; a render box gets their bytes. Formats the
+        backend cannot decode (DPX, Cineon, TGA, ...) always go as pixels decoded by Blender."""
+        choice, frames = self.s.frames_via, self.frames
+        if frames.kind != "MOVIE" and not frames.backend_reads and choice != "PIXELS":
+            if choice != "AUTO":
+                self.s.warnings.append(
+                    f"the backend cannot decode {os.path.splitext(frames.path)[1]} files: Blender decodes "
+                    "the frames and sends pixels (slower; one frame per update)"
+                )
+            return "PIXELS"
+        if choice != "AUTO":
+            return choice
+        if P.is_loopback(self.s.address):
+            return "FILES"
+        return "PIXELS" if frames.kind == "MOVIE" else "UPLOAD"
 
     def start(self):
         s = self.s
@@ -164,6 +200,9 @@ class TrackingRun:
             direction = "gaps"
         else:
             direction = {"FORWARD": "forward", "BACKWARD": "backward"}.get(s.direction, "both")
+        refusal = online_access_refusal(s.address)
+        if refusal:
+            raise RunError(refusal)
         try:
             source = self.frames.job_source(self._frames_via(), s.first - 1, s.last - 1)
             conn = connection(s.address, s.keys_dir)
@@ -184,16 +223,23 @@ class TrackingRun:
         except Exception as e:  # zmq errors (bad address, missing keys): a message, never a crash
             raise RunError(f"cannot reach the pipstrack backend at {s.address}: {e}") from None
         self.state = "running"
+        ACTIVE.add(self)
         return self
 
     # -- running ---------------------------------------------------------------------------
-    def poll(self) -> str:
-        """Handles what arrived (never waits); returns the state."""
+    def poll(self, budget_s: float | None = None) -> str:
+        """Handles what arrived and writes markers for about ``budget_s`` seconds (None: all of
+        them), never waiting; returns the state. The modal operator calls it every timer tick
+        with a budget, so a 16x16 grid over 500 frames is written over several ticks: a run
+        stays "running" until the final trajectories are all written."""
         if self.state != "running":
             return self.state
+        deadline = None if budget_s is None else time.monotonic() + budget_s
         try:
-            events = self.job.poll()
-            self._handle(events)
+            if self._final is None:
+                self._handle(self.job.poll(budget_s=UPLOAD_SHARE * budget_s if budget_s else 0.02))
+            if self.state == "running":
+                self._flush(deadline)
         except Exception as e:  # the client or a marker write failed: never half-written tracks, never a crash
             self._stop_job()
             self._fail("failed", f"pipstrack: {type(e).__name__}: {e}; tracks restored")
@@ -206,32 +252,40 @@ class TrackingRun:
                 up, tr = self.job.uploaded, self.job.progress
                 upf = up[0] / up[1] if up[1] else 0.0
                 trf = tr[0] / tr[1] if tr[1] else 0.0
-                self.progress = 0.3 * upf + 0.7 * trf if self.job.spec.source == "frames" else trf
+                self.progress = 0.3 * upf + 0.7 * trf if self.job.spec.source in ("frames", "encoded") else trf
             elif t == P.PARTIAL:
-                self._write(ev, final=False)
+                self._aim(ev, final=False)
             elif t == P.RESULT:
-                self._write(ev, final=True)
-                self.state, self.progress = "done", 1.0
-                self.message = f"pipstrack: tracked {len(self.plans)} track(s), {self.written} markers"
-                if self.lost_tracks:
-                    self.message += f"; {self.lost_tracks} lost (disabled where never found again)"
+                self._aim(ev, final=True)
+                self._final = ev
             elif t == P.CANCELLED:
                 self._fail("cancelled", "pipstrack: tracking cancelled; tracks restored")
             elif t == P.ERROR:
                 self._fail("failed", describe_error(ev.get("code"), ev.get("message")) + "; tracks unchanged")
+            if self.state != "running" or self._final is not None:
+                return
 
-    def cancel(self) -> None:
+    def cancel(self, why: str = "") -> None:
         """Stops now: the tracks go back as they were, the backend is told to stop the job."""
         if self.state == "running":
             self._stop_job()
-            self._fail("cancelled", "pipstrack: tracking cancelled; tracks restored")
+            self._fail("cancelled", f"pipstrack: tracking cancelled{why}; tracks restored")
+
+    def abandon(self, why: str) -> None:
+        """Stops without touching Blender data (a file is being loaded over it): the backend is
+        told to stop the job, the run ends "cancelled"."""
+        if self.state == "running":
+            self._stop_job()
+            self.state, self.message = "cancelled", f"pipstrack: tracking cancelled{why}"
+            ACTIVE.discard(self)
 
     def _stop_job(self) -> None:
         """Tells the backend to stop (a no-op once the job ended) and leaves the shared
         connection: nobody polls the job any more, its last events are dropped."""
         self.job.cancel()
         self.job.conn.pump()
-        self.job.conn.jobs.pop(self.job.id, None)
+        with self.job.conn._lock:
+            self.job.conn.jobs.pop(self.job.id, None)
 
     def run_blocking(self, timeout: float | None = None, on_progress=None) -> str:
         """The synchronous path (scripts, tests, bpy without an event loop)."""
@@ -252,42 +306,85 @@ class TrackingRun:
     def _fail(self, state: str, message: str) -> None:
         mw.restore(self.clip, self.collection, self._snap, self._store)
         self.state, self.message = state, message
+        ACTIVE.discard(self)
 
-    def _write(self, ev: dict, final: bool) -> None:
-        tracks = self.collection
+    def _aim(self, ev: dict, final: bool) -> None:
+        """New trajectories to show: which markers differ from what is written (all tracks at
+        once, in numpy) go on the write queue; partials replace each other's queue."""
         frames = np.asarray(ev["frame_indices"]) + 1  # clip frames
-        xy, conf = ev["xy"], ev["confidence"]
+        xy = np.asarray(ev["xy"], np.float64)
+        conf = np.asarray(ev["confidence"], np.float64)
+        T, N = xy.shape[:2]
+        if self._frames is None or len(self._frames) != T or not np.array_equal(self._frames, frames):
+            self._frames = frames
+            self._rows = np.zeros((T, N), bool)  # frames each track may be written on, keyframes excluded
+            for n, p in enumerate(self.plans):
+                self._rows[:, n] = (frames >= p.lo) & (frames <= p.hi) & ~np.isin(frames, list(p.keep))
+            self._have_xy = np.full((T, N, 2), np.nan)
+            self._have_mute = np.zeros((T, N), bool)
+        lost = np.zeros((T, N), bool)
         verified = ev.get("verified") if final else None  # None from an older backend, or without refinement
-        written, seen = 0, {}
-        for n, p in enumerate(self.plans):
-            track = tracks.get(p.track_name)
+        if verified is not None:
+            # the backend counts the anchors it was sent (these keyframes) as verified
+            for n, p in enumerate(self.plans):
+                rows = (frames >= p.lo) & (frames <= p.hi)
+                lost[rows, n] = self._judge(p.track_name, frames[rows], xy[rows, n], verified[rows, n])
+        gone = mw.outside_frame(xy, self.shape) | lost  # disabled whatever the occlusion choice
+        mute = gone.copy()
+        if self.s.occlusion == "DISABLE":
+            mute |= conf < self.s.threshold
+        known = ~np.isnan(xy[..., 0])
+        self._want = (xy, conf, lost, mute)
+        changed = self._rows & known & ((np.abs(xy - self._have_xy) > 1e-6).any(-1) | np.isnan(self._have_xy[..., 0]))
+        changed |= self._rows & known & (mute != self._have_mute)
+        self._todo = [(n, np.flatnonzero(changed[:, n])) for n in range(N) if changed[:, n].any()]
+        if final:
+            self.written = int((self._rows & known).sum())
+            self._seen = {}
+            for n, p in enumerate(self.plans):
+                ok = self._rows[:, n] & known[:, n]
+                self._seen[p.track_name] = (frames[ok], conf[ok, n], gone[ok, n])
+            self._todo += [("remember", name) for name in self._seen]
+
+    def _flush(self, deadline: float | None) -> None:
+        """Writes queued markers until ``deadline`` (a batch at a time); at the end of the final
+        queue, stores visibility and ends the run "done"."""
+        tracks = self.collection
+        xy, conf, lost, mute = self._want if self._want is not None else (None,) * 4
+        while self._todo:
+            if deadline is not None and time.monotonic() > deadline:
+                return
+            n, rows = self._todo[0]
+            if n == "remember":  # after every marker: the visibility store, a track at a time
+                self._todo.pop(0)
+                mw.remember_track(self.clip, rows, *self._seen[rows])
+                continue
+            batch, rest = rows[:WRITE_BATCH], rows[WRITE_BATCH:]
+            if len(rest):
+                self._todo[0] = (n, rest)
+            else:
+                self._todo.pop(0)
+            track = tracks.get(self.plans[n].track_name)
             if track is None:  # renamed or deleted while tracking: skip it
                 continue
-            rows = (frames >= p.lo) & (frames <= p.hi)
-            lost = None
-            if verified is not None:
-                # the backend counts the anchors it was sent (these keyframes) as verified
-                lost = self._judge(p.track_name, frames[rows], xy[rows, n], verified[rows, n])
-            written += mw.write_track(
+            mw.write_track(
                 track,
-                frames[rows],
-                xy[rows, n],
-                conf[rows, n],
+                self._frames[batch],
+                xy[batch, n],
+                conf[batch, n],
                 self.shape,
                 occlusion=self.s.occlusion,
                 threshold=self.s.threshold,
-                keep_frames=p.keep,
-                lost=lost,
+                lost=lost[batch, n],
             )
-            if final:
-                ok = rows & ~np.isnan(xy[:, n, 0]) & ~np.isin(frames, list(p.keep))
-                gone = mw.outside_frame(xy[:, n], self.shape)  # kept disabled when the occlusion choice changes
-                if lost is not None:
-                    gone[np.nonzero(rows)[0][lost]] = True
-                seen[p.track_name] = (frames[ok], conf[ok, n], gone[ok])
-        if final:
-            mw.remember(self.clip, seen)
-            self.written = written
+            self._have_xy[batch, n] = xy[batch, n]
+            self._have_mute[batch, n] = mute[batch, n]
+        if self._final is not None and not self._todo:
+            self.state, self.progress = "done", 1.0
+            self.message = f"pipstrack: tracked {len(self.plans)} track(s), {self.written} markers"
+            if self.lost_tracks:
+                self.message += f"; {self.lost_tracks} lost (disabled where never found again)"
+            ACTIVE.discard(self)
 
     def _judge(self, name: str, frames, xy, verified) -> np.ndarray:
         """Which of a track's frames are lost (after the point was last verified, never found

@@ -149,21 +149,29 @@ def remember(clip, results: dict) -> None:
     """Keeps per-frame visibility on the clip (tracks cannot hold custom properties), merged
     with what earlier runs stored, so the occlusion choice can change without re-tracking.
     ``results``: track name -> (clip frames, PIPs' visibility probability, outside-the-image
-    flags). The store is read and written once for all tracks of a run."""
-    data = stored(clip)
+    flags)."""
     for name, (frames, confidence, outside) in results.items():
-        old = data.get(name, {"frames": [], "confidence": [], "outside": []})
-        merged = {int(f): (float(c), bool(o)) for f, c, o in zip(old["frames"], old["confidence"], old["outside"])}
-        for f, c, o in zip(frames, confidence, outside):
-            if np.isfinite(c):
-                merged[int(f)] = (float(c), bool(o))
-        keys = sorted(merged)
-        data[name] = {
-            "frames": keys,
-            "confidence": [merged[k][0] for k in keys],
-            "outside": [int(merged[k][1]) for k in keys],
-        }
-    clip[STORE_KEY] = data
+        remember_track(clip, name, frames, confidence, outside)
+
+
+def remember_track(clip, name: str, frames, confidence, outside) -> None:
+    """:func:`remember` for one track: reads and writes only that track's entry, so a run with
+    hundreds of tracks stores them a few per UI tick."""
+    if STORE_KEY not in clip:
+        clip[STORE_KEY] = {}
+    group = clip[STORE_KEY]
+    old = group.get(name)
+    old = old.to_dict() if old is not None else {"frames": [], "confidence": [], "outside": []}
+    merged = {int(f): (float(c), bool(o)) for f, c, o in zip(old["frames"], old["confidence"], old["outside"])}
+    for f, c, o in zip(frames, confidence, outside):
+        if np.isfinite(c):
+            merged[int(f)] = (float(c), bool(o))
+    keys = sorted(merged)
+    group[name] = {
+        "frames": keys,
+        "confidence": [merged[k][0] for k in keys],
+        "outside": [int(merged[k][1]) for k in keys],
+    }
 
 
 def apply_occlusion(clip, tracks, mode: str, threshold: float = 0.5) -> int:

@@ -1,6 +1,9 @@
 """Operators of the PIPs tab. Each tracking operator has two paths over one job driver:
 ``invoke`` (modal, timer-driven: the UI stays live, markers appear as windows finish, Esc
-cancels) and ``execute`` (blocking: scripts, tests, Blender as a Python module)."""
+cancels; every timer tick stays within TICK_BUDGET_S) and ``execute`` (blocking: scripts,
+tests, Blender as a Python module). They are not registered for redo: Adjust Last Operation
+and Repeat Last would run ``execute``, the blocking path. A file load or an undo stops a run
+(handlers at the end), so no run writes into data Blender has replaced."""
 
 from __future__ import annotations
 
@@ -8,9 +11,11 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import bpy
 import numpy as np
+from bpy.app.handlers import persistent
 from bpy.props import EnumProperty, FloatProperty
 
 from . import job_driver as jd
@@ -19,6 +24,8 @@ from ._pipstrack.wire import client as wire_client
 from ._pipstrack.wire import protocol as P
 from .clip_source import scene_to_clip
 from .preferences import addon_prefs
+
+TICK_BUDGET_S = 0.015  # work per timer tick (upload, receiving, marker writes); the tick stays under 30 ms
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -79,7 +86,7 @@ def redraw_clip_editors(context):
 class _TrackingOperator:
     """Shared modal/blocking plumbing; subclasses say which run to make."""
 
-    bl_options = {"REGISTER", "UNDO"}
+    bl_options = {"UNDO"}  # one undo step when a run finishes; not REGISTER: redo would block (module docstring)
     _run = None
     _timer = None
 
@@ -114,33 +121,52 @@ class _TrackingOperator:
         return self._report(run)
 
     def invoke(self, context, event):
+        if not self.begin_modal(context):
+            return {"CANCELLED"}
+        context.window_manager.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def begin_modal(self, context) -> bool:
+        """Starts the run and the timer that drives :meth:`modal` (the job is submitted; frames go
+        out tick by tick)."""
         self._run = self._start(context)
         if self._run is None:
-            return {"CANCELLED"}
+            return False
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.1, window=context.window)
-        wm.modal_handler_add(self)
         wm.progress_begin(0, 100)
         context.workspace.status_text_set("pipstrack: tracking (Esc to cancel)")
-        return {"RUNNING_MODAL"}
+        return True
 
     def modal(self, context, event):
         run = self._run
         if event.type == "ESC" and event.value == "PRESS":
             run.cancel()
         elif event.type == "TIMER" and event.timer is self._timer:
-            run.poll()
+            run.poll(TICK_BUDGET_S)
             context.window_manager.progress_update(int(100 * run.progress))
             context.workspace.status_text_set(f"pipstrack: tracking {100 * run.progress:.0f}% (Esc to cancel)")
             redraw_clip_editors(context)
         if run.state == "running":
             return {"PASS_THROUGH"}
-        wm = context.window_manager
-        wm.event_timer_remove(self._timer)
-        wm.progress_end()
-        context.workspace.status_text_set(None)
+        self._end_modal(context)
         redraw_clip_editors(context)
         return self._report(run)
+
+    def cancel(self, context):
+        """Blender ends the operator (a file is loaded, the window closes): stop the job."""
+        if self._run is not None:
+            self._run.abandon(" (Blender ended the operation)")
+        self._end_modal(context)
+
+    def _end_modal(self, context) -> None:
+        wm = context.window_manager
+        if self._timer is not None:
+            wm.event_timer_remove(self._timer)
+            self._timer = None
+        wm.progress_end()
+        if context.workspace is not None:
+            context.workspace.status_text_set(None)
 
     def _report(self, run):
         for w in run.s.warnings:
@@ -246,31 +272,67 @@ _local_backend: subprocess.Popen | None = None
 
 
 class PIPSTRACK_OT_check_backend(bpy.types.Operator):
-    """Ask the backend for its version, model and device"""
+    """Ask the backend for its version, model and device (the answer appears in the panel)"""
 
     bl_idname = "pipstrack.check_backend"
     bl_label = "Check Backend"
 
     timeout: FloatProperty(name="Timeout", default=2.0, min=0.1, max=60.0)
 
+    @classmethod
+    def poll(cls, context):
+        if _check["thread"] is not None:
+            cls.poll_message_set("Already checking the backend")
+            return False
+        return True
+
     def execute(self, context):
         prefs = addon_prefs(context)
+        address = prefs.address.strip()
         wm = context.window_manager
-        try:
-            info = wire_client.ping(
-                prefs.address.strip(),
-                timeout=self.timeout,
-                keys_dir=bpy.path.abspath(prefs.keys_dir) if prefs.keys_dir else None,
-            )
-        except Exception as e:
-            wm.pipstrack_status = f"not reachable: {getattr(e, 'message', e)}"
-            self.report({"WARNING"}, f"pipstrack backend at {prefs.address}: {wm.pipstrack_status}")
+        refusal = jd.online_access_refusal(address)
+        if refusal:
+            wm.pipstrack_status = "online access is off"
+            self.report({"ERROR"}, f"pipstrack: {refusal}")
             return {"CANCELLED"}
-        wm.pipstrack_status = (
+        keys = bpy.path.abspath(prefs.keys_dir) if prefs.keys_dir else None
+        thread = threading.Thread(target=_ask_backend, args=(address, self.timeout, keys), daemon=True)
+        _check.update(thread=thread, address=address, answer=None)
+        wm.pipstrack_status = f"checking {address} ..."
+        thread.start()
+        bpy.app.timers.register(check_finished, first_interval=0.1)
+        return {"FINISHED"}
+
+
+# Check Backend asks on a thread (no bpy there) and a timer shows the answer: the UI never waits.
+_check = {"thread": None, "address": "", "answer": None}
+
+
+def _ask_backend(address, timeout, keys_dir):
+    try:
+        info = wire_client.ping(address, timeout=timeout, keys_dir=keys_dir)
+        _check["answer"] = (
             f"pipstrack {info.get('server')} · {os.path.basename(str(info.get('model')))} · {info.get('device')}"
         )
-        self.report({"INFO"}, wm.pipstrack_status)
-        return {"FINISHED"}
+    except Exception as e:
+        _check["answer"] = f"not reachable: {getattr(e, 'message', e)}"
+
+
+def check_finished():
+    """Timer: once the check's thread has its answer, shows it; returns None then (timer ends)."""
+    thread = _check["thread"]
+    if thread is None:
+        return None
+    if thread.is_alive():
+        return 0.1
+    _check["thread"] = None
+    wm = bpy.context.window_manager
+    wm.pipstrack_status = _check["answer"] or "no answer"
+    for window in wm.windows:
+        for area in window.screen.areas:
+            if area.type == "CLIP_EDITOR":
+                area.tag_redraw()
+    return None
 
 
 def backend_command(prefs) -> list[str]:
@@ -282,6 +344,7 @@ def backend_command(prefs) -> list[str]:
     else:
         raise RuntimeError("set 'Backend Python' in the add-on preferences to the Python where pipstrack is installed")
     cmd += ["serve", "--bind", prefs.address.strip(), "--device", prefs.device]
+    cmd += ["--threads", str(prefs.threads) if prefs.threads else "auto"]
     if prefs.model:
         cmd += ["--model", bpy.path.abspath(prefs.model)]
     return cmd
@@ -339,11 +402,42 @@ classes = (
 _register, _unregister = bpy.utils.register_classes_factory(classes)
 
 
+@persistent
+def _stop_runs_on_load(*_args):
+    """Another file is being opened: its data replaces the clips a run writes into."""
+    for run in list(jd.ACTIVE):
+        run.abandon(" (another file was opened)")
+
+
+@persistent
+def _stop_runs_on_undo(*_args):
+    """Undo/redo replaces the data a run holds: put its tracks back first (they are still valid
+    now), so the undo step lands on the tracks as they were."""
+    for run in list(jd.ACTIVE):
+        run.cancel(" by undo")
+
+
+_HANDLERS = (
+    (bpy.app.handlers.load_pre, _stop_runs_on_load),
+    (bpy.app.handlers.undo_pre, _stop_runs_on_undo),
+    (bpy.app.handlers.redo_pre, _stop_runs_on_undo),
+)
+
+
 def register():
     _register()
+    for handlers, fn in _HANDLERS:
+        handlers.append(fn)
 
 
 def unregister():
+    for handlers, fn in _HANDLERS:
+        if fn in handlers:
+            handlers.remove(fn)
+    if bpy.app.timers.is_registered(check_finished):
+        bpy.app.timers.unregister(check_finished)
+    for run in list(jd.ACTIVE):
+        run.abandon(" (pipstrack was disabled)")
     _unregister()
     stop_local_backend()
     jd.close_connections()

@@ -47,13 +47,27 @@ class PIPSTRACK_AddonPreferences(bpy.types.AddonPreferences):
         default="auto",
         items=[("auto", "Auto", "CUDA if the backend has it, else CPU"), ("cpu", "CPU", ""), ("cuda", "CUDA", "")],
     )
+    threads: IntProperty(
+        name="Threads",
+        default=0,
+        min=0,
+        max=256,
+        description="CPU threads of a locally started backend; 0: follow the load (the cores other programs, "
+        "Blender included, leave free)",
+    )
     frames_via: EnumProperty(
         name="Send Frames",
         default="AUTO",
         items=[
-            ("AUTO", "Auto", "File paths to a backend on this machine, pixels to a remote one"),
+            ("AUTO", "Auto", "File paths to a backend on this machine, the files themselves to a remote one"),
             ("FILES", "File Paths", "The backend reads the clip's files itself (same machine or shared storage)"),
-            ("PIXELS", "Pixels", "Blender decodes the frames and sends them (render box without the files)"),
+            ("UPLOAD", "Upload Files", "The clip's files are sent as they are and decoded by the backend"),
+            (
+                "PIXELS",
+                "Pixels",
+                "Blender decodes the frames and sends them (formats the backend cannot read, such as DPX, "
+                "go this way anyway; slow for large frames)",
+            ),
         ],
     )
     working_size: IntProperty(
@@ -94,6 +108,7 @@ class PIPSTRACK_AddonPreferences(bpy.types.AddonPreferences):
         col.prop(self, "python")
         col.prop(self, "model")
         col.prop(self, "device")
+        col.prop(self, "threads")
         col = layout.column(heading="Tracking")
         col.prop(self, "working_size")
         col.prop(self, "iters")

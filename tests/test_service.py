@@ -210,6 +210,80 @@ def test_paths_job_on_a_shared_filesystem(server, reference, tmp_path):
         conn.close()
 
 
+def test_encoded_files_for_a_server_without_the_files(server, reference, tmp_path):
+    """A render box that cannot see the clip gets the files' bytes: the result equals the same
+    files read by the server itself (PNG, JPEG 2000, EXR); a file that does not decode fails
+    the job with an error that names its frame, and the server goes on."""
+    import cv2
+
+    from pipstrack.io.frames import open_frames
+
+    frames = clip(T=8)
+    conn = Connection(server.address, **FAST)
+    try:
+        for suffix in (".png", ".jp2", ".exr"):
+            files = []
+            for i, f in enumerate(frames):
+                files.append(str(tmp_path / f"e{suffix[1:]}.{i:04d}{suffix}"))
+                img = cv2.cvtColor(f, cv2.COLOR_RGB2BGR)
+                if suffix == ".exr":
+                    img = ((img / 255.0) ** 2.2).astype(np.float32)
+                    import OpenEXR
+
+                    rgb = img[..., ::-1]
+                    OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION}, {"RGB": np.ascontiguousarray(rgb)}).write(
+                        files[-1]
+                    )
+                else:
+                    assert cv2.imwrite(files[-1], img)
+            as_read = np.stack([open_frames(files[0]).read(i) for i in range(len(files))])
+            got = conn.submit(None, QUERIES[:1], encoded=files, frame_shape=(64, 96)).wait(30)
+            np.testing.assert_allclose(got["xy"], reference(as_read, QUERIES[:1]).xy, atol=1e-4, err_msg=suffix)
+        truncated = tmp_path / "cut.0003.png"
+        truncated.write_bytes(open(files[0].replace(".exr", ".png").replace("eexr", "epng"), "rb").read()[:200])
+        bad = conn.submit(
+            None, QUERIES[:1], encoded=[files[0]] * 3 + [str(truncated)] + [files[0]] * 4, frame_shape=(64, 96)
+        )
+        with pytest.raises(TrackingError) as e:
+            bad.wait(30)
+        assert e.value.code == P.E_READ_FAILED and "frame 3" in e.value.message
+        with pytest.raises(ValueError, match="cannot decode"):
+            conn.submit(None, QUERIES[:1], encoded=[str(tmp_path / "plate.0001.dpx")], frame_shape=(64, 96))
+        assert conn.submit(None, QUERIES[:1], encoded=files, frame_shape=(64, 96)).wait(30)["xy"].shape == (8, 1, 2)
+    finally:
+        conn.close()
+
+
+def test_heartbeats_go_on_while_the_owner_does_not_pump(server):
+    """Blender rendering or saving for longer than the server's patience (1.5 s here) in the middle
+    of an upload: the connection's own thread keeps the job alive, and the job finishes once the
+    owner polls again. Without that thread the server drops the job."""
+    frames = clip(T=16)
+
+    def stall_mid_upload(conn):
+        job = conn.submit(frames, QUERIES[:1], chunk=4)
+        end = time.monotonic() + 10
+        while job.uploaded[0] < 4 and time.monotonic() < end:
+            job.poll()
+            time.sleep(0.02)
+        assert 4 <= job.uploaded[0] < 16
+        time.sleep(3.5)  # the owner is busy: no poll
+        return job
+
+    conn = Connection(server.address, **FAST)
+    try:
+        assert stall_mid_upload(conn).wait(30)["xy"].shape == (16, 1, 2)
+    finally:
+        conn.close()
+    silent = Connection(server.address, keepalive=False, heartbeat=0.2, timeout=10.0)
+    try:
+        with pytest.raises(TrackingError) as e:
+            stall_mid_upload(silent).wait(30)
+        assert e.value.code in (P.E_UNKNOWN_JOB, P.E_TIMEOUT)
+    finally:
+        silent.close()
+
+
 def test_keyframed_anchors_partials_and_a_movie_on_a_shared_filesystem(server, reference, tmp_path):
     import cv2
 

@@ -117,6 +117,7 @@ def build(out_dir: Path, wheels_mode: str = "all") -> Path:
             z.writestr("blender_manifest.toml", manifest([w.name for w in wheels], platforms or None))
             for f in sorted(ADDON.glob("*.py")):
                 z.write(f, f.name)
+            z.write(ADDON / "LICENSE", "LICENSE")  # GPL-3.0-or-later, as the manifest says
             z.writestr(
                 "_pipstrack/__init__.py", '"""Build-time copy of parts of the pipstrack package: do not edit."""\n'
             )

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,8 +53,10 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT / "tools"))
     from build_extension import build
 
-    zip_path = build(out, "none")
-    print(f"built the Blender extension {zip_path}")
+    # The demo's Blender uses the venv's pyzmq, so its zip has no wheels: it is built in a temporary
+    # folder and removed, never left beside the results where a user might install it.
+    build_dir = Path(tempfile.mkdtemp(prefix="pipstrack-demo-ext-"))
+    zip_path = build(build_dir, "none")
 
     address, log = free_address(), out / "backend.log"
     backend = subprocess.Popen(
@@ -74,6 +78,7 @@ def main(argv=None) -> int:
     finally:
         backend.terminate()
         backend.wait(30)
+        shutil.rmtree(build_dir, ignore_errors=True)
     report(out)
     return 0
 

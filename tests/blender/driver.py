@@ -35,6 +35,24 @@ def dump(clip):
 
 try:
     install_extension(bpy, spec, out)
+    if "online_access" in spec:  # Preferences > System > Network > Allow Online Access
+        bpy.context.preferences.system.use_online_access = spec["online_access"]
+    if spec.get("convert"):  # the PNG sequence re-saved by Blender as another format (DPX, JPEG 2000)
+        import glob
+
+        fmt, folder = spec["convert"], os.path.join(os.path.dirname(spec["clip"]), "converted-" + spec["convert"])
+        os.makedirs(folder, exist_ok=True)
+        for src in sorted(glob.glob(os.path.join(os.path.dirname(spec["clip"]), "*.png"))):
+            img = bpy.data.images.load(src)
+            ext = {"DPX": ".dpx", "JPEG2000": ".jp2"}[fmt]
+            scene_settings = bpy.context.scene.render.image_settings
+            scene_settings.file_format = fmt
+            if fmt == "JPEG2000":
+                scene_settings.quality = 100
+            img.save_render(os.path.join(folder, os.path.basename(src)[:-4] + ext))
+            bpy.data.images.remove(img)
+        spec["clip"] = os.path.join(folder, os.path.basename(spec["clip"])[:-4] + ext)
+        out["converted"] = spec["clip"]
     out["heavy_modules"] = sorted(m for m in ("torch", "pipstrack", "cv2") if m in sys.modules)
     scene = bpy.context.scene
     clip = open_clip(bpy, spec)
@@ -100,6 +118,38 @@ try:
                     time.sleep(0.02)
                 run.cancel()
             result = {"state": run.state, "message": run.message, "during": seen}
+        elif op == "check_backend":  # the operator returns at once; its timer shows the answer later
+            import time
+
+            addon = sys.modules[pkg]
+            with bpy.context.temp_override(**ctx):
+                t0 = time.perf_counter()
+                ret = sorted(bpy.ops.pipstrack.check_backend())
+                took = time.perf_counter() - t0
+                status_now = bpy.context.window_manager.pipstrack_status
+                end = time.monotonic() + 30
+                while addon.operators.check_finished() is not None and time.monotonic() < end:
+                    time.sleep(0.05)  # Blender's timers do not run headless: the driver calls the timer
+            result = {
+                "returned": ret,
+                "execute_s": took,
+                "status_while_checking": status_now,
+                "status": bpy.context.window_manager.pipstrack_status,
+            }
+        elif op == "bl_options":
+            ops = sys.modules[pkg].operators
+            result = {
+                "track_markers": sorted(ops.PIPSTRACK_OT_track_markers.bl_options),
+                "fill_gaps": sorted(ops.PIPSTRACK_OT_fill_gaps.bl_options),
+            }
+        elif op == "modal_run":  # the operator's invoke/modal path, with synthetic timer events
+            import modal_harness
+
+            result = modal_harness.run(bpy, sys.modules[pkg], ctx, step, out, dump)
+            if result.pop("reloaded", False):
+                clip = bpy.data.movieclips[0]
+                tracks = clip.tracking.objects.active.tracks
+                ctx = clip_editor(bpy, clip)
         else:  # an operator of the add-on, e.g. {"op": "pipstrack.track_markers", "args": {...}}
             group, name = op.split(".")
             with bpy.context.temp_override(**ctx):

@@ -48,6 +48,7 @@ import cv2
 import numpy as np
 
 from ..conventions import split_sequence_name, to_display
+from ..wire.protocol import IMAGE_SUFFIXES
 
 __all__ = [
     "FrameReadError",
@@ -60,7 +61,7 @@ __all__ = [
     "MOVIE_EXTENSIONS",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr")
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # the list the add-on checks too (wire.protocol)
 MOVIE_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv")
 
 
@@ -356,6 +357,27 @@ def decode_image(path: str) -> np.ndarray:
     if img.dtype.kind == "f":
         return img.astype(np.float32)
     raise FrameReadError(f"unsupported pixel type {img.dtype}")
+
+
+def decode_image_bytes(data, suffix: str) -> np.ndarray:
+    """An image file's bytes (sent by a client that has the file and the server does not), decoded
+    exactly as :func:`decode_image` decodes the file."""
+    if suffix.lower() == ".exr":
+        import tempfile
+
+        # The EXR binding reads files only: a private temporary file, removed at once.
+        fd, tmp = tempfile.mkstemp(suffix=".exr", prefix="pipstrack-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return _read_exr(tmp)
+        finally:
+            os.unlink(tmp)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise FrameReadError("cannot decode image")
+    img = _raster_to_rgb(img)
+    return img if img.dtype in (np.uint8, np.uint16) else img.astype(np.float32)
 
 
 def _is_supported_image(name: str) -> bool:

@@ -27,7 +27,7 @@ import numpy as np
 import zmq
 
 from ..conventions import resize_to_working, to_display, working_size
-from ..io.frames import decode_image
+from ..io.frames import FrameReadError, decode_image, decode_image_bytes
 from ..wire import protocol as P
 
 log = logging.getLogger("pipstrack.service")
@@ -65,6 +65,22 @@ class ReceivedFrames:
     def put(self, index: int, img: np.ndarray) -> None:
         if self.spec.first <= index <= self.spec.last:
             self.frames[index] = self._shrink(to_display(img, linear=self.spec.colour == "linear"))
+
+    def put_encoded(self, index: int, suffix: str, data) -> None:
+        """An image file's bytes: decoded now (on the intake thread), kept at the working size."""
+        if not self.spec.first <= index <= self.spec.last:
+            return
+        try:
+            img = decode_image_bytes(data, suffix)
+        except FrameReadError as e:
+            raise P.ProtocolError(P.E_READ_FAILED, f"frame {index} ({suffix} file): {e}", self.spec.job) from None
+        if img.shape != (self.spec.height, self.spec.width, 3):
+            raise P.ProtocolError(
+                P.E_READ_FAILED,
+                f"frame {index} is {img.shape[1]}x{img.shape[0]}, the job says {self.spec.width}x{self.spec.height}",
+                self.spec.job,
+            )
+        self.frames[index] = self._shrink(to_display(img))
 
     def put_path(self, index: int, path: str) -> None:
         if self.spec.first <= index <= self.spec.last:
@@ -361,12 +377,17 @@ class Server:
     def _on_frames(self, client, h, payload):
         job = self._receiving(client, h)
         first, images = P.check_frames(h, payload, job.spec)
-        self.intake.put((job, first, images, None))  # converted off the socket thread
+        self.intake.put((job, first, images, None, None))  # converted off the socket thread
 
     def _on_paths(self, client, h, payload):
         job = self._receiving(client, h)
         first, paths = P.check_paths(h, payload, job.spec)
-        self.intake.put((job, first, None, paths))
+        self.intake.put((job, first, None, paths, None))
+
+    def _on_encoded(self, client, h, payload):
+        job = self._receiving(client, h)
+        first, files = P.check_encoded(h, payload, job.spec)
+        self.intake.put((job, first, None, None, files))  # decoded off the socket thread
 
     def _receiving(self, client, h) -> Job:
         job = self._job(client, h)
@@ -383,7 +404,7 @@ class Server:
             item = self.intake.get()
             if item is None:
                 return
-            job, first, images, paths = item
+            job, first, images, paths, files = item
             store = job.frames
             if store is None or job.cancel.is_set():
                 continue
@@ -392,6 +413,13 @@ class Server:
                     store.put(first + k, img)
                 for k, path in enumerate(paths or []):
                     store.put_path(first + k, path)
+                for k, (suffix, data) in enumerate(files or []):
+                    store.put_encoded(first + k, suffix, data)
+            except P.ProtocolError as e:  # a file that does not decode: the error names its frame
+                job.cancel.set()
+                self.outbox.put((job, P.error_message(e.code, e.message, job.spec.job)))
+                self.outbox.put((job, None))
+                continue
             except Exception as e:  # e.g. a frame cv2 cannot resize: the job fails, the server stays
                 log.exception("job %s: converting frames failed", job.spec.job)
                 job.cancel.set()

@@ -2,8 +2,10 @@
 
 Nothing here blocks unless asked to: a Blender timer calls :meth:`Job.poll` every tenth of a
 second, which uploads a little (zero-copy frames, pulled lazily from a callable so a 4K EXR
-clip is never in RAM at once), sends heartbeats, and returns whatever arrived. Scripts use
-the blocking :func:`track`::
+clip is never in RAM at once; or image files' bytes, read ahead on a helper thread), and
+returns whatever arrived. Heartbeats and receiving also go on from the connection's own
+thread whenever the owner has not pumped for a heartbeat interval, so a job survives a
+minute-long render or save in Blender. Scripts use the blocking :func:`track`::
 
     from pipstrack.wire.client import Connection
     conn = Connection("tcp://127.0.0.1:5555")
@@ -17,8 +19,10 @@ the blocking :func:`track`::
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +62,7 @@ class Connection:
         heartbeat: float | None = None,
         timeout: float | None = None,
         context: zmq.Context | None = None,
+        keepalive: bool = True,
     ):
         self.address = address
         self.heartbeat = heartbeat or P.env_float(os.environ, "PIPSTRACK_HEARTBEAT", P.HEARTBEAT_INTERVAL)
@@ -81,22 +86,45 @@ class Connection:
         now = time.monotonic()
         self.last_heard = now
         self.last_ping = 0.0
+        self.last_pump = now
+        # The socket is used by the owner's thread and the keepalive thread, never at once.
+        self._lock = threading.RLock()
+        self._closed = threading.Event()
         self._send([P.header(P.HELLO, None, client="pipstrack.client")])
+        self._keepalive = None
+        if keepalive:
+            self._keepalive = threading.Thread(target=self._keep_alive, name="pipstrack-heartbeat", daemon=True)
+            self._keepalive.start()
+
+    def _keep_alive(self) -> None:
+        """Heartbeats and receiving while the owner does not pump (Blender busy rendering or
+        saving): never uploads (a frames callable may need the owner's thread, e.g. bpy)."""
+        while not self._closed.wait(self.heartbeat / 2):
+            if not self._lock.acquire(blocking=False):
+                continue  # the owner is pumping right now
+            try:
+                if not self._closed.is_set() and time.monotonic() - self.last_pump >= self.heartbeat:
+                    self._pump(0.0, uploads=False)
+            except zmq.ZMQError:
+                return  # closed under us
+            finally:
+                self._lock.release()
 
     # -- plumbing ----------------------------------------------------------------------------
     def _send(self, parts, queue_if_busy: bool = True) -> bool:
         """Never blocks (a DEALER blocks when its queue is full or no server is there yet):
         control messages wait in ``_outq`` and go out on a later :meth:`pump`."""
-        if self._outq and queue_if_busy:
-            self._outq.append(parts)
-            return False
-        try:
-            self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-            return True
-        except zmq.Again:
-            if queue_if_busy:
+        with self._lock:
+            if self._outq and queue_if_busy:
                 self._outq.append(parts)
-            return False
+                return False
+            try:
+                self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                return True
+            except zmq.Again:
+                if queue_if_busy:
+                    self._outq.append(parts)
+                return False
 
     def _flush_out(self) -> None:
         while self._outq:
@@ -108,6 +136,11 @@ class Connection:
 
     def pump(self, budget_s: float = 0.02) -> None:
         """Does whatever is due without waiting: heartbeats, uploads (about ``budget_s``), receiving."""
+        with self._lock:
+            self.last_pump = time.monotonic()
+            self._pump(budget_s, uploads=True)
+
+    def _pump(self, budget_s: float, uploads: bool) -> None:
         now = time.monotonic()
         self._flush_out()
         if self.failure is None and now - self.last_ping >= self.heartbeat:
@@ -115,7 +148,7 @@ class Connection:
             active = [j for j, job in self.jobs.items() if not job.done][:1000]
             self._send([P.header(P.PING, None, jobs=active)], queue_if_busy=False)
         deadline = now + budget_s
-        for job in list(self.jobs.values()):
+        for job in list(self.jobs.values()) if uploads else []:
             while job._upload_step() and time.monotonic() < deadline:
                 pass
         while True:
@@ -179,6 +212,8 @@ class Connection:
         """Blocks until the server has greeted us; raises TrackingError on timeout or refusal."""
         end = time.monotonic() + (timeout or self.timeout)
         while self.server is None:
+            if self.failure is not None:
+                raise self.failure
             self.pump()
             if self.failure is not None:
                 raise self.failure
@@ -206,6 +241,7 @@ class Connection:
         chunk: int = 4,
         paths=None,
         video: str | None = None,
+        encoded=None,
         partial_interval: float = 1.0,
         refine: bool = True,
         comotion: bool = True,
@@ -213,7 +249,9 @@ class Connection:
     ) -> "Job":
         """Starts a job. ``frames``: (T,H,W,3) array, or ``callable(i) -> (H,W,3) array`` with
         ``frame_count``; ``paths``: instead of frames, one file per frame the server can read;
-        ``video``: a movie file the server can read (with ``frame_count`` and ``frame_shape``).
+        ``video``: a movie file the server can read (with ``frame_count`` and ``frame_shape``);
+        ``encoded``: one image file per frame that this machine reads and the server does not: their
+        bytes are sent (read ahead on a helper thread) and the server decodes them as it would the files.
         ``queries``: (N,3) rows [frame, x, y], or a list with one (K,3) array of keyframes per point."""
         return Job(
             self,
@@ -230,6 +268,7 @@ class Connection:
             chunk=chunk,
             paths=paths,
             video=video,
+            encoded=encoded,
             partial_interval=partial_interval,
             refine=refine,
             comotion=comotion,
@@ -237,7 +276,11 @@ class Connection:
         )
 
     def close(self) -> None:
-        self.sock.close(linger=0)
+        self._closed.set()
+        with self._lock:
+            for job in self.jobs.values():
+                job._stop_reading()
+            self.sock.close(linger=0)
 
 
 class Job:
@@ -260,6 +303,7 @@ class Job:
         chunk,
         paths,
         video=None,
+        encoded=None,
         partial_interval=1.0,
         refine=True,
         comotion=True,
@@ -276,7 +320,20 @@ class Job:
         self.uploaded = (0, 0)  # frames received by the server (done, total)
         self._first_frame = None
         self.partial: dict | None = None  # the latest partial trajectories
-        if video is not None:
+        self._files = None  # source "encoded": the files whose bytes are sent
+        self._reader = None
+        self._reads: dict = {}  # frame index -> Future of the file's bytes
+        if encoded is not None:
+            self._get = None
+            self._paths = None
+            self._files = [str(p) for p in encoded]
+            bad = [p for p in self._files if not P.backend_reads(p)]
+            if bad:
+                raise ValueError(f"the backend cannot decode {bad[0]}: it reads {', '.join(P.IMAGE_SUFFIXES)}")
+            frame_count = len(self._files)
+            if frame_shape is None:
+                raise ValueError("with encoded files, give frame_shape=(H, W)")
+        elif video is not None:
             self._get = None
             self._paths = None
             if frame_count is None or frame_shape is None:
@@ -316,7 +373,15 @@ class Job:
             q = np.asarray(queries, dtype=np.float64).reshape(-1, 3)
             point_index = None
         first, last = (0, int(frame_count) - 1) if frame_range is None else (int(frame_range[0]), int(frame_range[1]))
-        source = "video" if video is not None else "paths" if paths is not None else "frames"
+        source = (
+            "video"
+            if video is not None
+            else "paths"
+            if paths is not None
+            else "encoded"
+            if encoded is not None
+            else "frames"
+        )
         self.spec = P.JobSpec(
             self.id,
             int(frame_count),
@@ -367,7 +432,11 @@ class Job:
             return False  # read frames only when the socket can take them now
         lo = self._next
         n = min(self._chunk, self.spec.last - lo + 1)
-        if self._get is None:
+        if self._files is not None:
+            parts = self._encoded_chunk(lo, n)
+            if parts is None:
+                return False  # still being read
+        elif self._get is None:
             parts = [P.header(P.PATHS, self.id, first=lo, paths=self._paths[lo : lo + n])]
         else:
             try:
@@ -381,6 +450,32 @@ class Job:
             return False
         self._next = lo + n
         return True
+
+    def _encoded_chunk(self, lo: int, n: int):
+        """The next ``encoded`` message once its files have been read (None while they are being
+        read); keeps reading ahead up to two chunks, on a helper thread, never on the caller's."""
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix="pipstrack-read")
+        ahead = min(self.spec.last, lo + 3 * n - 1)
+        for i in range(lo, ahead + 1):
+            if i not in self._reads:
+                self._reads[i] = self._reader.submit(_read_bytes, self._files[i])
+        if not all(self._reads[i].done() for i in range(lo, lo + n)):
+            return None
+        try:
+            data = [self._reads.pop(i).result() for i in range(lo, lo + n)]
+        except OSError as e:  # the file went away or cannot be read: the job fails, the caller goes on
+            self.cancel()
+            self._finish({"type": P.ERROR, "code": P.E_READ_FAILED, "message": f"reading {e.filename}: {e.strerror}"})
+            return None
+        suffixes = [os.path.splitext(self._files[i])[1].lower() for i in range(lo, lo + n)]
+        return [P.header(P.ENCODED, self.id, first=lo, suffixes=suffixes), *data]
+
+    def _stop_reading(self) -> None:
+        if self._reader is not None:
+            self._reader.shutdown(wait=False, cancel_futures=True)
+            self._reader = None
+        self._reads.clear()
 
     # -- events ------------------------------------------------------------------------------
     def _receive(self, h: dict, payload) -> None:
@@ -419,13 +514,16 @@ class Job:
             self.error = event
         self.events.append(event)
         self._get = None  # drop the caller's frames
+        self._stop_reading()
 
-    def poll(self) -> list[dict]:
-        """New events since the last call (progress, partial, result, cancelled, error); never waits."""
-        self.conn.pump()
-        out, self.events = self.events, []
-        if self.done:
-            self.conn.jobs.pop(self.id, None)  # its last events are in ``out``
+    def poll(self, budget_s: float = 0.02) -> list[dict]:
+        """New events since the last call (progress, partial, result, cancelled, error); never
+        waits, and uploads for about ``budget_s``."""
+        self.conn.pump(budget_s)
+        with self.conn._lock:  # the keepalive thread may be receiving
+            out, self.events = self.events, []
+            if self.done:
+                self.conn.jobs.pop(self.id, None)  # its last events are in ``out``
         return out
 
     def cancel(self) -> None:
@@ -451,6 +549,11 @@ class Job:
         if self.error is not None:
             raise TrackingError(str(self.error["code"]), str(self.error["message"]))
         raise TrackingError("cancelled", "the job was cancelled")
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def track(address: str, frames, queries, *, keys_dir=None, timeout: float | None = None, **options) -> dict:

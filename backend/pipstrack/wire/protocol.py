@@ -42,13 +42,13 @@ MAX_PATH = 4096
 # -- message types -------------------------------------------------------------------------
 HELLO, HELLO_OK = "hello", "hello_ok"
 SUBMIT, ACCEPTED = "submit", "accepted"
-FRAMES, PATHS = "frames", "paths"
+FRAMES, PATHS, ENCODED = "frames", "paths", "encoded"
 CANCEL, CANCELLED = "cancel", "cancelled"
 PROGRESS, PARTIAL, RESULT, ERROR = "progress", "partial", "result", "error"
 PING, PONG = "ping", "pong"
-CLIENT_TYPES = (HELLO, SUBMIT, FRAMES, PATHS, CANCEL, PING)
+CLIENT_TYPES = (HELLO, SUBMIT, FRAMES, PATHS, ENCODED, CANCEL, PING)
 SERVER_TYPES = (HELLO_OK, ACCEPTED, CANCELLED, PROGRESS, PARTIAL, RESULT, ERROR, PONG)
-JOB_TYPES = (SUBMIT, FRAMES, PATHS, CANCEL, ACCEPTED, CANCELLED, PROGRESS, PARTIAL, RESULT)
+JOB_TYPES = (SUBMIT, FRAMES, PATHS, ENCODED, CANCEL, ACCEPTED, CANCELLED, PROGRESS, PARTIAL, RESULT)
 
 # -- error codes (stable strings: clients switch on them) ------------------------------------
 E_BAD_MESSAGE = "bad_message"  # not a multipart message with a JSON object header
@@ -82,7 +82,16 @@ ERROR_CODES = (
 
 DTYPES = {"uint8": np.dtype("<u1"), "float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 COLOURS = ("srgb", "linear")
-SOURCES = ("frames", "paths", "video")
+SOURCES = ("frames", "paths", "video", "encoded")
+# Image files the backend decodes itself (source "paths", or their bytes as source "encoded"):
+# the one list the add-on checks before it sends a clip's files instead of decoded pixels.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".jp2")
+
+
+def backend_reads(path: str) -> bool:
+    """Whether the backend decodes this image file itself (by its extension)."""
+    return str(path).lower().endswith(IMAGE_SUFFIXES)
+
 
 # Defaults, overridable by the environment (tests use short ones).
 HEARTBEAT_INTERVAL = 1.0  # seconds between client pings
@@ -197,7 +206,9 @@ class JobSpec:
     direction: str
     working_size: int | None
     iters: int
-    source: str  # "frames" (sent over the socket), "paths" or "video" (shared filesystem)
+    # "frames" (decoded pixels over the socket), "encoded" (image files' bytes over the socket, decoded
+    # by the server), "paths" or "video" (files on a filesystem the server shares)
+    source: str
     point_index: np.ndarray | None = None  # (M,) point of each query row; None: one row per point
     partial_interval: float = 1.0  # seconds between partial results; 0 = none
     video: str | None = None  # source "video": a movie file the server opens itself
@@ -503,6 +514,42 @@ def check_paths(h: dict, payload: list, spec: JobSpec) -> tuple[int, list[str]]:
             job,
         )
     return first, paths
+
+
+def check_encoded(h: dict, payload: list, spec: JobSpec) -> tuple[int, list[tuple[str, object]]]:
+    """Validates an ``encoded`` chunk: (first index, [(file suffix, file bytes)]); the server
+    decodes the bytes as it would the file (``suffixes`` say the format, one per binary frame)."""
+    job = spec.job
+    if spec.source != "encoded":
+        raise ProtocolError(
+            E_BAD_STATE, f"this job's frames come from {spec.source}; it takes no 'encoded' messages", job
+        )
+    first = _int_field(h, "first", 0, spec.frame_count - 1)
+    suffixes = h.get("suffixes")
+    if (
+        not isinstance(suffixes, list)
+        or not (1 <= len(suffixes) <= MAX_FRAMES_PER_MESSAGE)
+        or not all(isinstance(x, str) and x.lower() in IMAGE_SUFFIXES for x in suffixes)
+    ):
+        raise ProtocolError(
+            E_BAD_FIELD, f"'suffixes' must list 1..{MAX_FRAMES_PER_MESSAGE} of {', '.join(IMAGE_SUFFIXES)}", job
+        )
+    if first + len(suffixes) > spec.frame_count:
+        raise ProtocolError(
+            E_BAD_FIELD,
+            f"files for frames {first}..{first + len(suffixes) - 1} run past the job's {spec.frame_count} frames",
+            job,
+        )
+    if len(payload) != len(suffixes):
+        raise ProtocolError(
+            E_BAD_PAYLOAD, f"header names {len(suffixes)} files but {len(payload)} binary frames follow", job
+        )
+    out = []
+    for x, part in zip(suffixes, payload):
+        if _buffer_len(part) == 0:
+            raise ProtocolError(E_BAD_PAYLOAD, "an empty image file", job)
+        out.append((x.lower(), part.buffer if hasattr(part, "buffer") else part))
+    return first, out
 
 
 # -- results -------------------------------------------------------------------------------
