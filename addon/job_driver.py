@@ -246,7 +246,7 @@ class TrackingRun:
         return self.state
 
     def _handle(self, events) -> None:
-        for ev in events:
+        for i, ev in enumerate(events):
             t = ev["type"]
             if t == P.PROGRESS:
                 up, tr = self.job.uploaded, self.job.progress
@@ -254,7 +254,8 @@ class TrackingRun:
                 trf = tr[0] / tr[1] if tr[1] else 0.0
                 self.progress = 0.3 * upf + 0.7 * trf if self.job.spec.source in ("frames", "encoded") else trf
             elif t == P.PARTIAL:
-                self._aim(ev, final=False)
+                if not any(e["type"] in (P.PARTIAL, P.RESULT) for e in events[i + 1 :]):
+                    self._aim(ev, final=False)  # only the newest of the partials that came at once
             elif t == P.RESULT:
                 self._aim(ev, final=True)
                 self._final = ev
@@ -319,16 +320,20 @@ class TrackingRun:
             self._frames = frames
             self._rows = np.zeros((T, N), bool)  # frames each track may be written on, keyframes excluded
             for n, p in enumerate(self.plans):
-                self._rows[:, n] = (frames >= p.lo) & (frames <= p.hi) & ~np.isin(frames, list(p.keep))
+                self._rows[:, n] = (frames >= p.lo) & (frames <= p.hi)
+                keep = np.array(sorted(p.keep), dtype=frames.dtype)
+                at = np.minimum(np.searchsorted(frames, keep), T - 1)  # frames are sorted
+                self._rows[at[frames[at] == keep], n] = False
             self._have_xy = np.full((T, N, 2), np.nan)
             self._have_mute = np.zeros((T, N), bool)
         lost = np.zeros((T, N), bool)
         verified = ev.get("verified") if final else None  # None from an older backend, or without refinement
         if verified is not None:
             # the backend counts the anchors it was sent (these keyframes) as verified
+            scene = np.array([cv.clip_to_scene_frame(f, self.clip.frame_start) for f in frames])
             for n, p in enumerate(self.plans):
                 rows = (frames >= p.lo) & (frames <= p.hi)
-                lost[rows, n] = self._judge(p.track_name, frames[rows], xy[rows, n], verified[rows, n])
+                lost[rows, n] = self._judge(p.track_name, scene[rows], xy[rows, n], verified[rows, n])
         gone = mw.outside_frame(xy, self.shape) | lost  # disabled whatever the occlusion choice
         mute = gone.copy()
         if self.s.occlusion == "DISABLE":
@@ -337,7 +342,9 @@ class TrackingRun:
         self._want = (xy, conf, lost, mute)
         changed = self._rows & known & ((np.abs(xy - self._have_xy) > 1e-6).any(-1) | np.isnan(self._have_xy[..., 0]))
         changed |= self._rows & known & (mute != self._have_mute)
-        self._todo = [(n, np.flatnonzero(changed[:, n])) for n in range(N) if changed[:, n].any()]
+        cols, rows = np.nonzero(changed.T)  # by track, then frame
+        cuts = np.flatnonzero(np.diff(cols)) + 1
+        self._todo = [(int(c[0]), r) for c, r in zip(np.split(cols, cuts), np.split(rows, cuts)) if len(c)]
         if final:
             self.written = int((self._rows & known).sum())
             self._seen = {}
@@ -386,18 +393,18 @@ class TrackingRun:
                 self.message += f"; {self.lost_tracks} lost (disabled where never found again)"
             ACTIVE.discard(self)
 
-    def _judge(self, name: str, frames, xy, verified) -> np.ndarray:
-        """Which of a track's frames are lost (after the point was last verified, never found
-        again: disabled whatever the occlusion choice, never a confident wrong marker), and a
-        line for the report about every stretch the tracker could not verify, in scene frames."""
-        scene = [cv.clip_to_scene_frame(f, self.clip.frame_start) for f in frames]
+    def _judge(self, name: str, scene, xy, verified) -> np.ndarray:
+        """Which of a track's frames (``scene``: their scene frame numbers) are lost (after the
+        point was last verified, never found again: disabled whatever the occlusion choice, never
+        a confident wrong marker), and a line for the report about every stretch the tracker
+        could not verify, in scene frames."""
         q = formats.track_quality(verified, ~np.isnan(xy[:, 0]), scene)
         line = formats.describe_quality(name, q)
         if line:
             self.quality.append(line)
-        lost = np.zeros(len(frames), bool)
+        lost = np.zeros(len(scene), bool)
         for first, _last, again in q["unverified"]:
             if again is None:
-                lost |= np.asarray(scene) >= first
+                lost |= scene >= first
                 self.lost_tracks += 1
         return lost

@@ -125,18 +125,13 @@ def track_quality(verified, tracked, frame_numbers) -> dict:
     again: None when the point was never verified after it: lost from ``first``).
     Medians hide a lost track; this does not."""
     verified, tracked = np.asarray(verified, bool), np.asarray(tracked, bool)
-    rows = np.nonzero(tracked)[0]
-    gaps, k = [], 0
-    while k < len(rows):
-        if verified[rows[k]]:
-            k += 1
-            continue
-        j = k
-        while j + 1 < len(rows) and not verified[rows[j + 1]]:
-            j += 1
+    rows = np.flatnonzero(tracked)
+    unverified = np.concatenate([[0], (~verified[rows]).astype(np.int8), [0]])
+    edges = np.diff(unverified)  # +1 where a stretch of estimates starts, -1 after it ends
+    gaps = []
+    for k, j in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1):
         again = int(frame_numbers[rows[j + 1]]) if j + 1 < len(rows) else None
         gaps.append([int(frame_numbers[rows[k]]), int(frame_numbers[rows[j]]), again])
-        k = j + 1
     n_verified = int((verified & tracked).sum())
     return {"verified_frames": n_verified, "estimated_frames": int(len(rows) - n_verified), "unverified": gaps}
 
