@@ -25,7 +25,7 @@ from ._pipstrack.wire import client as wire_client
 from ._pipstrack.wire import protocol as P
 from .clip_source import ClipFrames, ClipSourceError
 
-WRITE_BATCH = 64  # markers written between two looks at the clock
+WRITE_BATCH = 32  # markers written between two looks at the clock
 UPLOAD_SHARE = 0.3  # of a tick's budget, for reading and sending frames; the rest writes markers
 ACTIVE: set = set()  # runs going on now: file load and undo stop them (operators.py handlers)
 
@@ -318,12 +318,14 @@ class TrackingRun:
         T, N = xy.shape[:2]
         if self._frames is None or len(self._frames) != T or not np.array_equal(self._frames, frames):
             self._frames = frames
-            self._rows = np.zeros((T, N), bool)  # frames each track may be written on, keyframes excluded
-            for n, p in enumerate(self.plans):
-                self._rows[:, n] = (frames >= p.lo) & (frames <= p.hi)
-                keep = np.array(sorted(p.keep), dtype=frames.dtype)
-                at = np.minimum(np.searchsorted(frames, keep), T - 1)  # frames are sorted
-                self._rows[at[frames[at] == keep], n] = False
+            # frames each track may be written on (its lo..hi), its keyframes excluded: all at once
+            lo, hi = (np.array([getattr(p, k) for p in self.plans]) for k in ("lo", "hi"))
+            self._rows = (frames[:, None] >= lo) & (frames[:, None] <= hi)
+            keep = np.array([f for p in self.plans for f in p.keep], dtype=frames.dtype)
+            owner = np.array([n for n, p in enumerate(self.plans) for _ in p.keep], dtype=np.int64)
+            at = np.minimum(np.searchsorted(frames, keep), T - 1)  # frames are sorted
+            hit = frames[at] == keep
+            self._rows[at[hit], owner[hit]] = False
             self._have_xy = np.full((T, N, 2), np.nan)
             self._have_mute = np.zeros((T, N), bool)
         lost = np.zeros((T, N), bool)

@@ -25,7 +25,7 @@ from ._pipstrack.wire import protocol as P
 from .clip_source import scene_to_clip
 from .preferences import addon_prefs
 
-TICK_BUDGET_S = 0.015  # work per timer tick (upload, receiving, marker writes); the tick stays under 30 ms
+TICK_BUDGET_S = 0.012  # work per timer tick (upload, receiving, marker writes); the tick stays under 30 ms
 
 
 # -- helpers ---------------------------------------------------------------------------------

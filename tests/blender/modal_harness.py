@@ -61,13 +61,14 @@ def run(bpy, addon, ctx, step, out, dump):
         if not started:
             return {"started": False, "reports": reports}
         run_ = op._run
-        ticks, ret, done_action, during, slow = [], None, None, None, []
+        ticks, cpu, ret, done_action, during, slow = [], [], None, None, None, []
         end = time.monotonic() + step.get("timeout", 240)
         while time.monotonic() < end:
             queued, final = len(run_._todo), run_._final is not None
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             ret = op.modal(bpy.context, Event("TIMER", timer=op._timer))
             ticks.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)  # what the tick itself computed (not time lost to other processes)
             if ticks[-1] > 0.025:  # what a slow tick was doing
                 slow.append([len(ticks) - 1, round(ticks[-1], 4), queued, final, len(run_._todo)])
             if ret != {"PASS_THROUGH"}:
@@ -98,6 +99,7 @@ def run(bpy, addon, ctx, step, out, dump):
     result.update(
         started=True,
         ticks=ticks,
+        cpu=cpu,
         returned=sorted(ret) if ret else None,
         state=run_.state,
         message=run_.message,
