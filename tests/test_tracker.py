@@ -104,6 +104,14 @@ def test_each_frame_is_read_and_encoded_once(default_model, sample_clip):
     assert result.stats["frames_encoded"] == 24
     assert result.xy.shape == (24, 8, 2) and result.visible.shape == (24, 8) and result.confidence.shape == (24, 8)
     assert result.xy.dtype == np.float32 and result.visible.dtype == bool
+    # Smaller than the source, the network sees resized frames; the last polish matches each
+    # verified frame at the source resolution, reading it once more (a few kept at a time).
+    src = CountingFrames(clip)
+    result = Tracker(default_model, device="cpu", working_long_side=160).track(src, queries)  # the clip is 240x135
+    reads = np.bincount(src.reads, minlength=24)
+    keyframes = [0, 12, 23]  # their patterns are cut first: read once more
+    assert all(reads[f] == (3 if f in keyframes[1:] else 2) for f in range(24)), reads
+    assert result.stats["anchored"] > 0
 
 
 def test_anchors_are_kept_and_gaps_filled_from_both_sides(default_model, sample_clip):

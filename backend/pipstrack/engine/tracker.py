@@ -31,6 +31,7 @@ from ..conventions import DIRECTIONS, resize_to_working, to_source, to_working, 
 from .chaining import next_window_offset, window_frames
 
 REFINE_SHARE = 0.05  # refinement's part of a job's time (2-10 % measured, docs/performance.md)
+ANCHORED_POLISH = True  # match verified frames to the nearest keyframe at source resolution (engine/anchored.py)
 
 
 class TrackingCancelled(RuntimeError):
@@ -316,6 +317,14 @@ class Tracker:
         result.verified = np.asarray(found, bool)
         result.visible = result.confidence > 0.5
         out = to_source(refined.astype(np.float64), size, work)
+        if ANCHORED_POLISH:
+            from .anchored import anchored_polish
+
+            # At the working size the frames the network saw are at hand; a larger source is read
+            # again, a few frames at a time (a 4K plate never sits in memory whole).
+            read = image if tuple(work) == tuple(size) else source.read
+            out, matched = anchored_polish(read, size, result.frame_indices, out, found, points)
+            stats["anchored"] = int(matched.sum())
         for i, p in enumerate(points):  # anchors stay exact
             rows = p[:, 0].astype(int) - int(result.frame_indices[0])
             out[rows, i] = p[:, 1:]
