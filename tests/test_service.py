@@ -83,9 +83,11 @@ def reference(tiny_model):
     def run(frames, queries, **kw):
         ws = kw.pop("working_size", 512)
         opts = {k: kw.pop(k) for k in ("refine", "comotion") if k in kw}
-        return Tracker(model, device="cpu", iters=kw.pop("iters", 6), working_long_side=ws, **opts).track(
-            frames, queries, **kw
+        # the server keeps working-size frames only, and its last polish matches there
+        tracker = Tracker(
+            model, device="cpu", iters=kw.pop("iters", 6), working_long_side=ws, anchored_at="working", **opts
         )
+        return tracker.track(frames, queries, **kw)
 
     return run
 

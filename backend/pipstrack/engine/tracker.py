@@ -186,13 +186,21 @@ class Tracker:
         refine: bool = True,
         comotion: bool = True,
         threads: int | str | None = None,
+        anchored_at: str = "source",
     ):
         """``refine``: polish visible frames with sub-pixel Lucas-Kanade steps seeded by PIPs
         (:mod:`pipstrack.engine.refine`); False gives the network's own trajectories. ``comotion``
         (with ``refine``): carry a point through frames refinement could not polish with the
         points of the same call that moved with it (:mod:`pipstrack.engine.comotion`).
         ``threads``: None leaves torch's thread count as the caller set it; a number fixes it;
-        "auto" follows the cores other processes leave free (:mod:`pipstrack.engine.threads`)."""
+        "auto" follows the cores other processes leave free (:mod:`pipstrack.engine.threads`).
+        ``anchored_at`` (with ``refine``): where the last polish matches each verified frame to its
+        keyframe's pattern (:mod:`pipstrack.engine.anchored`): "source" (the frames as read, a larger
+        source read again), "working" (the working-size frames, as a service that keeps only those
+        does), or "off"."""
+        if anchored_at not in ("source", "working", "off"):
+            raise ValueError(f"anchored_at must be 'source', 'working' or 'off', not {anchored_at!r}")
+        self.anchored_at = anchored_at
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.iters = int(iters)
@@ -317,12 +325,13 @@ class Tracker:
         result.verified = np.asarray(found, bool)
         result.visible = result.confidence > 0.5
         out = to_source(refined.astype(np.float64), size, work)
-        if ANCHORED_POLISH:
+        if ANCHORED_POLISH and self.anchored_at != "off":
             from .anchored import anchored_polish
 
             # At the working size the frames the network saw are at hand; a larger source is read
             # again, a few frames at a time (a 4K plate never sits in memory whole).
-            read = image if tuple(work) == tuple(size) else source.read
+            at_source = self.anchored_at == "source" and tuple(work) != tuple(size)
+            read = source.read if at_source else image
             out, matched = anchored_polish(read, size, result.frame_indices, out, found, points)
             stats["anchored"] = int(matched.sum())
         for i, p in enumerate(points):  # anchors stay exact

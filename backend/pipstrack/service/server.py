@@ -543,6 +543,7 @@ class Server:
                     refine=spec.refine,
                     comotion=spec.comotion,
                     threads=self.threads,
+                    anchored_at="working",  # the server keeps a job's frames at the working size only
                 )
                 result = tracker.track(
                     job.frames,
