@@ -93,6 +93,65 @@ def test_missing_input_and_undecodable_frame(plate, tmp_path):
     assert not (tmp_path / "t.json").exists()
 
 
+def test_truncated_jpeg_and_png_are_errors_that_name_the_frame(plate, tmp_path):
+    """OpenCV decodes a cut-off JPEG with grey where the data stops: tracked, the points would be
+    silently wrong from that frame on. Both formats fail with the frame named, no output."""
+    pts = tmp_path / "p.txt"
+    pts.write_text("1001,10,10\n")
+    for suffix in (".jpg", ".png"):
+        seq = tmp_path / f"cut{suffix[1:]}"
+        seq.mkdir()
+        for p in sorted(plate.glob("*.png"))[:8]:
+            img = cv2.imread(str(p))
+            cv2.imwrite(str(seq / (p.stem + suffix)), img)
+        victim = seq / f"plate.1005{suffix}"
+        data = victim.read_bytes()
+        victim.write_bytes(data[: len(data) * 2 // 3])
+        assert cv2.imread(str(victim)) is not None or suffix == ".png"  # OpenCV alone takes the JPEG
+        r = run("track", seq, "--points", pts, "--out", tmp_path / "t.json")
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode != 0 and len(lines) == 1, r.stderr
+        assert "frame 1005" in lines[0] and "truncated" in lines[0], lines
+        assert not (tmp_path / "t.json").exists()
+
+
+def test_outputs_are_checked_before_tracking_and_follow_the_umask(plate, tmp_path):
+    pts = tmp_path / "p.txt"
+    pts.write_text("1001,10,10\n")
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    for extra, message in (
+        (["--out", blocker / "t.json"], f"{blocker} is a file, not a folder"),
+        (["--out", tmp_path / "t.json", "--preview", blocker / "p.mp4"], f"{blocker} is a file"),
+        (["--out", tmp_path / "t.json", "--preview", tmp_path / "p.xyz"], "unsupported preview output"),
+    ):
+        r = run("track", plate, "--points", pts, "--frames", "1001:1004", *extra)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
+        assert "tracking" not in r.stdout and not (tmp_path / "t.json").exists()  # refused before any work
+    r = run("track", plate, "--points", pts, "--frames", "1001:1004", "--out", tmp_path / "t.json")
+    assert r.returncode == 0
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (tmp_path / "t.json").stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["garbage"], "'garbage' is not a backend address"),
+        (["127.0.0.1:5555"], "use tcp://HOST:PORT"),
+        (["--keys", "/nonexistent/keys", "tcp://127.0.0.1:9"], "keys folder /nonexistent/keys"),
+    ],
+)
+def test_ping_mistakes_are_one_line(args, message):
+    r = run("ping", *args)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
+
+
 def test_weights_command_reports_the_default_model(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "pipstrack", "weights"],

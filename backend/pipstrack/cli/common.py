@@ -46,3 +46,22 @@ def resolve_threads(value: str) -> int | str:
     if not value.isdigit() or int(value) < 1:
         raise CliError(f"--threads must be a positive number or auto, got {value!r}")
     return int(value)
+
+
+def check_writable(path, what: str = "output") -> None:
+    """Refuses now, before any work, an output the run could not write at its end: a path under
+    a regular file, an existing folder where a file goes, or a folder without write access."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir() and path.suffix:
+        raise CliError(f"cannot write the {what} {path}: it is a folder")
+    parent = path.parent if path.suffix or not path.is_dir() else path
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise CliError(f"cannot write the {what} {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise CliError(f"cannot write the {what} {path}: no write permission in {probe}")

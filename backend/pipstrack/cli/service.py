@@ -37,6 +37,8 @@ def cmd_ping(args) -> int:
     except TrackingError as e:
         print(f"{args.address}: no usable answer ({e})")
         return EXIT_FAILURE
+    except ValueError as e:  # not an address, a keys folder without keys
+        raise CliError(str(e)) from None
     print(
         f"{args.address}: pipstrack {h.get('server')}, protocol {h.get('protocol')}, "
         f"model {h.get('model')}, device {h.get('device')}"

@@ -7,7 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from .common import CliError, add_threads_option, progress_bar, resolve_threads
+from .common import CliError, add_threads_option, check_writable, progress_bar, resolve_threads
 
 
 def _parse_frames(spec: str | None, numbers: list[int]) -> tuple[int, int]:
@@ -78,6 +78,15 @@ def cmd_track(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".json", ".csv"):
         raise CliError(f"--out must end in .json or .csv, got {out}")
+    check_writable(out, "tracks file")
+    if args.preview:  # found now, not after the whole run
+        from ..io.preview import check_preview_target
+
+        try:
+            check_preview_target(args.preview)
+        except ValueError as e:
+            raise CliError(f"--preview: {e}") from None
+        check_writable(args.preview, "preview")
     source = open_frames(args.input, exposure=args.exposure)
     first, last = _parse_frames(args.frames, list(source.frame_numbers))
     names, anchors, queries = _queries(args, source, first)

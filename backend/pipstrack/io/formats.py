@@ -26,6 +26,12 @@ class PointsFileError(ValueError):
     pass
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path, text: str) -> None:
     """Writes through a temporary file in the same folder, so a failure leaves no half file."""
     path = Path(path)
@@ -34,6 +40,7 @@ def atomic_write_text(path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", newline="") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written file follows the user's umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

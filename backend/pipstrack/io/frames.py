@@ -373,10 +373,7 @@ def decode_image_bytes(data, suffix: str) -> np.ndarray:
             return _read_exr(tmp)
         finally:
             os.unlink(tmp)
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise FrameReadError("cannot decode image")
-    img = _raster_to_rgb(img)
+    img = _raster_to_rgb(_decode_raster(np.frombuffer(data, np.uint8), suffix))
     return img if img.dtype in (np.uint8, np.uint16) else img.astype(np.float32)
 
 
@@ -427,10 +424,26 @@ def _read_raster(path: str) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)  # works with any path encoding
     except OSError as exc:
         raise FrameReadError(f"cannot read file: {exc}") from exc
+    return _decode_raster(data, os.path.splitext(path)[1])
+
+
+def _decode_raster(data: np.ndarray, suffix: str) -> np.ndarray:
+    """OpenCV decode of a file's bytes, refusing a cut-off JPEG or PNG (OpenCV decodes what is
+    there and fills the rest with grey: tracks would be silently wrong from that frame on)."""
+    _check_complete(data, suffix)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
         raise FrameReadError("cannot decode image")
     return img
+
+
+def _check_complete(data: np.ndarray, suffix: str) -> None:
+    tail = data[-64:].tobytes()
+    suffix = suffix.lower()
+    if suffix in (".jpg", ".jpeg") and data.size and b"\xff\xd9" not in tail:
+        raise FrameReadError("truncated JPEG: the file ends before its end-of-image marker")
+    if suffix == ".png" and data.size and b"IEND" not in tail:
+        raise FrameReadError("truncated PNG: the file ends before its IEND chunk")
 
 
 def _raster_to_rgb(img: np.ndarray) -> np.ndarray:

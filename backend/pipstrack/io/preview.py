@@ -178,6 +178,12 @@ def _output_kind(out_path: str) -> tuple[str, str]:
     )
 
 
+def check_preview_target(out_path) -> None:
+    """Raises ValueError now for a preview destination that :func:`write_preview` would refuse
+    after the whole run (the command line checks before it tracks)."""
+    _output_kind(os.fspath(out_path))
+
+
 def write_preview(
     source: FrameSource,
     xy: np.ndarray,

@@ -45,8 +45,15 @@ def _load_keys(keys_dir, name: str = "client"):
     import zmq.auth
 
     d = Path(keys_dir).expanduser()
-    cpub, csec = zmq.auth.load_certificate(str(d / f"{name}.key_secret"))
-    spub, _ = zmq.auth.load_certificate(str(d / "server.key"))
+    try:
+        cpub, csec = zmq.auth.load_certificate(str(d / f"{name}.key_secret"))
+        spub, _ = zmq.auth.load_certificate(str(d / "server.key"))
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"keys folder {d}: {e}; it needs {name}.key_secret and server.key (made by `pipstrack keys`)"
+        ) from None
+    if csec is None:
+        raise ValueError(f"keys folder {d}: {name}.key_secret holds no secret key")
     return cpub, csec, spub
 
 
@@ -67,6 +74,7 @@ class Connection:
         self.address = address
         self.heartbeat = heartbeat or P.env_float(os.environ, "PIPSTRACK_HEARTBEAT", P.HEARTBEAT_INTERVAL)
         self.timeout = timeout or P.env_float(os.environ, "PIPSTRACK_SERVER_TIMEOUT", P.SERVER_TIMEOUT)
+        keys = _load_keys(keys_dir, key_name) if keys_dir is not None else None  # before any socket exists
         self.ctx = context or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -74,10 +82,13 @@ class Connection:
         # The high-water mark counts whole multipart messages: at most two frame chunks wait in
         # the queue (plus the kernel's TCP buffer), so a lazily read clip is never all in RAM.
         self.sock.setsockopt(zmq.SNDHWM, 2)
-        if keys_dir is not None:
-            cpub, csec, spub = _load_keys(keys_dir, key_name)
-            self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = cpub, csec, spub
-        self.sock.connect(address)
+        if keys is not None:
+            self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = keys
+        try:
+            self.sock.connect(address)
+        except zmq.ZMQError as e:
+            self.sock.close(linger=0)
+            raise ValueError(f"{address!r} is not a backend address ({e.strerror}): use tcp://HOST:PORT") from None
         self.jobs: dict[str, Job] = {}
         self.server: dict | None = None  # the hello_ok header, once it arrives
         self.failure: TrackingError | None = None
