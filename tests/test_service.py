@@ -1,6 +1,7 @@
 """The tracking service end to end: a real `python -m pipstrack serve` subprocess on loopback."""
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -190,6 +191,99 @@ def test_roundtrip_equals_in_process_tracker(server, reference):
         assert sorted(calls) == list(range(10))  # lazily, each frame once, only the tracked range
     finally:
         conn.close()
+
+
+def test_file_sources_are_confined_and_never_block_the_worker(start_server, tmp_path):
+    """`serve --allow-root DIR`: paths and movies only inside DIR, regular files only; a FIFO or a
+    device is refused at once (it would block the worker), outside DIR the answer is the same
+    whether the file exists or not, and an honest job queued behind finishes."""
+    import cv2
+
+    plates, secret = tmp_path / "plates", tmp_path / "private"
+    plates.mkdir(), secret.mkdir()
+    frames = clip(T=8)
+    paths = []
+    for i, f in enumerate(frames):
+        paths.append(str(plates / f"p.{i:04d}.png"))
+        cv2.imwrite(paths[-1], cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    (secret / "notes.png").write_bytes(open(paths[0], "rb").read())
+    fifo = plates / "pipe.png"
+    os.mkfifo(fifo)
+    srv = start_server("--allow-root", str(plates))
+    conn = Connection(srv.address, **FAST)
+    try:
+
+        def outcome(job_paths, **kw):
+            try:
+                conn.submit(None, QUERIES[:1], paths=job_paths, frame_shape=(64, 96), **kw).wait(20)
+                return "ok", ""
+            except TrackingError as e:
+                return e.code, e.message
+
+        t0 = time.monotonic()
+        code, msg = outcome(paths[:3] + [str(fifo)] + paths[4:])
+        assert code == P.E_NOT_ALLOWED and "pipe.png" in msg and time.monotonic() - t0 < 10
+        assert outcome(paths[:7] + ["/dev/zero"])[0] == P.E_NOT_ALLOWED
+        there = outcome(paths[:7] + [str(secret / "notes.png")])
+        missing = outcome(paths[:7] + [str(secret / "nothing.png")])
+        assert there[0] == missing[0] == P.E_NOT_ALLOWED
+        assert there[1].replace("notes", "X") == missing[1].replace("nothing", "X")  # no existence oracle
+        assert outcome(paths[:7] + [str(plates / "../private/notes.png")])[0] == P.E_NOT_ALLOWED
+        video = conn.submit(None, QUERIES[:1], video=str(secret / "notes.png"), frame_count=8, frame_shape=(64, 96))
+        with pytest.raises(TrackingError) as e:
+            video.wait(20)
+        assert e.value.code == P.E_NOT_ALLOWED
+        assert outcome(paths) == ("ok", "")  # the worker was never blocked
+    finally:
+        conn.close()
+
+
+def test_frame_memory_budgets_and_credit_are_enforced_by_the_server(start_server):
+    """A job whose frames would not fit the per-job budget is too large; one that would overflow
+    what all jobs hold is busy; a raw client that pushes chunks without waiting for
+    acknowledgements loses the job, and the server goes on serving."""
+    frames = clip(T=12)
+    srv = start_server("--job-memory-mb", "0.15", "--memory-mb", "0.25")  # 96x64 RGB: 18 KB a frame
+    conn = Connection(srv.address, **FAST)
+    try:
+        with pytest.raises(TrackingError) as e:
+            conn.submit(frames[:10], QUERIES[:1], working_size=None).wait(30)  # 10 x 18 KB = 0.18 MB > 0.15
+        assert e.value.code == P.E_TOO_LARGE and "per job" in e.value.message
+        # 8 frames (0.14 MB) fit; a second such job while the first holds its memory does not
+        first = conn.submit(lambda i: frames[i], QUERIES[:1], frame_count=8, frame_shape=(64, 96), working_size=None)
+        time.sleep(0.5)  # accepted, its frames not sent yet (nothing pumps the connection)
+        with pytest.raises(TrackingError) as e:
+            conn.submit(frames[:8], QUERIES[:1], working_size=None).wait(30)
+        assert e.value.code == P.E_BUSY, e.value
+        assert first.wait(30)["xy"].shape == (8, 1, 2)
+        assert conn.submit(frames[:8], QUERIES[:1], working_size=None).wait(30)["xy"].shape == (8, 1, 2)  # freed
+    finally:
+        conn.close()
+    srv = start_server()
+    # A raw client: submit, then push every chunk at once without reading acknowledgements.
+    import cv2
+
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(srv.address)
+    try:
+        # 4K float frames: each takes the server a good part of a second to store at the working
+        # size (display transform, resize), while a loopback socket delivers one in milliseconds
+        big = (cv2.resize(frames[0], (3840, 2160)) / 255.0).astype(np.float16)
+        q = np.asarray(QUERIES[:1], np.float64) * 40
+        spec = P.JobSpec("flood", 12, 2160, 3840, "float16", "linear", q, 0, 11, "both", 512, 6, "frames")
+        raw.send_multipart(spec.submit_message())
+        for i in range(12):
+            raw.send_multipart([P.header(P.FRAMES, "flood", first=i, count=1), big.tobytes()])
+        codes, end = [], time.monotonic() + 10
+        while time.monotonic() < end and P.E_TOO_LARGE not in codes:
+            if raw.poll(100):
+                h, _ = P.parse(raw.recv_multipart(), allowed=P.SERVER_TYPES)
+                codes.append(h.get("code"))
+        assert P.E_TOO_LARGE in codes
+    finally:
+        raw.close()
+    assert ping(srv.address)["protocol"] == P.PROTOCOL_VERSION
 
 
 def test_paths_job_on_a_shared_filesystem(server, reference, tmp_path):

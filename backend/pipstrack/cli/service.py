@@ -22,6 +22,9 @@ def cmd_serve(args) -> int:
             keys_dir=args.keys,
             insecure=args.insecure,
             threads=resolve_threads(args.threads),
+            allow_roots=args.allow_root or (),
+            job_memory_mb=args.job_memory_mb,
+            memory_mb=args.memory_mb,
         )
     except ServiceError as e:
         raise CliError(str(e)) from None
@@ -71,6 +74,14 @@ def add_parsers(sub) -> None:
         "--keys", metavar="DIR", default=None, help="CurveZMQ keys from `pipstrack keys DIR` (required off loopback)"
     )
     sv.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without encryption")
+    sv.add_argument(
+        "--allow-root",
+        metavar="DIR",
+        action="append",
+        help="folder whose files `paths` and movie jobs may read (repeatable; default: any regular file)",
+    )
+    sv.add_argument("--job-memory-mb", type=float, default=None, help="one job's frame memory (default 4096)")
+    sv.add_argument("--memory-mb", type=float, default=None, help="all jobs' frame memory together (default 8192)")
     sv.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     sv.set_defaults(func=cmd_serve)
 

@@ -19,6 +19,7 @@ import os
 import queue
 import shutil
 import signal
+import stat
 import threading
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 import zmq
 
 from ..conventions import resize_to_working, to_display, working_size
-from ..io.frames import FrameReadError, decode_image, decode_image_bytes
+from ..io.frames import FrameReadError, decode_image_bytes
 from ..wire import protocol as P
 
 log = logging.getLogger("pipstrack.service")
@@ -38,6 +39,56 @@ class ServiceError(RuntimeError):
     """The service cannot start (bad address, missing keys, insecure bind refused)."""
 
 
+# -- files the server reads ------------------------------------------------------------------
+class FileAccess:
+    """Which files a ``paths`` or ``video`` job may make the server read: regular files only
+    (a FIFO or a device would block the worker), and with ``roots`` only inside those folders.
+    A refused path gets the same answer whether it exists or not: no oracle of what is there."""
+
+    def __init__(self, roots=()):
+        self.roots = [os.path.realpath(os.path.expanduser(r)) for r in roots]
+
+    def _refused(self, path: str, job: str):
+        where = f" inside {', '.join(self.roots)}" if self.roots else ""
+        return P.ProtocolError(P.E_NOT_ALLOWED, f"{path}: not a regular file this server may read{where}", job)
+
+    def check_path(self, path: str, job: str) -> str:
+        """The resolved path, if a job may name it (nothing is opened)."""
+        real = os.path.realpath(path)
+        if self.roots and not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.roots):
+            raise self._refused(path, job)
+        return real
+
+    def read_bytes(self, path: str, job: str) -> bytes:
+        """The file's bytes; never blocks on a FIFO or a device (opened non-blocking, checked)."""
+        real = self.check_path(path, job)
+        try:
+            fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except FileNotFoundError:  # inside the allowed folders, saying so tells nothing new
+            raise P.ProtocolError(P.E_READ_FAILED, f"{path}: no such file on the server", job) from None
+        except OSError:
+            raise self._refused(path, job) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise self._refused(path, job)
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return f.read()
+        finally:
+            os.close(fd)
+
+    def check_regular(self, path: str, job: str) -> str:
+        real = self.check_path(path, job)
+        try:
+            mode = os.stat(real).st_mode
+        except FileNotFoundError:
+            raise P.ProtocolError(P.E_READ_FAILED, f"{path}: no such movie file on the server", job) from None
+        except OSError:
+            raise self._refused(path, job) from None
+        if not stat.S_ISREG(mode):
+            raise self._refused(path, job)
+        return real
+
+
 # -- frames --------------------------------------------------------------------------------
 class ReceivedFrames:
     """A FrameSource for the tracker: the job's frames, stored at the working size.
@@ -46,8 +97,9 @@ class ReceivedFrames:
     already resized with the tracker's own rule, which it then uses unchanged.
     """
 
-    def __init__(self, spec: P.JobSpec, work: tuple[int, int]):
+    def __init__(self, spec: P.JobSpec, work: tuple[int, int], files: FileAccess | None = None):
         self.spec = spec
+        self.files = files or FileAccess()
         self.size = (spec.height, spec.width)
         self.work = work
         self.frames: dict[int, np.ndarray] = {}
@@ -84,6 +136,7 @@ class ReceivedFrames:
 
     def put_path(self, index: int, path: str) -> None:
         if self.spec.first <= index <= self.spec.last:
+            self.files.check_path(path, self.spec.job)  # outside the allowed folders: refused now
             self.paths[index] = path
 
     def _open_video(self):
@@ -91,9 +144,7 @@ class ReceivedFrames:
             from ..io.frames import VideoFrames
 
             path = self.spec.video
-            if not os.path.isfile(path):
-                raise P.ProtocolError(P.E_READ_FAILED, f"{path}: no such movie file on the server", self.spec.job)
-            video = VideoFrames(path)
+            video = VideoFrames(self.files.check_regular(path, self.spec.job))
             if tuple(video.size) != self.size or len(video) < self.spec.frame_count:
                 raise P.ProtocolError(
                     P.E_READ_FAILED,
@@ -117,7 +168,11 @@ class ReceivedFrames:
         if self.spec.source == "video":
             return self._shrink(self._open_video().read(index))
         path = self.paths[index]  # read lazily, on the worker thread
-        img = decode_image(path)  # same decoding as a local image sequence
+        data = self.files.read_bytes(path, self.spec.job)
+        try:  # same decoding as a local image sequence
+            img = decode_image_bytes(data, os.path.splitext(path)[1])
+        except FrameReadError as e:
+            raise P.ProtocolError(P.E_READ_FAILED, f"frame {index} ({path}): {e}", self.spec.job) from None
         if img.shape != (self.spec.height, self.spec.width, 3):
             raise P.ProtocolError(
                 P.E_READ_FAILED,
@@ -136,6 +191,9 @@ class Job:
         self.cancel = threading.Event()
         self.state = "receiving"  # -> queued -> running -> finished
         self.silent = False  # its client is gone: nothing more is sent
+        self.memory = 0  # bytes its frames may take at the working size (the budget it holds)
+        self.in_intake = 0  # chunks received, not yet stored: the client's credit in use
+        self.credit = threading.Lock()  # in_intake is counted on the socket and intake threads
 
 
 class FairQueue:
@@ -181,6 +239,19 @@ class FairQueue:
 
 
 # -- the server ----------------------------------------------------------------------------
+JOB_MEMORY_MB = 4096  # one job's frames at the working size (a 512x288 frame is 0.44 MB)
+MEMORY_MB = 8192  # all jobs' frames together
+CREDIT_CHUNKS = 3  # the client sends two ahead of acknowledgements; one more for timing
+
+
+def job_frame_bytes(spec: P.JobSpec, work) -> int:
+    """What a job's frames take in the server: working-size RGB for uploaded ones (frames,
+    encoded files); paths and movies are read when needed."""
+    if spec.source not in ("frames", "encoded"):
+        return 0
+    return (spec.last - spec.first + 1) * int(work[0]) * int(work[1]) * 3
+
+
 class Server:
     def __init__(
         self,
@@ -193,9 +264,18 @@ class Server:
         client_timeout=None,
         context=None,
         threads=None,
+        allow_roots=(),
+        job_memory_mb=None,
+        memory_mb=None,
     ):
         from ..engine.tracker import resolve_device
 
+        self.files = FileAccess(allow_roots)
+        # Frame memory: what one job's frames (kept at the working size) may take, and all jobs'
+        # together; a job over the first is too large, one over the second must wait (busy).
+        env = os.environ
+        self.job_budget = int((job_memory_mb or P.env_float(env, "PIPSTRACK_JOB_MEMORY_MB", JOB_MEMORY_MB)) * 2**20)
+        self.total_budget = int((memory_mb or P.env_float(env, "PIPSTRACK_MEMORY_MB", MEMORY_MB)) * 2**20)
         self.threads = threads  # for every job's Tracker: None (as torch is), a number, or "auto"
 
         if not P.is_loopback(bind) and keys_dir is None and not insecure:
@@ -357,7 +437,25 @@ class Server:
         if (client, spec.job) in self.jobs:
             raise P.ProtocolError(P.E_DUPLICATE_JOB, f"job {spec.job!r} is already in use by this client", spec.job)
         work = working_size(spec.height, spec.width, spec.working_size)
-        job = Job(client, spec, ReceivedFrames(spec, work))
+        need = job_frame_bytes(spec, work)
+        if need > self.job_budget:
+            raise P.ProtocolError(
+                P.E_TOO_LARGE,
+                f"the job's frames take {need / 2**20:.0f} MB at the working size {work[1]}x{work[0]}; "
+                f"this server takes at most {self.job_budget / 2**20:.0f} MB per job (split the range, "
+                "or use a smaller working size)",
+                spec.job,
+            )
+        held = sum(j.memory for j in self.jobs.values() if j.state != "finished")
+        if held + need > self.total_budget:
+            raise P.ProtocolError(
+                P.E_BUSY,
+                f"the server's frame memory is taken by other jobs ({held / 2**20:.0f} of "
+                f"{self.total_budget / 2**20:.0f} MB); try again when they finish",
+                spec.job,
+            )
+        job = Job(client, spec, ReceivedFrames(spec, work, self.files))
+        job.memory = need
         self.jobs[(client, spec.job)] = job
         if spec.source == "video":  # nothing to upload: ready now
             job.state = "queued"
@@ -377,6 +475,7 @@ class Server:
     def _on_frames(self, client, h, payload):
         job = self._receiving(client, h)
         first, images = P.check_frames(h, payload, job.spec)
+        self._take_credit(job)
         self.intake.put((job, first, images, None, None))  # converted off the socket thread
 
     def _on_paths(self, client, h, payload):
@@ -387,7 +486,25 @@ class Server:
     def _on_encoded(self, client, h, payload):
         job = self._receiving(client, h)
         first, files = P.check_encoded(h, payload, job.spec)
+        self._take_credit(job)
         self.intake.put((job, first, None, None, files))  # decoded off the socket thread
+
+    def _take_credit(self, job) -> None:
+        """A client may have at most CREDIT_CHUNKS chunks of a job waiting to be stored (it is
+        told each one is stored by an upload ``progress``): one that pushes more is refused, so
+        a raw client cannot fill the server's memory faster than it converts."""
+        with job.credit:
+            over = job.in_intake >= CREDIT_CHUNKS
+            job.in_intake += 0 if over else 1
+        if over:
+            job.cancel.set()
+            job.state = "finished"
+            self.jobs.pop((job.client, job.spec.job), None)
+            raise P.ProtocolError(
+                P.E_TOO_LARGE,
+                f"more than {CREDIT_CHUNKS} chunks sent ahead of the server's acknowledgements; the job is dropped",
+                job.spec.job,
+            )
 
     def _receiving(self, client, h) -> Job:
         job = self._job(client, h)
@@ -405,6 +522,9 @@ class Server:
             if item is None:
                 return
             job, first, images, paths, files = item
+            if images or files:
+                with job.credit:
+                    job.in_intake -= 1
             store = job.frames
             if store is None or job.cancel.is_set():
                 continue

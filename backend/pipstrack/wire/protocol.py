@@ -64,6 +64,8 @@ E_READ_FAILED = "read_failed"  # a `paths` file could not be read
 E_TRACKING_FAILED = "tracking_failed"  # the tracker raised
 E_TIMEOUT = "timeout"  # the other side stopped answering (raised on the client side)
 E_SHUTDOWN = "shutdown"  # the server is stopping; running jobs are cancelled
+E_BUSY = "busy"  # the server's frame memory is taken by other jobs: try again later
+E_NOT_ALLOWED = "not_allowed"  # a file outside the server's allowed folders, or not a regular file
 ERROR_CODES = (
     E_BAD_MESSAGE,
     E_VERSION,
@@ -78,6 +80,8 @@ ERROR_CODES = (
     E_TRACKING_FAILED,
     E_TIMEOUT,
     E_SHUTDOWN,
+    E_BUSY,
+    E_NOT_ALLOWED,
 )
 
 DTYPES = {"uint8": np.dtype("<u1"), "float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
