@@ -17,8 +17,12 @@ if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv"
 fi
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
-# torch first, pinned: its CPU build; an unpinned torch would pull a multi-GB CUDA build.
-"${pip[@]}" "torch==2.13.0"
+# torch first, pinned. From the package index that is a multi-GB CUDA build on Linux (CPU and
+# Apple-GPU builds on macOS, CPU on Windows); a CPU-only Linux machine should take PyTorch's CPU
+# wheels: PIPSTRACK_TORCH_INDEX=https://download.pytorch.org/whl/cpu ./dev.sh test
+torch_index=()
+if [ -n "${PIPSTRACK_TORCH_INDEX:-}" ]; then torch_index=(--index-url "$PIPSTRACK_TORCH_INDEX"); fi
+"${pip[@]}" ${torch_index[@]+"${torch_index[@]}"} "torch==2.13.0"  # (safe with bash 3.2 and set -u)
 if [ "$task" = test ]; then
   "${pip[@]}" -e ".[test]"
   shift

@@ -45,7 +45,12 @@ class PIPSTRACK_AddonPreferences(bpy.types.AddonPreferences):
     device: EnumProperty(
         name="Device",
         default="auto",
-        items=[("auto", "Auto", "CUDA if the backend has it, else CPU"), ("cpu", "CPU", ""), ("cuda", "CUDA", "")],
+        items=[
+            ("auto", "Auto", "An NVIDIA GPU (CUDA) if the backend has one, else Apple's GPU (MPS), else the CPU"),
+            ("cpu", "CPU", ""),
+            ("cuda", "CUDA", "An NVIDIA GPU"),
+            ("mps", "Apple GPU", "Apple Silicon's GPU (Metal)"),
+        ],
     )
     threads: IntProperty(
         name="Threads",

@@ -9,7 +9,10 @@ from .common import EXIT_FAILURE, CliError
 
 
 def cmd_weights(args) -> int:
+    from ..engine.tracker import resolve_device, torch_build
     from ..engine.weights import DEFAULT_MODEL, KNOWN_SHA256, WeightsError, official_candidates, read_checkpoint, sha256
+
+    print(f"{torch_build()}; --device auto uses {resolve_device('auto')}")
 
     def describe(label, path):
         print(f"{label}: {path}")

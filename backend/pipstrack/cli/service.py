@@ -22,6 +22,7 @@ def cmd_serve(args) -> int:
             keys_dir=args.keys,
             insecure=args.insecure,
             threads=resolve_threads(args.threads),
+            precision=args.precision,
             allow_roots=args.allow_root or (),
             job_memory_mb=args.job_memory_mb,
             memory_mb=args.memory_mb,
@@ -44,7 +45,7 @@ def cmd_ping(args) -> int:
         raise CliError(str(e)) from None
     print(
         f"{args.address}: pipstrack {h.get('server')}, protocol {h.get('protocol')}, "
-        f"model {h.get('model')}, device {h.get('device')}"
+        f"model {h.get('model')}, device {h.get('device')}" + (f" ({h['torch']})" if h.get("torch") else "")
     )
     return 0
 
@@ -68,7 +69,13 @@ def add_parsers(sub) -> None:
     sv = sub.add_parser("serve", help="run the tracking service (ZeroMQ) for the Blender add-on and scripts")
     add_threads_option(sv)
     sv.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint (default tcp://127.0.0.1:5555)")
-    sv.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    sv.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps")
+    sv.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="network arithmetic: auto = bfloat16 on a CUDA GPU, float32 elsewhere",
+    )
     sv.add_argument("--model", default=None, help="weights file, 'default' or 'official'")
     sv.add_argument(
         "--keys", metavar="DIR", default=None, help="CurveZMQ keys from `pipstrack keys DIR` (required off loopback)"

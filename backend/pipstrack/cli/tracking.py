@@ -96,6 +96,7 @@ def cmd_track(args) -> int:
         device=args.device,
         iters=args.iters,
         working_long_side=args.working_size,
+        precision=getattr(args, "precision", "auto"),
         refine=not getattr(args, "no_refine", False),
         comotion=not getattr(args, "no_comotion", False),
         threads=resolve_threads(getattr(args, "threads", "auto")),
@@ -227,7 +228,13 @@ def add_parsers(sub) -> None:
     t.add_argument(
         "--model", default=None, help="weights file, 'default' (shipped) or 'official' (see `pipstrack weights`)"
     )
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    t.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps")
+    t.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="network arithmetic: auto = bfloat16 on a CUDA GPU, float32 elsewhere",
+    )
     t.add_argument("--iters", type=int, default=6, help="refinement iterations per window")
     t.add_argument(
         "--working-size", type=int, default=512, help="long side in pixels the network works at (0: full resolution)"

@@ -264,12 +264,15 @@ class Server:
         client_timeout=None,
         context=None,
         threads=None,
+        precision="auto",
         allow_roots=(),
         job_memory_mb=None,
         memory_mb=None,
     ):
-        from ..engine.tracker import resolve_device
+        from ..engine.tracker import resolve_device, resolve_precision
 
+        resolve_precision(precision, resolve_device(device))  # a bad choice fails at start, not per job
+        self.precision = precision
         self.files = FileAccess(allow_roots)
         # Frame memory: what one job's frames (kept at the working size) may take, and all jobs'
         # together; a job over the first is too large, one over the second must wait (busy).
@@ -393,6 +396,8 @@ class Server:
 
     # -- message handlers --------------------------------------------------------------------
     def _on_hello(self, client, h, payload):
+        from ..engine.tracker import torch_build
+
         self._send(
             client,
             [
@@ -403,6 +408,7 @@ class Server:
                     server=_version(),
                     model=str(getattr(self.model, "source", "unknown")),
                     device=str(self.device),
+                    torch=torch_build(),
                     client_timeout=self.client_timeout,
                     heartbeat=P.HEARTBEAT_INTERVAL,
                     limits={
@@ -664,6 +670,7 @@ class Server:
                     comotion=spec.comotion,
                     threads=self.threads,
                     anchored_at="working",  # the server keeps a job's frames at the working size only
+                    precision=self.precision,
                 )
                 result = tracker.track(
                     job.frames,
