@@ -138,6 +138,24 @@ def test_outputs_are_checked_before_tracking_and_follow_the_umask(plate, tmp_pat
     assert (tmp_path / "t.json").stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
 
 
+def test_export_mistakes_name_the_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{bad")
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for args, message in (
+        ([bad, tmp_path / "o.nk"], f"{bad}: not a pipstrack tracks file"),
+        ([tmp_path / "none.json", tmp_path / "o.nk"], f"{tmp_path / 'none.json'}: No such file"),
+    ):
+        r = run("export", *args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
+    good = tmp_path / "t.json"
+    good.write_text(json.dumps({"tracks": [], "anchors": []}))
+    r = run("export", good, blocker / "o.nk")
+    assert r.returncode == 2 and f"{blocker} is a file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

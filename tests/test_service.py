@@ -645,6 +645,26 @@ def test_curve_keys(start_server, tmp_path):
     assert cli.returncode == 0 and "protocol 1" in cli.stdout and "device cpu" in cli.stdout
 
 
+def test_keys_are_private_from_the_start(tmp_path):
+    """`pipstrack keys`: secret keys 0600, made in a private folder and moved into place (never
+    readable by others, even while written), the client allowed, a second client added later."""
+    import stat
+
+    d = tmp_path / "keys"
+    for name in ("artist1", "artist2"):
+        r = subprocess.run([sys.executable, "-m", "pipstrack", "keys", str(d), "--name", name], capture_output=True)
+        assert r.returncode == 0, r.stderr
+    secrets = sorted(p.name for p in d.glob("*.key_secret"))
+    assert secrets == ["artist1.key_secret", "artist2.key_secret", "server.key_secret"]
+    assert all(stat.S_IMODE((d / n).stat().st_mode) == 0o600 for n in secrets)
+    assert sorted(p.name for p in (d / "authorized_clients").iterdir()) == ["artist1.key", "artist2.key"]
+    assert not list(d.glob(".keys-*"))  # the private working folder is gone
+    r = subprocess.run(
+        [sys.executable, "-m", "pipstrack", "keys", str(d), "--name", "artist1"], capture_output=True, text=True
+    )
+    assert r.returncode != 0 and "exists already" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 def test_non_loopback_bind_needs_keys(tiny_model):
     out = subprocess.run(
         [

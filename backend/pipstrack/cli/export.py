@@ -36,7 +36,17 @@ def add_parsers(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    doc = read_tracks(args.tracks_json)
+    import json
+
+    from .common import CliError, check_writable
+
+    check_writable(args.out, "export")
+    try:
+        doc = read_tracks(args.tracks_json)
+    except json.JSONDecodeError as e:
+        raise CliError(f"{args.tracks_json}: not a pipstrack tracks file (JSON error: {e})") from None
+    except OSError as e:
+        raise CliError(f"{args.tracks_json}: {e.strerror}") from None
     out = export_tracks(
         doc,
         args.out,

@@ -750,22 +750,31 @@ def serve(model, **kwargs) -> None:
 
 
 def make_keys(directory, client_name: str = "client") -> dict:
-    """Creates (once) the server key pair and a client key pair, and allows that client."""
+    """Creates (once) the server key pair and a client key pair, and allows that client. Secret
+    keys are written inside a private (0700) temporary folder, made 0600 there and only then moved
+    into place: no other user can ever read one, not even while it is being written."""
+    import tempfile
+
     import zmq.auth
 
+    if not client_name or os.sep in client_name or client_name.startswith("."):
+        raise ServiceError(f"--name {client_name!r}: a plain name such as 'artist1'")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     allowed = d / "authorized_clients"
     allowed.mkdir(exist_ok=True)
-    made = {}
-    if not (d / "server.key_secret").exists():
-        zmq.auth.create_certificates(str(d), "server")
-        made["server"] = d / "server.key_secret"
     if (d / f"{client_name}.key_secret").exists():
         raise ServiceError(f"{d / (client_name + '.key_secret')} exists already; choose another --name")
-    zmq.auth.create_certificates(str(d), client_name)
-    shutil.copy(d / f"{client_name}.key", allowed / f"{client_name}.key")
-    for f in d.glob("*.key_secret"):
-        os.chmod(f, 0o600)
-    made["client"] = d / f"{client_name}.key_secret"
+    made = {}
+    with tempfile.TemporaryDirectory(dir=d, prefix=".keys-") as tmp:  # mkdtemp: mode 0700
+        names = ([] if (d / "server.key_secret").exists() else ["server"]) + [client_name]
+        for name in names:
+            zmq.auth.create_certificates(tmp, name)
+            os.chmod(Path(tmp) / f"{name}.key_secret", 0o600)
+        if client_name in names:
+            shutil.copy(Path(tmp) / f"{client_name}.key", allowed / f"{client_name}.key")
+        for name in names:
+            for suffix in (".key", ".key_secret"):
+                os.replace(Path(tmp) / f"{name}{suffix}", d / f"{name}{suffix}")
+            made["server" if name == "server" else "client"] = d / f"{name}.key_secret"
     return made
