@@ -382,7 +382,8 @@ class Tracker:
             # again, a few frames at a time (a 4K plate never sits in memory whole).
             at_source = self.anchored_at == "source" and tuple(work) != tuple(size)
             read = source.read if at_source else image
-            out, matched = anchored_polish(read, size, result.frame_indices, out, found, points)
+            check = None if tick is None else (lambda _fraction: tick(1.0))  # cancel checks; progress stays full
+            out, matched = anchored_polish(read, size, result.frame_indices, out, found, points, tick=check)
             stats["anchored"] = int(matched.sum())
         for i, p in enumerate(points):  # anchors stay exact
             rows = p[:, 0].astype(int) - int(result.frame_indices[0])
