@@ -285,8 +285,7 @@ class TrackingRun:
         connection: nobody polls the job any more, its last events are dropped."""
         self.job.cancel()
         self.job.conn.pump()
-        with self.job.conn._lock:
-            self.job.conn.jobs.pop(self.job.id, None)
+        self.job.forget()
 
     def run_blocking(self, timeout: float | None = None, on_progress=None) -> str:
         """The synchronous path (scripts, tests, bpy without an event loop)."""

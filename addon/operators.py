@@ -326,12 +326,8 @@ def check_finished():
     if thread.is_alive():
         return 0.1
     _check["thread"] = None
-    wm = bpy.context.window_manager
-    wm.pipstrack_status = _check["answer"] or "no answer"
-    for window in wm.windows:
-        for area in window.screen.areas:
-            if area.type == "CLIP_EDITOR":
-                area.tag_redraw()
+    bpy.context.window_manager.pipstrack_status = _check["answer"] or "no answer"
+    redraw_clip_editors(bpy.context)
     return None
 
 

@@ -114,6 +114,16 @@ def markers(out, name, source="final"):
     return {f: (x, y, mute, keyed) for f, x, y, mute, keyed in out[source]["tracks"][name]}
 
 
+def grid_steps(columns, rows):
+    """A grid of keyed tracks on the first frame, made with the add-on's Add Track Grid."""
+    return [
+        {"op": "frame", "scene_frame": 1},
+        {"op": "set", "name": "grid_columns", "value": columns},
+        {"op": "set", "name": "grid_rows", "value": rows},
+        {"op": "pipstrack.add_grid"},
+    ]
+
+
 def keyframe_steps(clip, points, frame_idx):
     """Markers at job index ``frame_idx`` (clip frame frame_idx + 1) on the ground truth."""
     return [
@@ -298,10 +308,7 @@ def test_movie_clip_read_by_the_backend_and_occlusion_choice(tmp_path, extension
 
 def test_grid_then_track_and_cancel_restores(tmp_path, extension_zip, shot, backend):
     steps = [
-        {"op": "frame", "scene_frame": 1},
-        {"op": "set", "name": "grid_columns", "value": 4},
-        {"op": "set", "name": "grid_rows", "value": 3},
-        {"op": "pipstrack.add_grid"},
+        *grid_steps(4, 3),
         {"op": "dump"},
         {"op": "cancel_run"},
         {"op": "dump"},
@@ -592,10 +599,7 @@ def test_modal_ticks_under_30ms_sending_4k_float_exr_to_a_render_box(tmp_path, e
     b = Backend(tmp_path, "--keys", str(keys), keys=keys, bind=f"tcp://{ip}:{free_port()}")
     try:
         steps = [
-            {"op": "frame", "scene_frame": 1},
-            {"op": "set", "name": "grid_columns", "value": 4},
-            {"op": "set", "name": "grid_rows", "value": 4},
-            {"op": "pipstrack.add_grid"},
+            *grid_steps(4, 4),
             {"op": "modal_run"},
         ]
         common = dict(address=b.address, prefs={"keys_dir": str(keys), "working_size": 256})
@@ -644,10 +648,7 @@ def test_modal_ticks_under_30ms_for_a_16x16_grid_over_500_frames(tmp_path, exten
     holds the UI more than 30 ms, and the tracks end complete. (A tiny network keeps the backend
     quick; the ticks measure the add-on.)"""
     steps = [
-        {"op": "frame", "scene_frame": 1},
-        {"op": "set", "name": "grid_columns", "value": 16},
-        {"op": "set", "name": "grid_rows", "value": 16},
-        {"op": "pipstrack.add_grid"},
+        *grid_steps(16, 16),
         {"op": "modal_run", "timeout": 400},
     ]
     out = run_blender(
@@ -669,10 +670,7 @@ def test_undo_file_load_or_esc_while_tracking_stops_the_run_cleanly(
     """Markers are appearing when the user undoes, opens a file or presses Esc: the run stops, the
     backend is told, and the tracks are as before (undo, Esc) or as the opened file holds them."""
     steps = [
-        {"op": "frame", "scene_frame": 1},
-        {"op": "set", "name": "grid_columns", "value": 8},
-        {"op": "set", "name": "grid_rows", "value": 8},
-        {"op": "pipstrack.add_grid"},
+        *grid_steps(8, 8),
         {"op": "modal_run", "action": action, "path": str(tmp_path / "saved.blend")},
     ]
     out = run_blender(tmp_path, extension_zip, long_plate, steps, address=tiny_backend.address, prefs=QUICK)

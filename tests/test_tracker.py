@@ -291,6 +291,15 @@ def test_device_and_precision_choices():
     with pytest.raises(ValueError):
         resolve_precision("int4", torch.device("cpu"))
     assert torch_build().startswith(f"torch {torch.__version__}")
+    import argparse
+
+    from pipstrack.cli.common import add_device_options
+    from pipstrack.engine.tracker import PRECISIONS
+
+    parser = argparse.ArgumentParser()
+    add_device_options(parser)
+    (choice,) = [a for a in parser._actions if a.dest == "precision"]
+    assert tuple(choice.choices) == PRECISIONS  # the command line offers what the tracker takes
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])

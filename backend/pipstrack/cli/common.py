@@ -36,6 +36,19 @@ def add_threads_option(parser) -> None:
     )
 
 
+def add_device_options(parser) -> None:
+    """--device and --precision, for the commands that run the network on one (track, serve)."""
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps"
+    )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),  # pipstrack.engine.tracker.PRECISIONS (torch not imported here)
+        help="network arithmetic: auto = bfloat16 on a CUDA GPU, float32 elsewhere",
+    )
+
+
 def resolve_threads(value: str) -> int | str:
     """--threads: 'auto' (OMP_NUM_THREADS fixes it when set) or a positive number."""
     import os

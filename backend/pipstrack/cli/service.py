@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from .common import EXIT_FAILURE, CliError, add_threads_option, resolve_threads
+from .common import EXIT_FAILURE, CliError, add_device_options, add_threads_option, resolve_threads
 
 
 def cmd_serve(args) -> int:
@@ -69,13 +69,7 @@ def add_parsers(sub) -> None:
     sv = sub.add_parser("serve", help="run the tracking service (ZeroMQ) for the Blender add-on and scripts")
     add_threads_option(sv)
     sv.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint (default tcp://127.0.0.1:5555)")
-    sv.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps")
-    sv.add_argument(
-        "--precision",
-        default="auto",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        help="network arithmetic: auto = bfloat16 on a CUDA GPU, float32 elsewhere",
-    )
+    add_device_options(sv)
     sv.add_argument("--model", default=None, help="weights file, 'default' or 'official'")
     sv.add_argument(
         "--keys", metavar="DIR", default=None, help="CurveZMQ keys from `pipstrack keys DIR` (required off loopback)"

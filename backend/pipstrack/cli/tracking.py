@@ -7,7 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from .common import CliError, add_threads_option, check_writable, progress_bar, resolve_threads
+from .common import CliError, add_device_options, add_threads_option, check_writable, progress_bar, resolve_threads
 
 
 def _parse_frames(spec: str | None, numbers: list[int]) -> tuple[int, int]:
@@ -228,13 +228,7 @@ def add_parsers(sub) -> None:
     t.add_argument(
         "--model", default=None, help="weights file, 'default' (shipped) or 'official' (see `pipstrack weights`)"
     )
-    t.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps")
-    t.add_argument(
-        "--precision",
-        default="auto",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        help="network arithmetic: auto = bfloat16 on a CUDA GPU, float32 elsewhere",
-    )
+    add_device_options(t)
     t.add_argument("--iters", type=int, default=6, help="refinement iterations per window")
     t.add_argument(
         "--working-size", type=int, default=512, help="long side in pixels the network works at (0: full resolution)"

@@ -120,19 +120,23 @@ class ReceivedFrames:
 
     def put_encoded(self, index: int, suffix: str, data) -> None:
         """An image file's bytes: decoded now (on the intake thread), kept at the working size."""
-        if not self.spec.first <= index <= self.spec.last:
-            return
+        if self.spec.first <= index <= self.spec.last:
+            self.frames[index] = self._decode(data, suffix, f"frame {index} ({suffix} file)")
+
+    def _decode(self, data, suffix: str, what: str) -> np.ndarray:
+        """An image file's bytes -> the working-size frame, as a local image sequence decodes it;
+        a file that does not decode, or has another size than the job's, fails the job."""
         try:
             img = decode_image_bytes(data, suffix)
         except FrameReadError as e:
-            raise P.ProtocolError(P.E_READ_FAILED, f"frame {index} ({suffix} file): {e}", self.spec.job) from None
+            raise P.ProtocolError(P.E_READ_FAILED, f"{what}: {e}", self.spec.job) from None
         if img.shape != (self.spec.height, self.spec.width, 3):
             raise P.ProtocolError(
                 P.E_READ_FAILED,
-                f"frame {index} is {img.shape[1]}x{img.shape[0]}, the job says {self.spec.width}x{self.spec.height}",
+                f"{what} is {img.shape[1]}x{img.shape[0]}, the job says {self.spec.width}x{self.spec.height}",
                 self.spec.job,
             )
-        self.frames[index] = self._shrink(to_display(img))
+        return self._shrink(to_display(img))
 
     def put_path(self, index: int, path: str) -> None:
         if self.spec.first <= index <= self.spec.last:
@@ -169,17 +173,7 @@ class ReceivedFrames:
             return self._shrink(self._open_video().read(index))
         path = self.paths[index]  # read lazily, on the worker thread
         data = self.files.read_bytes(path, self.spec.job)
-        try:  # same decoding as a local image sequence
-            img = decode_image_bytes(data, os.path.splitext(path)[1])
-        except FrameReadError as e:
-            raise P.ProtocolError(P.E_READ_FAILED, f"frame {index} ({path}): {e}", self.spec.job) from None
-        if img.shape != (self.spec.height, self.spec.width, 3):
-            raise P.ProtocolError(
-                P.E_READ_FAILED,
-                f"{path} is {img.shape[1]}x{img.shape[0]}, the job says {self.spec.width}x{self.spec.height}",
-                self.spec.job,
-            )
-        return self._shrink(to_display(img))
+        return self._decode(data, os.path.splitext(path)[1], f"frame {index} ({path})")
 
 
 # -- jobs and the fair queue -----------------------------------------------------------------
@@ -504,8 +498,7 @@ class Server:
             job.in_intake += 0 if over else 1
         if over:
             job.cancel.set()
-            job.state = "finished"
-            self.jobs.pop((job.client, job.spec.job), None)
+            self._finish(job)  # its frames are freed now
             raise P.ProtocolError(
                 P.E_TOO_LARGE,
                 f"more than {CREDIT_CHUNKS} chunks sent ahead of the server's acknowledgements; the job is dropped",

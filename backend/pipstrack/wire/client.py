@@ -537,6 +537,12 @@ class Job:
                 self.conn.jobs.pop(self.id, None)  # its last events are in ``out``
         return out
 
+    def forget(self) -> None:
+        """Leaves the connection: nobody polls this job any more, its later events are dropped."""
+        with self.conn._lock:  # the keepalive thread may be receiving
+            self.conn.jobs.pop(self.id, None)
+            self._stop_reading()
+
     def cancel(self) -> None:
         """Asks the server to stop; a ``cancelled`` event follows (within one tracking window)."""
         if not self.done:
