@@ -11,6 +11,7 @@ Nothing here waits unless :meth:`TrackingRun.run_blocking` is called: the modal 
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,28 @@ from .clip_source import ClipFrames, ClipSourceError
 WRITE_BATCH = 32  # markers written between two looks at the clock
 UPLOAD_SHARE = 0.3  # of a tick's budget, for reading and sending frames; the rest writes markers
 ACTIVE: set = set()  # runs going on now: file load and undo stop them (operators.py handlers)
+_froze_collector = False
+
+
+def _run_started(run) -> None:
+    """While any run goes on, Python's cycle collector leaves alone the objects that existed
+    before it (``gc.freeze``): a full collection of Blender's Python objects takes 16-50 ms on a
+    2-core machine, and landing in a modal tick it would hold the UI past the tick budget. The
+    last run to end hands them back (``gc.unfreeze``), so older garbage is collected as before.
+    If something else froze objects already, it owns freezing and the add-on leaves it alone."""
+    global _froze_collector
+    if not ACTIVE and gc.get_freeze_count() == 0:
+        gc.freeze()
+        _froze_collector = True
+    ACTIVE.add(run)
+
+
+def _run_ended(run) -> None:
+    global _froze_collector
+    ACTIVE.discard(run)
+    if not ACTIVE and _froze_collector:
+        gc.unfreeze()
+        _froze_collector = False
 
 
 class RunError(RuntimeError):
@@ -179,7 +202,7 @@ class TrackingRun:
     # -- submitting ------------------------------------------------------------------------
     def _frames_via(self) -> str:
         """AUTO: a backend here reads the files; a render box gets their bytes. Formats the
-        backend cannot decode (DPX, Cineon, TGA, ...) always go as pixels decoded by Blender."""
+        backend cannot decode (TGA, BMP, Iris, ...) always go as pixels decoded by Blender."""
         choice, frames = self.s.frames_via, self.frames
         if frames.kind != "MOVIE" and not frames.backend_reads and choice != "PIXELS":
             if choice != "AUTO":
@@ -223,7 +246,7 @@ class TrackingRun:
         except Exception as e:  # zmq errors (bad address, missing keys): a message, never a crash
             raise RunError(f"cannot reach the pipstrack backend at {s.address}: {e}") from None
         self.state = "running"
-        ACTIVE.add(self)
+        _run_started(self)
         return self
 
     # -- running ---------------------------------------------------------------------------
@@ -278,7 +301,7 @@ class TrackingRun:
         if self.state == "running":
             self._stop_job()
             self.state, self.message = "cancelled", f"pipstrack: tracking cancelled{why}"
-            ACTIVE.discard(self)
+            _run_ended(self)
 
     def _stop_job(self) -> None:
         """Tells the backend to stop (a no-op once the job ended) and leaves the shared
@@ -306,7 +329,7 @@ class TrackingRun:
     def _fail(self, state: str, message: str) -> None:
         mw.restore(self.clip, self.collection, self._snap, self._store)
         self.state, self.message = state, message
-        ACTIVE.discard(self)
+        _run_ended(self)
 
     def _aim(self, ev: dict, final: bool) -> None:
         """New trajectories to show: which markers differ from what is written (all tracks at
@@ -392,7 +415,7 @@ class TrackingRun:
             self.message = f"pipstrack: tracked {len(self.plans)} track(s), {self.written} markers"
             if self.lost_tracks:
                 self.message += f"; {self.lost_tracks} lost (disabled where never found again)"
-            ACTIVE.discard(self)
+            _run_ended(self)
 
     def _judge(self, name: str, scene, xy, verified) -> np.ndarray:
         """Which of a track's frames (``scene``: their scene frame numbers) are lost (after the

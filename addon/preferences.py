@@ -70,7 +70,7 @@ class PIPSTRACK_AddonPreferences(bpy.types.AddonPreferences):
             (
                 "PIXELS",
                 "Pixels",
-                "Blender decodes the frames and sends them (formats the backend cannot read, such as DPX, "
+                "Blender decodes the frames and sends them (formats the backend cannot read, such as TGA, "
                 "go this way anyway; slow for large frames)",
             ),
         ],

@@ -546,14 +546,17 @@ TICK_LIMIT_S = 0.030  # no timer tick may hold Blender's UI longer than this
 
 
 def assert_ticks_within_budget(res):
-    """99 % of ticks under the limit, in their own work (CPU time of Blender's thread) and in wall
-    time, and none over 100 ms of its own work. Not every tick: on this 2-core machine the
-    backend tracks beside Blender and the OS preempts a tick now and then (once in six runs a
-    107 ms wall-time tick with 13 ms of its own work), and once in about a dozen runs one tick of
-    a 4K upload did 54 ms of work for a cause not found yet (docs/blender.md)."""
+    """Every tick under the limit in its own work (CPU time of Blender's thread), and 99 % of
+    them in wall time. Not every tick in wall time: on this 2-core machine the backend tracks
+    beside Blender and the OS preempts a tick now and then (once in six runs a 107 ms wall-time
+    tick with 13 ms of its own work). While a run goes on, a full collection of Python's cycle
+    collector (16-50 ms in this Blender, the cause of a 54 ms tick once) no longer scans the
+    objects that existed before the run, so it costs a tick a fraction of that."""
     cpu, wall = np.array(res["cpu"]), np.array(res["ticks"])
-    assert np.percentile(cpu, 99) < TICK_LIMIT_S and cpu.max() < 0.1, (tick_summary(res), res["slow"])
+    assert cpu.max() < TICK_LIMIT_S, (tick_summary(res), res["slow"])
     assert np.percentile(wall, 99) < TICK_LIMIT_S, (tick_summary(res), res["slow"])
+    assert res["frozen_during"] > 0 and res["frozen_after"] == 0, res
+    assert res["collection_during_run_s"] < 0.25 * res["full_collection_s"], res
 
 
 def lan_address():
@@ -574,7 +577,9 @@ def tick_summary(res):
     begin = 1000 * res["begin_s"]
     return (
         f"{len(ticks)} ticks, wall median {np.median(ticks):.1f} ms, 99th percentile "
-        f"{np.percentile(ticks, 99):.1f} ms, max {ticks.max():.1f} ms; CPU max {cpu.max():.1f} ms; begin {begin:.1f} ms"
+        f"{np.percentile(ticks, 99):.1f} ms, max {ticks.max():.1f} ms; CPU max {cpu.max():.1f} ms; begin {begin:.1f} ms; "
+        f"full collection {1000 * res['full_collection_s']:.1f} ms, during the run "
+        f"{1000 * res.get('collection_during_run_s', float('nan')):.1f} ms"
     )
 
 
@@ -732,11 +737,12 @@ def test_tracking_operators_are_not_registered_for_redo(tmp_path, extension_zip,
         assert "REGISTER" not in opts[name] and "UNDO" in opts[name], opts
 
 
-@pytest.mark.parametrize("fmt", ["JPEG2000", "DPX"])
-def test_jpeg2000_and_dpx_sequences(tmp_path, extension_zip, shot, backend, reference, fmt):
-    """Sequences Blender writes: JPEG 2000 files the backend reads itself (exactly the in-process
-    tracker on the same files), DPX files it cannot read, decoded by Blender and sent as pixels
-    even when File Paths is chosen, with a warning that says so."""
+@pytest.mark.parametrize("fmt", ["JPEG2000", "DPX", "CINEON", "TARGA"])
+def test_sequences_in_film_and_other_formats(tmp_path, extension_zip, shot, backend, reference, fmt):
+    """Sequences Blender writes: JPEG 2000, DPX and Cineon files the backend reads itself (exactly
+    the in-process tracker on the same files: no decode on Blender's thread), Targa files it
+    cannot read, decoded by Blender and sent as pixels even when File Paths is chosen, with a
+    warning that says so."""
     steps = keyframe_steps(shot, [0, 1, 2], 0) + [
         {"op": "select", "tracks": ["p0", "p1", "p2"]},
         {"op": "modal_run", "direction": "FORWARD"},
@@ -752,10 +758,12 @@ def test_jpeg2000_and_dpx_sequences(tmp_path, extension_zip, shot, backend, refe
     )
     res = out["steps"][-1]["result"]
     assert res["returned"] == ["FINISHED"], res["reports"]
-    assert out["converted"].endswith(".jp2" if fmt == "JPEG2000" else ".dpx")
-    if fmt == "JPEG2000":
+    suffix = {"JPEG2000": ".jp2", "DPX": ".dpx", "CINEON": ".cin", "TARGA": ".tga"}[fmt]
+    assert out["converted"].endswith(suffix)
+    if fmt != "TARGA":
         from pipstrack.io.frames import open_frames
 
+        assert not any("cannot decode" in r[1] for r in res["reports"]), res["reports"]
         frames = open_frames(out["converted"])
         rgb = np.stack([frames.read(i) for i in range(len(frames))])
         ref = reference(rgb, np.array([[0, *shot["trajs"][0, n]] for n in (0, 1, 2)]))
@@ -763,7 +771,7 @@ def test_jpeg2000_and_dpx_sequences(tmp_path, extension_zip, shot, backend, refe
             got = markers(out, f"p{n}")
             check_markers(got, range(1, T + 1), ref.xy[:, j])
     else:
-        assert any("cannot decode .dpx" in r[1] for r in res["reports"]), res["reports"]
+        assert any("cannot decode .tga" in r[1] for r in res["reports"]), res["reports"]
         for n in (0, 1, 2):
             got = markers(out, f"p{n}")
             xy = np.array([got[f][:2] for f in range(1, T + 1)])

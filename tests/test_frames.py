@@ -393,3 +393,131 @@ def test_exr_data_window_and_single_image(tmp_path):
     cv2.imwrite(str(tmp_path / "still.png"), np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(ValueError, match="linear"):
         open_frames(tmp_path / "still.png").read_linear(0)
+
+
+# -- DPX and Cineon --------------------------------------------------------------------------
+BLENDER_WRITES_FILM = r"""
+import sys, bpy
+src, out = sys.argv[1], sys.argv[2]
+img = bpy.data.images.load(src)
+s = bpy.context.scene.render.image_settings
+for fmt, depth, ext in (("DPX", "8", "dpx"), ("DPX", "10", "dpx"), ("DPX", "12", "dpx"), ("DPX", "16", "dpx"),
+                        ("CINEON", None, "cin")):
+    s.file_format = fmt
+    if depth:
+        s.color_depth = depth
+    img.save_render(f"{out}/plate_{fmt}_{depth}.0001.{ext}")
+"""
+
+
+@pytest.fixture(scope="module")
+def blender_film(tmp_path_factory):
+    """DPX (8, 10, 12 and 16 bits) and Cineon files written by Blender itself from one photo crop."""
+    pytest.importorskip("bpy")
+    import subprocess
+
+    from pipstrack.evaluation.harness import load_photo
+
+    d = tmp_path_factory.mktemp("film")
+    src = np.ascontiguousarray(load_photo("astronaut")[100:137, 200:253])  # odd sizes: line padding
+    cv2.imwrite(str(d / "src.png"), cv2.cvtColor(src, cv2.COLOR_RGB2BGR))
+    subprocess.run([sys.executable, "-c", BLENDER_WRITES_FILM, str(d / "src.png"), str(d)], check=True,
+                   capture_output=True, timeout=120)
+    return d, src
+
+
+def test_dpx_from_blender_decodes_to_the_linear_picture_it_wrote(blender_film):
+    """Blender writes DPX as linear values (transfer characteristic 'linear'): every bit depth
+    decodes to the sRGB-decoded source within its quantisation, as float32 linear, and through
+    the display transform back to the source's 8-bit values."""
+    from pipstrack.io.frames import decode_image, decode_image_bytes
+
+    d, src = blender_film
+    s = src / 255.0
+    linear = np.where(s <= 0.04045, s / 12.92, ((s + 0.055) / 1.055) ** 2.4)
+    for depth, step in (("8", 1 / 255), ("10", 1 / 1023), ("12", 1 / 4095), ("16", 1 / 65535)):
+        path = str(d / f"plate_DPX_{depth}.0001.dpx")
+        img = decode_image(path)
+        assert img.dtype == np.float32 and img.shape == src.shape, depth
+        assert np.abs(img - linear).max() <= step + 1e-4, depth  # Blender truncates to its steps
+        np.testing.assert_array_equal(decode_image_bytes(open(path, "rb").read(), ".dpx"), img)
+        if depth != "8":  # 8 (and 10) bits of linear values lose the shadows' 8-bit steps
+            shown = open_frames(path).read(0)
+            assert np.abs(shown.astype(int) - src).max() <= (3 if depth == "10" else 1), depth
+
+
+def test_cineon_from_blender_decodes_as_log_code_values(blender_film):
+    """Cineon is log: its 10-bit code values come out as uint16, in the source's order of
+    brightness (a log curve keeps it: rank correlation per channel), RGB not swapped."""
+    from pipstrack.io.frames import decode_image
+
+    d, src = blender_film
+    img = decode_image(str(d / "plate_CINEON_None.0001.cin"))
+    assert img.shape == src.shape and img.dtype == np.uint16
+
+    def ranks(v):
+        return np.argsort(np.argsort(v.ravel(), kind="stable")).astype(float)
+
+    for c in range(3):
+        for other in range(3):
+            r = np.corrcoef(ranks(src[..., c]), ranks(img[..., other]))[0, 1]
+            assert (r > 0.99) if c == other else (r < 0.99), (c, other, r)
+
+
+def _dpx_bytes(values, bits, packing, order=">", descriptor=50, transfer=1):
+    """A minimal DPX file (the header fields the decoder reads) holding ``values`` (H, W, C)."""
+    import struct
+
+    h, w, c = values.shape
+    n = w * c
+    flat = values.reshape(h, n).astype(np.uint64)
+    if bits == 10 and packing in (1, 2):
+        words = -(-n // 3)
+        padded = np.zeros((h, 3 * words), np.uint64)
+        padded[:, :n] = flat
+        shifts = (22, 12, 2) if packing == 1 else (20, 10, 0)
+        trip = padded.reshape(h, words, 3)
+        data = sum(trip[..., k] << np.uint64(s) for k, s in enumerate(shifts)).astype(order + "u4").tobytes()
+    elif bits == 16:
+        data = flat.astype(order + "u2").tobytes()
+    else:
+        raise ValueError(bits)
+    head = bytearray(2048)
+    struct.pack_into(order + "4sI", head, 0, b"SDPX" if order == ">" else b"XPDS", 2048)
+    struct.pack_into(order + "HII", head, 770, 1, w, h)
+    struct.pack_into(order + "BBBBHHI", head, 800, descriptor, transfer, 0, bits, packing, 0, 2048)
+    return bytes(head) + data
+
+
+@pytest.mark.parametrize("order", [">", "<"])
+@pytest.mark.parametrize("packing", [1, 2])
+def test_dpx_10bit_methods_and_byte_orders(order, packing):
+    from pipstrack.io import film
+
+    rng = np.random.default_rng(packing)
+    values = rng.integers(0, 1024, (5, 7, 3))
+    img = film.decode(_dpx_bytes(values, 10, packing, order))
+    assert img.dtype == np.uint16
+    np.testing.assert_array_equal(np.round(img / 65535 * 1023).astype(int), values)
+    rgba = rng.integers(0, 65536, (4, 3, 4))
+    abgr = film.decode(_dpx_bytes(rgba[..., ::-1], 16, 0, order, descriptor=52))
+    np.testing.assert_array_equal(abgr, rgba[..., :3])  # ABGR stored, RGB out, alpha dropped
+
+
+def test_bad_dpx_files_say_what_is_wrong(tmp_path):
+    from pipstrack.io.frames import FrameReadError, decode_image
+
+    values = np.full((8, 8, 3), 512)
+    good = _dpx_bytes(values, 10, 1)
+    cases = {
+        "cut.0001.dpx": (good[:-100], "truncated"),
+        "rle.0001.dpx": (good[:806] + b"\x00\x01" + good[808:], "run-length"),
+        "cmyk.0001.dpx": (good[:800] + bytes([100]) + good[801:], "descriptor 100"),
+        "text.0001.dpx": (b"hello, not a plate" * 10, "not a DPX"),
+    }
+    for name, (data, why) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(FrameReadError, match=why):
+            decode_image(str(tmp_path / name))
+        with pytest.raises(FrameReadError, match=why):
+            open_frames(str(tmp_path / name)).read(0)

@@ -8,6 +8,8 @@ Blender does meanwhile: "undo", "load" (open a saved file), "busy" (a real Cycle
 main thread does not tick for seconds) or "esc".
 """
 
+import gc
+import resource
 import time
 
 
@@ -62,17 +64,46 @@ def run(bpy, addon, ctx, step, out, dump):
             return {"started": False, "reports": reports}
         run_ = op._run
         ticks, cpu, ret, done_action, during, slow = [], [], None, None, None, []
+        collecting = []  # (generation, seconds) of Python's cycle collections inside the tick
+        started_at = [0.0]
+
+        def watch_gc(phase, info):
+            if phase == "start":
+                started_at[0] = time.perf_counter()
+            else:
+                collecting.append((info["generation"], time.perf_counter() - started_at[0]))
+
+        gc.callbacks.append(watch_gc)
         end = time.monotonic() + step.get("timeout", 240)
         while time.monotonic() < end:
             queued, final = len(run_._todo), run_._final is not None
+            del collecting[:]
+            f0 = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
             t0, c0 = time.perf_counter(), time.thread_time()
             ret = op.modal(bpy.context, Event("TIMER", timer=op._timer))
             ticks.append(time.perf_counter() - t0)
             cpu.append(time.thread_time() - c0)  # what the tick itself computed (not time lost to other processes)
-            if ticks[-1] > 0.025:  # what a slow tick was doing
-                slow.append([len(ticks) - 1, round(ticks[-1], 4), queued, final, len(run_._todo)])
+            if ticks[-1] > 0.025 or cpu[-1] > 0.02:  # what a slow tick was doing
+                faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - f0
+                slow.append(
+                    dict(
+                        tick=len(ticks) - 1,
+                        wall=round(ticks[-1], 4),
+                        cpu=round(cpu[-1], 4),
+                        queued=queued,
+                        final=final,
+                        left=len(run_._todo),
+                        gc=[(g, round(s, 4)) for g, s in collecting],
+                        page_faults=faults,
+                    )
+                )
             if ret != {"PASS_THROUGH"}:
                 break
+            if len(ticks) == 3:  # a full collection while the run goes on: what it costs a tick now
+                result["frozen_during"] = gc.get_freeze_count()
+                t0 = time.perf_counter()
+                gc.collect()
+                result["collection_during_run_s"] = time.perf_counter() - t0
             if action == "busy" and done_action is None and run_.job.accepted:
                 done_action = action  # mid-upload (pixels go a frame per tick): the backend must wait
                 result["busy_s"] = busy(bpy, step.get("seconds", 5.0))
@@ -96,6 +127,11 @@ def run(bpy, addon, ctx, step, out, dump):
                         # Blender removes a modal handler on file load and calls its cancel()
                         break
             time.sleep(0.1)  # Blender's event timer: 0.1 s
+    gc.callbacks.remove(watch_gc)
+    result["frozen_after"] = gc.get_freeze_count()
+    t0 = time.perf_counter()
+    gc.collect()
+    result["full_collection_s"] = time.perf_counter() - t0  # what a full collection costs in this Blender
     result.update(
         started=True,
         ticks=ticks,

@@ -10,7 +10,7 @@ Supported inputs (see :func:`open_frames`):
   are ``0 .. T-1``. The frame count is established by decoding the whole clip
   once when it is opened (container headers are often wrong), so opening a long
   movie takes roughly one decode pass.
-* Image sequences: ``.png .jpg .jpeg .tif .tiff .exr`` given as a folder, a
+* Image sequences: ``.png .jpg .jpeg .tif .tiff .exr .jp2 .dpx .cin`` given as a folder, a
   printf pattern (``shot.%04d.png``), a hash pattern (``shot.####.png``, the
   number of ``#`` is the zero padding) or one file of the sequence
   (``shot.1001.png``). Frame numbers are the numbers in the file names. A gap in
@@ -49,6 +49,7 @@ import numpy as np
 
 from ..conventions import split_sequence_name, to_display
 from ..wire.protocol import IMAGE_SUFFIXES
+from . import film
 
 __all__ = [
     "FrameReadError",
@@ -351,6 +352,12 @@ def decode_image(path: str) -> np.ndarray:
     TIFF. Raises FrameReadError saying what is wrong with it."""
     if path.lower().endswith(".exr"):
         return _read_exr(path)
+    if film.is_film(os.path.splitext(path)[1]):
+        try:
+            data = np.fromfile(path, dtype=np.uint8)
+        except OSError as exc:
+            raise FrameReadError(f"cannot read file: {exc}") from exc
+        return _decode_film(data)
     img = _raster_to_rgb(_read_raster(path))
     if img.dtype in (np.uint8, np.uint16):
         return img
@@ -373,8 +380,17 @@ def decode_image_bytes(data, suffix: str) -> np.ndarray:
             return _read_exr(tmp)
         finally:
             os.unlink(tmp)
+    if film.is_film(suffix):
+        return _decode_film(data)
     img = _raster_to_rgb(_decode_raster(np.frombuffer(data, np.uint8), suffix))
     return img if img.dtype in (np.uint8, np.uint16) else img.astype(np.float32)
+
+
+def _decode_film(data) -> np.ndarray:
+    try:
+        return film.decode(data)
+    except film.FilmReadError as exc:
+        raise FrameReadError(str(exc)) from None
 
 
 def _is_supported_image(name: str) -> bool:

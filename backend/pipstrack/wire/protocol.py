@@ -89,7 +89,7 @@ COLOURS = ("srgb", "linear")
 SOURCES = ("frames", "paths", "video", "encoded")
 # Image files the backend decodes itself (source "paths", or their bytes as source "encoded"):
 # the one list the add-on checks before it sends a clip's files instead of decoded pixels.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".jp2")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".jp2", ".dpx", ".cin")
 
 
 def backend_reads(path: str) -> bool:
