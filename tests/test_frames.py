@@ -521,3 +521,20 @@ def test_bad_dpx_files_say_what_is_wrong(tmp_path):
             decode_image(str(tmp_path / name))
         with pytest.raises(FrameReadError, match=why):
             open_frames(str(tmp_path / name)).read(0)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.999])
+def test_truncated_exr_in_a_sequence_names_the_frame(tmp_path, keep):
+    """An EXR cut off while it was copied (a render still being written): an error that names
+    the frame and says truncated, never a picture with black or stale rows."""
+    import OpenEXR
+
+    img = np.random.default_rng(1).random((64, 80, 3)).astype(np.float16)
+    for i in range(3):
+        OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION}, {"RGB": img}).write(str(tmp_path / f"r.{i + 1:04d}.exr"))
+    data = (tmp_path / "r.0002.exr").read_bytes()
+    (tmp_path / "r.0002.exr").write_bytes(data[: int(len(data) * keep)])
+    src = open_frames(str(tmp_path / "r.0001.exr"))
+    src.read(0)
+    with pytest.raises(FrameReadError, match=r"frame 2 .*truncated"):
+        src.read(1)

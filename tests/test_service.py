@@ -634,6 +634,23 @@ def test_curve_keys(start_server, tmp_path):
         ping(srv.address, timeout=1.0, keys_dir=other)
     with pytest.raises(TrackingError):
         ping(srv.address, timeout=1.0)  # plaintext
+    # the stranger's key allowed: it takes effect on SIGHUP, without a restart
+    allowed = keys / "authorized_clients" / "stranger.key"
+    allowed.write_bytes((other / "authorized_clients" / "client.key").read_bytes())
+    with pytest.raises(TrackingError):
+        ping(srv.address, timeout=1.0, keys_dir=other)
+    srv.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "reloaded 2 client key(s)" not in srv.text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ping(srv.address, timeout=2, keys_dir=other)["protocol"] == P.PROTOCOL_VERSION, srv.text()
+    allowed.unlink()
+    srv.proc.send_signal(signal.SIGHUP)
+    while "reloaded 1 client key(s)" not in srv.text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(TrackingError):
+        ping(srv.address, timeout=1.0, keys_dir=other)
+    assert srv.proc.poll() is None
     conn = Connection(srv.address, keys_dir=keys, **FAST)
     try:
         assert conn.submit(clip(T=8), QUERIES[:1]).wait(30)["xy"].shape == (8, 1, 2)
@@ -712,3 +729,49 @@ def test_client_never_blocks_without_a_server():
         assert events[-1]["type"] == "error" and events[-1]["code"] == P.E_TIMEOUT
     finally:
         conn.close()
+
+
+def test_job_states_move_once_and_a_late_cleanup_never_drops_a_reused_id():
+    """The socket, intake and worker threads all move a job's state: each transition is won by
+    one thread only (a job cancelled while its last chunk is stored is never also queued), and the
+    worker's late cleanup of a cancelled job leaves alone the new job its client submitted under
+    the same id."""
+    import threading
+    from types import SimpleNamespace
+
+    from pipstrack.service.server import FairQueue, Job, Server
+
+    for _ in range(200):  # intake queues, socket cancels: at the same moment
+        job = Job(b"c", SimpleNamespace(job="x"), None)
+        won = []
+        go = threading.Barrier(2)
+
+        def race(frm, to, job=job, won=won):
+            go.wait()
+            won.append(to if job.move(frm, to) else None)
+
+        threads = [threading.Thread(target=race, args=(("receiving",), to)) for to in ("queued", "finished")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(w for w in won if w) in (["queued"], ["finished"]) and job.state in won
+
+    fair = FairQueue()
+    cancelled = Job(b"c", SimpleNamespace(job="a"), None)
+    assert cancelled.move(("receiving",), "queued")
+    fair.put(cancelled)
+    assert cancelled.move(("queued",), "finished")  # cancelled after it was queued
+    fair.stop()
+    assert fair.get() is None  # not run
+
+    server = Server(torch.nn.Linear(1, 1), bind=f"tcp://127.0.0.1:{free_port()}")
+    try:
+        old, new = Job(b"c", SimpleNamespace(job="same"), None), Job(b"c", SimpleNamespace(job="same"), None)
+        server.jobs[(b"c", "same")] = new  # the client reused the id after cancelling the old job
+        server._finish(old)
+        assert server.jobs[(b"c", "same")] is new and old.state == "finished"
+        server._finish(new)
+        assert (b"c", "same") not in server.jobs
+    finally:
+        server.close()

@@ -406,8 +406,12 @@ def _read_exr(path: str) -> np.ndarray:
         part = f.parts[0]
         channels = part.channels
         header = part.header
-    except Exception as exc:  # the binding raises plain RuntimeError/OSError
+    except OSError as exc:
         raise FrameReadError(f"cannot read EXR: {exc}") from exc
+    except Exception as exc:  # the binding's errors for a cut-off file say little ("list index out of range")
+        raise FrameReadError(
+            f"cannot read the EXR's pixel data: truncated or corrupt file ({type(exc).__name__}: {exc})"
+        ) from exc
     names = list(channels.keys())
     if all(c in channels for c in ("R", "G", "B")):
         rgb = np.stack([np.asarray(channels[c].pixels, dtype=np.float32) for c in "RGB"], axis=-1)

@@ -183,11 +183,21 @@ class Job:
         self.spec = spec
         self.frames = frames
         self.cancel = threading.Event()
-        self.state = "receiving"  # -> queued -> running -> finished
+        self.state = "receiving"  # -> queued -> running -> finished; changed only through move()
+        self._state_lock = threading.Lock()  # the socket, intake and worker threads all move it
         self.silent = False  # its client is gone: nothing more is sent
         self.memory = 0  # bytes its frames may take at the working size (the budget it holds)
         self.in_intake = 0  # chunks received, not yet stored: the client's credit in use
         self.credit = threading.Lock()  # in_intake is counted on the socket and intake threads
+
+    def move(self, frm: tuple, to: str) -> bool:
+        """Moves the job to state ``to`` if it is in one of ``frm`` now (atomically): the one
+        thread that wins a transition does what follows it (queue, run, finish), never two."""
+        with self._state_lock:
+            if self.state not in frm:
+                return False
+            self.state = to
+            return True
 
 
 class FairQueue:
@@ -220,8 +230,9 @@ class FairQueue:
                     if q:
                         job = q.popleft()
                         self.queues.move_to_end(client)
-                        job.state = "running"
-                        return job
+                        if job.move(("queued",), "running"):
+                            return job
+                        continue  # finished (cancelled) meanwhile: not run
                     del self.queues[client]
                 self.cond.wait(0.5)
             return None
@@ -287,6 +298,7 @@ class Server:
         self.client_timeout = client_timeout or P.env_float(os.environ, "PIPSTRACK_CLIENT_TIMEOUT", P.CLIENT_TIMEOUT)
         self.ctx = context or zmq.Context.instance()
         self.auth = None
+        self._reload_asked = threading.Event()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 500)
         # libzmq disconnects a peer that sends a bigger frame before it is ever buffered whole;
@@ -329,6 +341,7 @@ class Server:
         self.auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("pipstrack.service.auth"))
         self.auth.start()
         self.auth.configure_curve(domain="*", location=str(allowed))
+        self._allowed = allowed
         self.sock.curve_secretkey = private
         self.sock.curve_publickey = public
         self.sock.curve_server = True
@@ -352,6 +365,8 @@ class Server:
                         break
                     self._handle(parts)
             self._flush()
+            if self._reload_asked.is_set():
+                self._reload_keys()
             if time.monotonic() >= next_sweep:
                 self._sweep()
                 next_sweep = time.monotonic() + 0.25
@@ -359,6 +374,24 @@ class Server:
 
     def stop(self, *_):
         self.stopping.set()
+
+    def reload(self, *_):
+        """SIGHUP: re-reads ``authorized_clients/`` (a key added or removed takes effect without a
+        restart; connected clients keep their session). Safe from a signal handler: the main
+        loop does the reading."""
+        self._reload_asked.set()
+
+    def _reload_keys(self) -> None:
+        self._reload_asked.clear()
+        if self.auth is None:
+            log.info("SIGHUP: no keys to reload (the server runs without --keys)")
+            return
+        try:
+            self.auth.configure_curve(domain="*", location=str(self._allowed))
+        except Exception as e:  # a broken key file must not take the server down
+            log.error("SIGHUP: could not reload %s: %s; keeping the keys loaded before", self._allowed, e)
+            return
+        log.info("SIGHUP: reloaded %d client key(s) from %s", len(list(self._allowed.glob("*.key"))), self._allowed)
 
     def _send(self, client: bytes, parts: list) -> None:
         try:
@@ -457,8 +490,7 @@ class Server:
         job = Job(client, spec, ReceivedFrames(spec, work, self.files))
         job.memory = need
         self.jobs[(client, spec.job)] = job
-        if spec.source == "video":  # nothing to upload: ready now
-            job.state = "queued"
+        if spec.source == "video" and job.move(("receiving",), "queued"):  # nothing to upload: ready now
             self.fair.put(job)
         log.info(
             "job %s from %s: %d frames %dx%d %s, %d points",
@@ -560,8 +592,7 @@ class Server:
                     ],
                 )
             )
-            if store.complete and job.state == "receiving" and not job.cancel.is_set():
-                job.state = "queued"
+            if store.complete and not job.cancel.is_set() and job.move(("receiving",), "queued"):
                 self.fair.put(job)
 
     def _on_cancel(self, client, h, payload):
@@ -572,16 +603,20 @@ class Server:
         """Queued or receiving jobs end now; a running one at the tracker's next window."""
         job.silent = job.silent or silent
         job.cancel.set()
-        if job.state != "receiving" and not self.fair.remove(job):
-            return  # the worker has it: it reports "cancelled" at its next window and forgets it
+        if not job.move(("receiving",), "finished") and not self.fair.remove(job):
+            return  # the worker has it (or is about to): it reports "cancelled" and forgets it
         self._finish(job)
         if not job.silent:
             self._send(job.client, [P.header(P.CANCELLED, job.spec.job, reason=reason)])
 
     def _finish(self, job: Job) -> None:
-        job.state = "finished"
+        """Forgets ``job`` (socket thread). Only this job: its client may already have reused the
+        id for a new one, which a late cleanup of the old one must not drop."""
+        job.move(("receiving", "queued", "running"), "finished")
         job.frames = None  # frees the frames now
-        self.jobs.pop((job.client, job.spec.job), None)
+        key = (job.client, job.spec.job)
+        if self.jobs.get(key) is job:
+            del self.jobs[key]
 
     def _sweep(self) -> None:
         """Cancels and drops the jobs of clients that stopped sending heartbeats."""
@@ -726,6 +761,8 @@ def serve(model, **kwargs) -> None:
     """Runs a :class:`Server` until SIGINT/SIGTERM, then cancels running jobs and exits cleanly."""
     server = Server(model, **kwargs)
     previous = {s: signal.signal(s, server.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, server.reload)
     log.info(
         "pipstrack %s serving %s (protocol %d, model %s, device %s)",
         _version(),
