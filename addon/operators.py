@@ -145,7 +145,9 @@ class _TrackingOperator:
         elif event.type == "TIMER" and event.timer is self._timer:
             run.poll(TICK_BUDGET_S)
             context.window_manager.progress_update(int(100 * run.progress))
-            context.workspace.status_text_set(f"pipstrack: tracking {100 * run.progress:.0f}% (Esc to cancel)")
+            stage = getattr(run.job, "stage", None)  # what the backend is doing: "network", "refinement", ...
+            doing = f"tracking ({stage})" if stage else "tracking"
+            context.workspace.status_text_set(f"pipstrack: {doing} {100 * run.progress:.0f}% (Esc to cancel)")
             redraw_clip_editors(context)
         if run.state == "running":
             return {"PASS_THROUGH"}

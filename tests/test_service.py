@@ -775,3 +775,64 @@ def test_job_states_move_once_and_a_late_cleanup_never_drops_a_reused_id():
         assert (b"c", "same") not in server.jobs
     finally:
         server.close()
+
+
+def stage_job(conn, n=200, T=48):
+    """A job that spends a second or more in each of the tracker's stages (200 points, tiny network):
+    network, refinement, co-motion, re-detection, anchored polish."""
+    rng = np.random.default_rng(0)
+    q = np.column_stack([np.zeros(n), rng.uniform(5, 123, n), rng.uniform(5, 91, n)])
+    return conn.submit(clip(T=T, H=96, W=128, seed=1), q, working_size=None, iters=4)
+
+
+def test_cancel_within_a_second_in_every_stage(server):
+    """A cancel reaches the tracker within 1 s whatever it is doing: its windows, the Lucas-Kanade
+    polish, co-motion, re-detection or the anchored polish (each reported in ``progress``)."""
+    conn = Connection(server.address, **FAST)
+    waited = {}
+    try:
+        for stage in ("network", "refinement", "co-motion", "re-detection", "anchored polish"):
+            job = stage_job(conn)
+            deadline = time.monotonic() + 60
+            while job.stage != stage and not job.done and time.monotonic() < deadline:
+                job.poll()
+                time.sleep(0.005)
+            assert job.stage == stage and not job.done, (stage, job.stage, job.done)
+            t0 = time.monotonic()
+            job.cancel()
+            seen = []
+            while not job.done and time.monotonic() - t0 < 5:
+                seen += job.poll()
+                time.sleep(0.005)
+            waited[stage] = time.monotonic() - t0
+            assert job.done and job.result is None and seen[-1]["type"] == P.CANCELLED, (stage, seen[-1:])
+        print("\ncancel took:", {k: round(v, 3) for k, v in waited.items()})
+        assert max(waited.values()) < 1.0, waited
+    finally:
+        conn.close()
+
+
+def test_watchdog_names_the_stage_a_job_is_stuck_in(caplog):
+    """A running job that reports nothing for the watchdog's time is logged once, with its stage,
+    and again when it goes on."""
+    import logging
+    from types import SimpleNamespace
+
+    from pipstrack.service.server import Job, Server
+
+    server = Server(torch.nn.Linear(1, 1), bind=f"tcp://127.0.0.1:{free_port()}")
+    try:
+        server.watchdog_s = 5.0
+        job = Job(b"c", SimpleNamespace(job="slow"), None)
+        job.stage, job.beat = "co-motion", time.monotonic() - 2.0
+        server.running = job
+        with caplog.at_level(logging.WARNING, logger="pipstrack.service"):
+            server._sweep()
+            assert not caplog.records  # 2 s of silence is within the watchdog's 5 s
+            job.beat = time.monotonic() - 6.0
+            server._sweep()
+            server._sweep()
+        stuck = [r.getMessage() for r in caplog.records if "watchdog" in r.getMessage()]
+        assert len(stuck) == 1 and "job slow" in stuck[0] and "'co-motion'" in stuck[0], stuck
+    finally:
+        server.close()

@@ -108,7 +108,7 @@ def anchored_polish(read, size, frame_indices, xy, verified, keyframes, tick=Non
     # other side (tracking forward only gives the same positions after it).
     affine = {}  # (point, keyframe, side) -> the last matched frame's affine
     for t in range(T):
-        if tick is not None and t % 16 == 0:
+        if tick is not None:  # every frame: a cancel is seen within one frame's work
             tick(t / T)
         todo = []
         for n in np.nonzero(verified[t])[0]:

@@ -64,7 +64,7 @@ def redetect_pass(frame, out, polished, similarity, todo, start, step_fn, looks_
             last_t[n] = t
 
         for i, t in enumerate(ts):
-            if tick is not None and i % 8 == 0:
+            if tick is not None:  # every frame: a cancel is seen within one frame's work
                 tick((half + i / max(len(ts), 1)) / 2)
             ahead = (t > start) if forward else (t < start)
             for n in np.nonzero(ahead & polished[t] & ~todo[t])[0]:

@@ -80,7 +80,8 @@ def refine_trajectories(
     (:mod:`pipstrack.engine.comotion`) and try again, and fill what stays unpolished from them.
     ``redetect``: look for a point that is still unverified by its patch
     (:mod:`pipstrack.engine.redetect`), re-anchor it where it is found and chain on from there.
-    ``tick(fraction)``, if given, is called as the work proceeds (0..1; it may raise to stop it).
+    ``tick(fraction, stage)``, if given, is called as the work proceeds (0..1; the stage: "refinement",
+    "co-motion" or "re-detection"; it may raise to stop it).
     """
     T, N = xy.shape[:2]
     xy = xy.astype(np.float64)
@@ -103,8 +104,8 @@ def refine_trajectories(
     similarity = np.where(keyed, 1.0, np.nan)
     sweeps = 1 + (ROUNDS if comotion and N > 1 else 0) + (2 if redetect else 0)  # passes at most
 
-    def sweep_tick(k):  # progress within sweep k (0-based): fraction of its frames done
-        return None if tick is None else (lambda f: tick((k + f) / sweeps))
+    def sweep_tick(k, stage="refinement"):  # progress within sweep k (0-based): fraction of its frames done
+        return None if tick is None else (lambda f: tick((k + f) / sweeps, stage))
 
     def seeded_pass(seeds, tick_fn):  # steps seeded by predictions, or the point's own motion, on one level
         _lk_pass(
@@ -131,9 +132,11 @@ def refine_trajectories(
         # the co-moving points' prediction, or where there is none the point's own motion since
         # it was last found (a point found again keeps going, as a KLT tracker would).
         for k in range(ROUNDS):
+            if tick is not None:
+                tick(k / sweeps, "co-motion")  # the fill itself is one numpy pass: check before it
             pred = comotion_fill(out, polished)
             before = int(polished.sum())
-            seeded_pass(pred, sweep_tick(1 + k))
+            seeded_pass(pred, sweep_tick(1 + k, "co-motion"))
             if int(polished.sum()) == before:
                 break
         else:
@@ -160,12 +163,12 @@ def refine_trajectories(
             verify,
             looks_like,
             win=WIN,
-            tick=sweep_tick(k),
+            tick=sweep_tick(k, "re-detection"),
         )
         stats["redetected"] = found
         if found:  # chain on from where points were found again
             no_seeds = np.full_like(xy, np.nan)
-            seeded_pass(no_seeds, sweep_tick(k + 1))
+            seeded_pass(no_seeds, sweep_tick(k + 1, "re-detection"))
             if comotion and N > 1:
                 pred = comotion_fill(out, polished)
     stats["refined"] = int((polished & ~keyed).sum())
@@ -242,7 +245,7 @@ def _lk_pass(
         last_t = start.copy()
         prev_t = np.full_like(start, -1)  # the trustworthy frame before last_t
         for i, t in enumerate(ts):
-            if tick is not None and i % 8 == 0:
+            if tick is not None:  # every frame: a cancel is seen within one frame's work
                 tick((half + i / max(len(ts), 1)) / 2)
             ahead = (t > start) if step == 1 else (t < start)
             for n in np.nonzero(ahead & polished[t] & ~todo[t])[0]:

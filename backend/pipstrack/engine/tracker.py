@@ -256,6 +256,7 @@ class Tracker:
         self.iters = int(iters)
         self.working_long_side = working_long_side
         self.max_points_per_call = int(max_points_per_call)
+        self.stage = "idle"  # what track() is doing now (a service shows it and its watchdog names it)
         self.cache_bytes = int(cache_mb) * 2**20
         self.refine = bool(refine)
         self.comotion = bool(comotion)
@@ -324,6 +325,7 @@ class Tracker:
                     partial(self._assemble(points, segments, first, last, (H, W), work, dict(stats), final=False))
 
         cache = _FeatureCache(self.cache_bytes, keep_images=self.refine)
+        self.stage = "network"
         network = sum(s.length for s in segments)
         # Refinement gets its share of the progress bar by its measured cost (docs/performance.md).
         refining = int(np.ceil(REFINE_SHARE * network)) if self.refine else 0
@@ -331,7 +333,8 @@ class Tracker:
         result = self._assemble(points, segments, first, last, (H, W), work, stats)
         if self.refine:
 
-            def tick(fraction):
+            def tick(fraction, stage="refinement"):
+                self.stage = stage
                 self._check_cancel(cancel)
                 if progress is not None:
                     progress(network + int(fraction * refining), network + refining)
@@ -339,6 +342,7 @@ class Tracker:
             self._refine(source, result, points, (H, W), work, cache.images, tick)
             if progress is not None:
                 progress(network + refining, network + refining)
+        self.stage = "done"
         return result
 
     def _refine(self, source, result: TrackResult, points, size, work, images: dict, tick=None) -> None:
@@ -382,7 +386,7 @@ class Tracker:
             # again, a few frames at a time (a 4K plate never sits in memory whole).
             at_source = self.anchored_at == "source" and tuple(work) != tuple(size)
             read = source.read if at_source else image
-            check = None if tick is None else (lambda _fraction: tick(1.0))  # cancel checks; progress stays full
+            check = None if tick is None else (lambda _fraction: tick(1.0, "anchored polish"))  # progress stays full
             out, matched = anchored_polish(read, size, result.frame_indices, out, found, points, tick=check)
             stats["anchored"] = int(matched.sum())
         for i, p in enumerate(points):  # anchors stay exact
@@ -429,7 +433,7 @@ class Tracker:
                 lead = min(active, key=lambda s: step * s.absolute(s.cur))
                 key = lead.window(self.S)
                 group = [s for s in active if s.window(self.S) == key]
-                stats["model_calls"] += self._run_window(source, cache, key, group, work)
+                stats["model_calls"] += self._run_window(source, cache, key, group, work, cancel)
                 stats["windows"] += 1
                 active = [s for s in active if s.cur < s.length]
                 if progress is not None:
@@ -479,11 +483,13 @@ class Tracker:
         return torch.stack([cache.get(f) for f in frames]).unsqueeze(0)
 
     @torch.no_grad()
-    def _run_window(self, source, cache, key, group, work) -> int:
+    def _run_window(self, source, cache, key, group, work, cancel=None) -> int:
         """Runs one window for every segment in ``group`` and moves each to its next window."""
         fmaps = self._encode(source, cache, key, work)
         S, calls = self.S, 0
         for lo in range(0, len(group), self.max_points_per_call):
+            if lo:  # a window of many points is many network calls: cancel between them
+                self._check_cancel(cancel)
             chunk = group[lo : lo + self.max_points_per_call]
             xys = torch.from_numpy(np.stack([s.pos for s in chunk])).to(self.device, self.dtype).unsqueeze(0)
             fresh = [i for i, s in enumerate(chunk) if s.feat is None]

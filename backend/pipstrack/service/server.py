@@ -189,6 +189,9 @@ class Job:
         self.memory = 0  # bytes its frames may take at the working size (the budget it holds)
         self.in_intake = 0  # chunks received, not yet stored: the client's credit in use
         self.credit = threading.Lock()  # in_intake is counted on the socket and intake threads
+        self.stage = None  # while running: the tracker's stage ("network", "refinement", ...)
+        self.beat = 0.0  # while running: when the tracker last reported (monotonic)
+        self.stalled = False  # the watchdog has logged it as stuck
 
     def move(self, frm: tuple, to: str) -> bool:
         """Moves the job to state ``to`` if it is in one of ``frm`` now (atomically): the one
@@ -246,6 +249,7 @@ class FairQueue:
 # -- the server ----------------------------------------------------------------------------
 JOB_MEMORY_MB = 4096  # one job's frames at the working size (a 512x288 frame is 0.44 MB)
 MEMORY_MB = 8192  # all jobs' frames together
+WATCHDOG_S = 30.0  # a running job that reports nothing this long is logged as stuck, naming its stage
 CREDIT_CHUNKS = 3  # the client sends two ahead of acknowledgements; one more for timing
 
 
@@ -285,6 +289,8 @@ class Server:
         self.job_budget = int((job_memory_mb or P.env_float(env, "PIPSTRACK_JOB_MEMORY_MB", JOB_MEMORY_MB)) * 2**20)
         self.total_budget = int((memory_mb or P.env_float(env, "PIPSTRACK_MEMORY_MB", MEMORY_MB)) * 2**20)
         self.threads = threads  # for every job's Tracker: None (as torch is), a number, or "auto"
+        self.watchdog_s = P.env_float(env, "PIPSTRACK_WATCHDOG_S", WATCHDOG_S)
+        self.running: Job | None = None  # the worker's job (read by the watchdog)
 
         if not P.is_loopback(bind) and keys_dir is None and not insecure:
             raise ServiceError(
@@ -619,8 +625,19 @@ class Server:
             del self.jobs[key]
 
     def _sweep(self) -> None:
-        """Cancels and drops the jobs of clients that stopped sending heartbeats."""
+        """Cancels and drops the jobs of clients that stopped sending heartbeats; logs a running
+        job that has reported nothing for ``watchdog_s`` (the stage it is stuck in, once)."""
         now = time.monotonic()
+        job = self.running
+        if job is not None and job.beat and not job.stalled and now - job.beat > self.watchdog_s:
+            job.stalled = True
+            log.warning(
+                "watchdog: job %s has reported nothing for %.0f s, in stage %r%s",
+                job.spec.job,
+                now - job.beat,
+                job.stage,
+                " (cancelled, waiting for the stage to check)" if job.cancel.is_set() else "",
+            )
         for client, seen in list(self.last_seen.items()):
             if now - seen > self.client_timeout:
                 del self.last_seen[client]
@@ -667,13 +684,30 @@ class Server:
                 self.outbox.put((job, None))
                 continue
             last_sent = [0.0]
+            holder = {}
 
             def progress(done, total, job=job):
                 now = time.monotonic()
+                stage = getattr(holder.get("tracker"), "stage", None)
+                if job.stalled:
+                    log.info("watchdog: job %s goes on (stage %r)", job.spec.job, stage)
+                job.beat, job.stage, job.stalled = now, stage, False
                 if done >= total or now - last_sent[0] > 0.1:
                     last_sent[0] = now
                     self.outbox.put(
-                        (job, [P.header(P.PROGRESS, job.spec.job, phase="track", done=int(done), total=int(total))])
+                        (
+                            job,
+                            [
+                                P.header(
+                                    P.PROGRESS,
+                                    job.spec.job,
+                                    phase="track",
+                                    stage=stage,
+                                    done=int(done),
+                                    total=int(total),
+                                )
+                            ],
+                        )
                     )
 
             def partial(res, job=job):
@@ -700,6 +734,8 @@ class Server:
                     anchored_at="working",  # the server keeps a job's frames at the working size only
                     precision=self.precision,
                 )
+                holder["tracker"] = tracker
+                job.beat, job.stage, self.running = time.monotonic(), "starting", job
                 result = tracker.track(
                     job.frames,
                     spec.anchors(),
@@ -732,6 +768,7 @@ class Server:
                 log.exception("job %s failed", spec.job)
                 code = P.E_READ_FAILED if type(e).__name__ == "FrameReadError" else P.E_TRACKING_FAILED
                 msg = P.error_message(code, f"{type(e).__name__}: {e}", spec.job)
+            self.running = None
             self.outbox.put((job, msg))
             self.outbox.put((job, None))  # marker: forget the job on the socket thread
 

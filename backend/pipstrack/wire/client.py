@@ -329,6 +329,7 @@ class Job:
         self.error: dict | None = None
         self.progress = (0, 0)  # tracking (done, total)
         self.uploaded = (0, 0)  # frames received by the server (done, total)
+        self.stage = None  # what the server's tracker is doing ("network", "refinement", ...)
         self._first_frame = None
         self.partial: dict | None = None  # the latest partial trajectories
         self._files = None  # source "encoded": the files whose bytes are sent
@@ -501,9 +502,13 @@ class Job:
                 phase = "upload" if h.get("phase") == "upload" else "track"
                 if phase == "track":
                     self.progress = (done, total)
+                    stage = h.get("stage")
+                    self.stage = stage if isinstance(stage, str) and len(stage) <= 40 else None
                 else:
                     self.uploaded = (done, total)
-                self.events.append({"type": P.PROGRESS, "phase": phase, "done": done, "total": total})
+                self.events.append(
+                    {"type": P.PROGRESS, "phase": phase, "done": done, "total": total, "stage": self.stage}
+                )
             elif t == P.PARTIAL:
                 self.partial = P.read_trajectories(h, payload)
                 self.events.append({"type": P.PARTIAL, **self.partial})
