@@ -836,3 +836,61 @@ def test_watchdog_names_the_stage_a_job_is_stuck_in(caplog):
         assert len(stuck) == 1 and "job slow" in stuck[0] and "'co-motion'" in stuck[0], stuck
     finally:
         server.close()
+
+
+def test_results_in_chunks_and_partials_as_deltas(start_server, reference, monkeypatch):
+    """Trajectories go out in messages of about PIPSTRACK_CHUNK_BYTES of xy each (400 bytes here:
+    3 frames of 16 points), so no result is ever over the message limit; partials carry only the
+    frames that changed since the last one. What the client puts together equals the in-process
+    tracker, and a client that predates chunks still gets whole messages."""
+    srv = start_server(env={"PIPSTRACK_CHUNK_BYTES": "400"})
+    chunks = []
+    add = P.TrajectoryAssembly.add
+
+    def seen(self, h, payload):
+        chunks.append({k: h.get(k) for k in ("type", "first", "frames", "part", "parts", "delta")})
+        return add(self, h, payload)
+
+    monkeypatch.setattr(P.TrajectoryAssembly, "add", seen)
+    frames = clip(T=40, seed=1)
+    q = np.array([[i * 2, 10 + i * 4, 20 + i * 2] for i in range(16)], float)
+    conn = Connection(srv.address, **FAST)
+    try:
+        job = conn.submit(frames, q, iters=8, working_size=None, partial_interval=0.05)
+        partials = []
+        deadline = time.monotonic() + 60
+        while not job.done and time.monotonic() < deadline:
+            partials += [e for e in job.poll() if e["type"] == P.PARTIAL]
+            time.sleep(0.01)
+        got = job.result
+        ref = reference(frames, q, iters=8, working_size=None)
+        np.testing.assert_allclose(got["xy"], ref.xy, atol=1e-4)
+        np.testing.assert_array_equal(got["visible"], ref.visible)
+        np.testing.assert_array_equal(got["verified"], ref.verified)
+        assert got["stats"] and got["seconds"] > 0  # the fields of the last part
+        results = [c for c in chunks if c["type"] == P.RESULT]
+        assert len(results) == 14 and all(c["frames"] <= 3 for c in results)  # 40 frames, 3 a message
+        assert [c["part"] for c in results] == list(range(14)) and {c["parts"] for c in results} == {14}
+        deltas = [c for c in chunks if c["type"] == P.PARTIAL]
+        assert deltas and all(c["delta"] for c in deltas) and all(c["frames"] <= 3 for c in deltas)
+        per_partial = [sum(c["frames"] for c in deltas[i : i + c0["parts"]]) for i, c0 in enumerate(deltas) if c0["part"] == 0]
+        print("\nframes per partial:", per_partial)
+        assert len(partials) == len(per_partial) >= 2 and min(per_partial) < 40, per_partial
+        for p in partials:  # each partial event is the whole picture so far, NaN where not tracked
+            assert p["xy"].shape == (40, 16, 2)
+        # an older client (no "chunked" in its submit) gets one whole result message
+        submit = P.JobSpec.submit_message
+
+        def as_before(spec):
+            msg = submit(spec)
+            h = json.loads(msg[0])
+            del h["chunked"]
+            return [json.dumps(h).encode(), *msg[1:]]
+
+        monkeypatch.setattr(P.JobSpec, "submit_message", as_before)
+        chunks.clear()
+        old = conn.submit(frames, q, iters=8, working_size=None, partial_interval=0).wait(30)
+        assert not chunks  # nothing came in parts
+        np.testing.assert_allclose(old["xy"], ref.xy, atol=1e-4)
+    finally:
+        conn.close()

@@ -290,6 +290,7 @@ class Server:
         self.total_budget = int((memory_mb or P.env_float(env, "PIPSTRACK_MEMORY_MB", MEMORY_MB)) * 2**20)
         self.threads = threads  # for every job's Tracker: None (as torch is), a number, or "auto"
         self.watchdog_s = P.env_float(env, "PIPSTRACK_WATCHDOG_S", WATCHDOG_S)
+        self.chunk_bytes = int(P.env_float(env, "PIPSTRACK_CHUNK_BYTES", P.TRAJECTORY_CHUNK_BYTES))
         self.running: Job | None = None  # the worker's job (read by the watchdog)
 
         if not P.is_loopback(bind) and keys_dir is None and not insecure:
@@ -710,16 +711,32 @@ class Server:
                         )
                     )
 
+            sent = {}  # the partial trajectories sent last (deltas are against them)
+
             def partial(res, job=job):
-                if not job.silent:
-                    self.outbox.put(
-                        (
-                            job,
-                            P.trajectories_message(
-                                P.PARTIAL, job.spec.job, job.spec.first, res.xy, res.visible, res.confidence
-                            ),
-                        )
-                    )
+                if job.silent:
+                    return
+                spec = job.spec
+                if not spec.chunked:  # a client that predates chunks: the whole arrays each time
+                    msg = P.trajectories_message(P.PARTIAL, spec.job, spec.first, res.xy, res.visible, res.confidence)
+                    self.outbox.put((job, msg))
+                    return
+                rows = P.changed_rows(sent.get("last"), res.xy, res.visible, res.confidence)
+                if rows is None:
+                    return
+                lo, hi = rows
+                for msg in P.trajectory_chunks(
+                    P.PARTIAL,
+                    spec.job,
+                    spec.first + lo,
+                    res.xy[lo:hi],
+                    res.visible[lo:hi],
+                    res.confidence[lo:hi],
+                    delta=True,
+                    chunk_bytes=self.chunk_bytes,
+                ):
+                    self.outbox.put((job, msg))
+                sent["last"] = {"xy": res.xy.copy(), "visible": res.visible.copy(), "confidence": res.confidence.copy()}
 
             t0 = time.perf_counter()
             try:
@@ -746,18 +763,19 @@ class Server:
                     partial=partial if spec.partial_interval > 0 else None,
                     partial_interval=spec.partial_interval,
                 )
-                msg = P.trajectories_message(
-                    P.RESULT,
-                    spec.job,
-                    spec.first,
-                    result.xy,
-                    result.visible,
-                    result.confidence,
+                whole = dict(
                     verified=result.verified if spec.verified else None,
                     working_size=list(result.working_size),
                     seconds=round(time.perf_counter() - t0, 4),
                     stats={k: int(v) for k, v in result.stats.items()},
                 )
+                arrays = (P.RESULT, spec.job, spec.first, result.xy, result.visible, result.confidence)
+                if spec.chunked:
+                    *chunks, msg = P.trajectory_chunks(*arrays, chunk_bytes=self.chunk_bytes, **whole)
+                    for chunk in chunks:
+                        self.outbox.put((job, chunk))
+                else:
+                    msg = P.trajectories_message(*arrays, **whole)
                 log.info("job %s done in %.2f s", spec.job, time.perf_counter() - t0)
             except TrackingCancelled:
                 msg = [P.header(P.CANCELLED, spec.job, reason="cancelled")]

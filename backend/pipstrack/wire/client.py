@@ -414,6 +414,7 @@ class Job:
             bool(refine),
             bool(comotion),
         )
+        self._assembly = P.TrajectoryAssembly(first, last, self.spec.points)
         self._next = first  # next frame index to upload
         self._chunk = max(1, min(int(chunk), P.MAX_FRAMES_PER_MESSAGE))
         conn.jobs[self.id] = self
@@ -509,12 +510,19 @@ class Job:
                 self.events.append(
                     {"type": P.PROGRESS, "phase": phase, "done": done, "total": total, "stage": self.stage}
                 )
-            elif t == P.PARTIAL:
-                self.partial = P.read_trajectories(h, payload)
-                self.events.append({"type": P.PARTIAL, **self.partial})
-            elif t == P.RESULT:
-                self.result = P.read_trajectories(h, payload)
-                self._finish({"type": P.RESULT, **self.result})
+            elif t in (P.PARTIAL, P.RESULT):
+                if "parts" in h:  # chunks (and partial deltas), put together here
+                    whole = self._assembly.add(h, payload)
+                    if whole is None:
+                        return  # more parts to come
+                else:  # a server that predates chunks
+                    whole = P.read_trajectories(h, payload)
+                if t == P.PARTIAL:
+                    self.partial = whole
+                    self.events.append({"type": P.PARTIAL, **whole})
+                else:
+                    self.result = whole
+                    self._finish({"type": P.RESULT, **whole})
             elif t == P.CANCELLED:
                 self._finish({"type": P.CANCELLED, "reason": h.get("reason")})
             elif t == P.ERROR:

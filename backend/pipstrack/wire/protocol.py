@@ -29,6 +29,9 @@ PROTOCOL_VERSION = 1
 # -- limits --------------------------------------------------------------------------------
 MAX_HEADER_BYTES = 64 * 1024  # a header is small; anything bigger is a mistake or an attack
 MAX_PART_BYTES = 256 * 2**20  # one binary frame: a 4K float32 RGB image is 99.5 MB
+# Trajectories go out in messages of about this many xy bytes each (a 1000-frame x 1024-point
+# result is one 8 MB message; a 100,000-frame one is a hundred), to clients that asked ("chunked").
+TRAJECTORY_CHUNK_BYTES = 8 * 2**20
 MAX_PARTS = 66  # header + up to 64 images + slack per message
 MAX_FRAMES_PER_MESSAGE = 64
 MAX_FRAMES = 100_000  # frames in one job
@@ -221,6 +224,9 @@ class JobSpec:
     # The client reads a result's fourth frame: which frames the tracker verified. A top-level
     # header field, so that a server that predates it ignores it and sends three frames.
     verified: bool = True
+    # The client assembles trajectories sent in row chunks ("part" of "parts"), partials as deltas
+    # (only the frames that changed). A server that predates it sends whole messages.
+    chunked: bool = True
 
     @property
     def frame_bytes(self) -> int:
@@ -257,6 +263,7 @@ class JobSpec:
             source=self.source,
             options=opts,
             verified=self.verified,
+            chunked=self.chunked,
         )
         if self.video is not None:
             common["video"] = self.video
@@ -277,9 +284,10 @@ def check_submit(h: dict, payload: list) -> JobSpec:
     queries, point_index = _check_queries(h, payload, job)
     first, last, direction, ws, iters, refine, comotion, pint = _check_options(h.get("options", {}), T, job)
     _check_query_positions(queries, point_index, first, last, H, W, job)
-    verified = h.get("verified", False)
-    if not isinstance(verified, bool):
-        raise ProtocolError(E_BAD_FIELD, f"'verified' must be true or false, got {verified!r:.40}", job)
+    verified, chunked = h.get("verified", False), h.get("chunked", False)
+    for name, value in (("verified", verified), ("chunked", chunked)):
+        if not isinstance(value, bool):
+            raise ProtocolError(E_BAD_FIELD, f"{name!r} must be true or false, got {value!r:.40}", job)
     return JobSpec(
         job,
         T,
@@ -300,6 +308,7 @@ def check_submit(h: dict, payload: list) -> JobSpec:
         refine,
         comotion,
         verified,
+        chunked,
     )
 
 
@@ -579,6 +588,123 @@ def trajectories_message(
     if verified is not None:
         msg.append(np.ascontiguousarray(verified, dtype="u1"))
     return msg
+
+
+def trajectory_chunks(
+    type_: str,
+    job: str,
+    first: int,
+    xy: np.ndarray,
+    visible: np.ndarray,
+    confidence: np.ndarray,
+    verified: np.ndarray | None = None,
+    *,
+    delta: bool = False,
+    chunk_bytes: int = TRAJECTORY_CHUNK_BYTES,
+    **fields,
+) -> list[list]:
+    """``partial``/``result`` trajectories as messages of consecutive frames (rows), each about
+    ``chunk_bytes`` of xy and under any message limit: ``part`` k of ``parts``, ``first`` its
+    first frame. ``delta``: a partial holding only the frames that changed since the last one.
+    ``fields`` (seconds, stats, ...) go with the last part."""
+    T, N = xy.shape[:2]
+    per = max(1, int(chunk_bytes) // max(1, N * 8))
+    starts = list(range(0, T, per)) or [0]
+    msgs = []
+    for k, lo in enumerate(starts):
+        hi = min(T, lo + per)
+        extra = dict(fields) if k == len(starts) - 1 else {}
+        if delta:
+            extra["delta"] = True
+        msgs.append(
+            trajectories_message(
+                type_,
+                job,
+                first + lo,
+                xy[lo:hi],
+                visible[lo:hi],
+                confidence[lo:hi],
+                None if verified is None else verified[lo:hi],
+                part=k,
+                parts=len(starts),
+                **extra,
+            )
+        )
+    return msgs
+
+
+class TrajectoryAssembly:
+    """A client's view of one job's trajectories, put together from chunks (``part`` of
+    ``parts``) and partial deltas; checks that every chunk fits the job."""
+
+    def __init__(self, first: int, last: int, points: int):
+        self.first, self.T, self.N = int(first), int(last) - int(first) + 1, int(points)
+        self.arrays = None  # the latest complete partial (deltas apply to it)
+        self._building = {}  # message type -> (arrays being filled, next part expected)
+
+    def _blank(self, with_verified: bool) -> dict:
+        return {
+            "xy": np.full((self.T, self.N, 2), np.nan, np.float32),
+            "visible": np.zeros((self.T, self.N), bool),
+            "confidence": np.zeros((self.T, self.N), np.float32),
+            "verified": np.zeros((self.T, self.N), bool) if with_verified else None,
+        }
+
+    def add(self, h: dict, payload: list) -> dict | None:
+        """One chunk; the complete trajectories (a dict as :func:`read_trajectories` gives, over
+        the job's frames) once its last part is in, else None."""
+        job = h.get("job")
+        piece = read_trajectories(h, payload)
+        parts = _int_field(h, "parts", 1, MAX_FRAMES)
+        part = _int_field(h, "part", 0, parts - 1)
+        lo = piece["first"] - self.first
+        hi = lo + len(piece["xy"])
+        if not (0 <= lo <= hi <= self.T) or piece["xy"].shape[1] != self.N:
+            raise ProtocolError(
+                E_BAD_PAYLOAD, f"trajectory chunk frames {lo}..{hi} x {piece['xy'].shape[1]} points do not fit the job", job
+            )
+        kind = h["type"]
+        arrays, expected = self._building.get(kind, (None, 0))
+        if part != expected:
+            raise ProtocolError(E_BAD_PAYLOAD, f"trajectory chunk {part} of {parts} came instead of {expected}", job)
+        if part == 0:
+            base = self.arrays if (h.get("delta") is True and self.arrays is not None) else None
+            arrays = self._blank(piece["verified"] is not None) if base is None else {
+                k: (None if v is None else v.copy()) for k, v in base.items()
+            }
+        for k in ("xy", "visible", "confidence", "verified"):
+            if arrays.get(k) is not None and piece[k] is not None:
+                arrays[k][lo:hi] = piece[k]
+        if part < parts - 1:
+            self._building[kind] = (arrays, part + 1)
+            return None
+        self._building.pop(kind, None)
+        if kind == PARTIAL:
+            self.arrays = arrays
+        extra = {k: v for k, v in piece.items() if k not in ("first", "frame_indices", "part", "parts", "delta", *arrays)}
+        return {
+            "first": self.first,
+            "frame_indices": np.arange(self.first, self.first + self.T),
+            **{k: (None if v is None else v.copy()) for k, v in arrays.items()},
+            **extra,
+        }
+
+
+def changed_rows(before: dict | None, xy, visible, confidence) -> tuple[int, int] | None:
+    """The frames (rows lo..hi-1) that hold every difference from ``before`` (the trajectories
+    sent last: xy, visible, confidence; None: nothing sent yet, so every tracked frame), or None
+    when nothing changed."""
+    if before is None:
+        diff = np.isfinite(xy[..., 0]).any(axis=1)
+    else:
+        a, b = before["xy"], xy
+        same = (a == b) | (np.isnan(a) & np.isnan(b))
+        diff = ~same.all(axis=(1, 2)) | (before["visible"] != visible).any(axis=1)
+        diff |= (before["confidence"] != confidence).any(axis=1)
+    rows = np.flatnonzero(diff)
+    if not len(rows):
+        return None
+    return int(rows[0]), int(rows[-1]) + 1
 
 
 def read_trajectories(h: dict, payload: list) -> dict:
