@@ -1,4 +1,6 @@
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -6,6 +8,9 @@ import pytest
 import torch
 
 HERE = Path(__file__).parent
+# The local token of loopback backends (and every process the tests start: servers, Blender)
+# lives in a folder of the test run's own, never in the user's configuration folder.
+os.environ.setdefault("PIPSTRACK_CONFIG_DIR", tempfile.mkdtemp(prefix="pipstrack-config-"))
 FIXTURE = HERE / "pips_reference_seed7.npz"
 
 

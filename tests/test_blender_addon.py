@@ -577,7 +577,8 @@ def tick_summary(res):
     begin = 1000 * res["begin_s"]
     return (
         f"{len(ticks)} ticks, wall median {np.median(ticks):.1f} ms, 99th percentile "
-        f"{np.percentile(ticks, 99):.1f} ms, max {ticks.max():.1f} ms; CPU max {cpu.max():.1f} ms; begin {begin:.1f} ms; "
+        f"{np.percentile(ticks, 99):.1f} ms, max {ticks.max():.1f} ms; CPU max {cpu.max():.1f} ms; "
+        f"begin {begin:.1f} ms; "
         f"full collection {1000 * res['full_collection_s']:.1f} ms, during the run "
         f"{1000 * res.get('collection_during_run_s', float('nan')):.1f} ms"
     )

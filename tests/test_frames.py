@@ -421,8 +421,12 @@ def blender_film(tmp_path_factory):
     d = tmp_path_factory.mktemp("film")
     src = np.ascontiguousarray(load_photo("astronaut")[100:137, 200:253])  # odd sizes: line padding
     cv2.imwrite(str(d / "src.png"), cv2.cvtColor(src, cv2.COLOR_RGB2BGR))
-    subprocess.run([sys.executable, "-c", BLENDER_WRITES_FILM, str(d / "src.png"), str(d)], check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-c", BLENDER_WRITES_FILM, str(d / "src.png"), str(d)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return d, src
 
 

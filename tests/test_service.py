@@ -131,9 +131,12 @@ def drain_until(job, kind, timeout=20.0):
 
 
 def raw_socket(address):
+    from pipstrack.wire.client import use_local_token
+
     s = zmq.Context.instance().socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.RCVTIMEO, 5000)
+    use_local_token(s, address)
     s.connect(address)
     return s
 
@@ -263,9 +266,7 @@ def test_frame_memory_budgets_and_credit_are_enforced_by_the_server(start_server
     # A raw client: submit, then push every chunk at once without reading acknowledgements.
     import cv2
 
-    raw = zmq.Context.instance().socket(zmq.DEALER)
-    raw.setsockopt(zmq.LINGER, 0)
-    raw.connect(srv.address)
+    raw = raw_socket(srv.address)
     try:
         # 4K float frames: each takes the server a good part of a second to store at the working
         # size (display transform, resize), while a loopback socket delivers one in milliseconds
@@ -605,8 +606,18 @@ def conn_ok(address) -> bool:
 
 def test_client_refuses_a_server_of_another_protocol_version():
     ctx = zmq.Context.instance()
+    from zmq.auth.thread import ThreadAuthenticator
+
+    from pipstrack.service.server import ensure_local_token
+    from pipstrack.wire.client import LOCAL_USER
+
+    auth = ThreadAuthenticator(ctx)  # the fake takes the local token as a loopback server does
+    auth.start()
+    auth.configure_plain(domain="*", passwords={LOCAL_USER: ensure_local_token()})
     fake = ctx.socket(zmq.ROUTER)
     fake.setsockopt(zmq.LINGER, 0)
+    fake.setsockopt(zmq.RCVTIMEO, 10000)
+    fake.plain_server = True
     port = fake.bind_to_random_port("tcp://127.0.0.1")
     conn = Connection(f"tcp://127.0.0.1:{port}", **FAST)
     try:
@@ -616,7 +627,7 @@ def test_client_refuses_a_server_of_another_protocol_version():
             conn.wait_hello()
         assert e.value.code == P.E_VERSION and "protocol version mismatch" in str(e.value)
     finally:
-        conn.close(), fake.close()
+        conn.close(), fake.close(), auth.stop()
 
 
 def test_curve_keys(start_server, tmp_path):
@@ -873,7 +884,9 @@ def test_results_in_chunks_and_partials_as_deltas(start_server, reference, monke
         assert [c["part"] for c in results] == list(range(14)) and {c["parts"] for c in results} == {14}
         deltas = [c for c in chunks if c["type"] == P.PARTIAL]
         assert deltas and all(c["delta"] for c in deltas) and all(c["frames"] <= 3 for c in deltas)
-        per_partial = [sum(c["frames"] for c in deltas[i : i + c0["parts"]]) for i, c0 in enumerate(deltas) if c0["part"] == 0]
+        per_partial = [
+            sum(c["frames"] for c in deltas[i : i + c0["parts"]]) for i, c0 in enumerate(deltas) if c0["part"] == 0
+        ]
         print("\nframes per partial:", per_partial)
         assert len(partials) == len(per_partial) >= 2 and min(per_partial) < 40, per_partial
         for p in partials:  # each partial event is the whole picture so far, NaN where not tracked
@@ -894,3 +907,66 @@ def test_results_in_chunks_and_partials_as_deltas(start_server, reference, monke
         np.testing.assert_allclose(old["xy"], ref.xy, atol=1e-4)
     finally:
         conn.close()
+
+
+def test_a_loopback_backend_serves_only_its_own_users_clients(start_server, tmp_path):
+    """On loopback the server makes a token in this user's configuration folder on first use (a
+    0600 file in a 0700 folder) and lets in only clients that present it: this user's tools and
+    Blender read it; another user of the machine (another configuration folder: no token, or a
+    wrong one) is refused at the handshake, with a message that says why."""
+    from pipstrack.wire.client import local_token_path, read_local_token
+
+    srv = start_server()
+    path = local_token_path()
+    assert path.is_file() and len(read_local_token()) == 64
+    if os.name == "posix":
+        assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o077 == 0
+    assert ping(srv.address, timeout=2)["protocol"] == P.PROTOCOL_VERSION
+    conn = Connection(srv.address, **FAST)
+    try:
+        assert conn.local_token and conn.submit(clip(T=8), QUERIES[:1]).wait(30)["xy"].shape == (8, 1, 2)
+    finally:
+        conn.close()
+    other = tmp_path / "other-user"
+    other.mkdir()
+    for token in (None, "0" * 64):  # another user: no token at all, or one of its own
+        if token:
+            (other / "local-token").write_text(token)
+        env = dict(os.environ, PIPSTRACK_CONFIG_DIR=str(other))
+        r = subprocess.run(
+            [sys.executable, "-m", "pipstrack", "ping", srv.address, "--timeout", "1.5"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        said = (r.stdout + r.stderr).strip()
+        assert r.returncode != 0 and "Traceback" not in said and len(said.splitlines()) == 1, said
+        assert ("another user's backend" in said) == (token is None), said
+        jobs_before = srv.text().count("job ")
+        submit = textwrap.dedent(f"""
+            import numpy as np
+            from pipstrack.wire.client import Connection
+            c = Connection({srv.address!r}, heartbeat=0.2, timeout=1.5)
+            job = c.submit(np.zeros((4, 32, 32, 3), np.uint8), np.array([[0, 5.0, 5.0]]))
+            try:
+                job.wait(10)
+            except Exception as e:
+                print(type(e).__name__, e)
+        """)
+        r = subprocess.run([sys.executable, "-c", submit], capture_output=True, text=True, env=env, timeout=60)
+        assert "TrackingError" in r.stdout and "has not answered" in r.stdout, r.stdout + r.stderr
+        assert srv.text().count("job ") == jobs_before  # nothing of it reached the server
+    assert ping(srv.address, timeout=2)["protocol"] == P.PROTOCOL_VERSION  # and it still serves its user
+
+
+def test_a_token_readable_by_others_is_refused(tmp_path, monkeypatch):
+    from pipstrack.service.server import ServiceError, ensure_local_token
+
+    monkeypatch.setenv("PIPSTRACK_CONFIG_DIR", str(tmp_path / "cfg"))
+    token = ensure_local_token()
+    assert ensure_local_token() == token  # made once, then read
+    if os.name == "posix":
+        os.chmod(tmp_path / "cfg" / "local-token", 0o644)
+        with pytest.raises(ServiceError, match="can be read by other users"):
+            ensure_local_token()

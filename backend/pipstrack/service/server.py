@@ -30,6 +30,7 @@ import zmq
 from ..conventions import resize_to_working, to_display, working_size
 from ..io.frames import FrameReadError, decode_image_bytes
 from ..wire import protocol as P
+from ..wire.client import LOCAL_USER, local_token_path, read_local_token
 
 log = logging.getLogger("pipstrack.service")
 MAX_JOBS_PER_CLIENT = 64  # unfinished jobs (receiving, queued, running) per connection
@@ -306,6 +307,7 @@ class Server:
         self.ctx = context or zmq.Context.instance()
         self.auth = None
         self._reload_asked = threading.Event()
+        self._allowed: Path | None = None  # --keys: the folder of allowed client keys
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 500)
         # libzmq disconnects a peer that sends a bigger frame before it is ever buffered whole;
@@ -317,7 +319,9 @@ class Server:
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         if keys_dir is not None:
             self._secure(Path(keys_dir).expanduser())
-        elif not P.is_loopback(bind):
+        elif P.is_loopback(bind):  # always: --insecure is about other machines
+            self._local_auth()
+        else:
             log.warning(
                 "serving %s WITHOUT encryption or authentication (--insecure): anyone who can reach it can use it", bind
             )
@@ -353,6 +357,21 @@ class Server:
         self.sock.curve_publickey = public
         self.sock.curve_server = True
         log.info("CurveZMQ on: clients must hold a key listed in %s", allowed)
+
+    def _local_auth(self) -> None:
+        """On loopback, only this user's processes get in: they present the token in this user's
+        configuration folder (ZMQ PLAIN, checked by a ZAP authenticator), which only this user
+        can read. Other users of a shared machine are refused at the handshake."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        token = ensure_local_token()
+        auth_log = logging.getLogger("pipstrack.service.auth")
+        auth_log.setLevel(max(auth_log.getEffectiveLevel(), logging.INFO))  # its debug lines print passwords
+        self.auth = ThreadAuthenticator(self.ctx, log=auth_log)
+        self.auth.start()
+        self.auth.configure_plain(domain="*", passwords={LOCAL_USER: token})
+        self.sock.plain_server = True
+        log.info("local token on: clients must read %s (this user's)", local_token_path())
 
     # -- main loop ---------------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -390,7 +409,7 @@ class Server:
 
     def _reload_keys(self) -> None:
         self._reload_asked.clear()
-        if self.auth is None:
+        if self._allowed is None:
             log.info("SIGHUP: no keys to reload (the server runs without --keys)")
             return
         try:
@@ -832,6 +851,34 @@ def serve(model, **kwargs) -> None:
         for s, h in previous.items():
             signal.signal(s, h)
     log.info("stopped")
+
+
+def ensure_local_token() -> str:
+    """This user's local token (see :func:`pipstrack.wire.client.local_token_path`), made on
+    first use: 64 hex digits in a file created 0600 in a 0700 folder, linked into place whole
+    (two servers starting at once end with one token). One readable by others is refused."""
+    import secrets
+
+    path = local_token_path()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        tmp = path.with_name(f".local-token-{os.getpid()}-{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(secrets.token_hex(32) + "\n")
+            try:
+                os.link(tmp, path)  # fails if another server made one meanwhile: that one is used
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+    if os.name == "posix" and path.stat().st_mode & 0o077:
+        raise ServiceError(f"{path} can be read by other users: `chmod 600 {path}` (or delete it to make a new one)")
+    token = read_local_token()
+    if token is None:
+        raise ServiceError(f"{path} holds no token: delete it to make a new one")
+    return token
 
 
 def make_keys(directory, client_name: str = "client") -> dict:

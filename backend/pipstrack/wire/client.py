@@ -19,6 +19,7 @@ minute-long render or save in Blender. Scripts use the blocking :func:`track`::
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import uuid
@@ -38,6 +39,46 @@ class TrackingError(RuntimeError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+LOCAL_USER = "pipstrack"  # the PLAIN user name of the local token
+
+
+def local_token_path() -> Path:
+    """This user's token for backends on this machine: ``$PIPSTRACK_CONFIG_DIR/local-token``, else
+    in the user's configuration folder (``~/.config/pipstrack``, ``%APPDATA%\\pipstrack``,
+    ``~/Library/Application Support/pipstrack``). A backend on loopback makes it on first use,
+    readable by this user only; clients of the same user read it (as Jupyter's token)."""
+    d = os.environ.get("PIPSTRACK_CONFIG_DIR")
+    if not d:
+        if sys.platform == "win32":
+            base = os.environ.get("APPDATA") or os.path.expanduser("~")
+        elif sys.platform == "darwin":
+            base = os.path.expanduser("~/Library/Application Support")
+        else:
+            base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+        d = os.path.join(base, "pipstrack")
+    return Path(d).expanduser() / "local-token"
+
+
+def read_local_token() -> str | None:
+    """The local token, or None where no backend of this user has made one yet."""
+    try:
+        token = local_token_path().read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token or None
+
+
+def use_local_token(sock, address: str) -> bool:
+    """Presents this user's local token on ``sock`` (ZMQ PLAIN: authentication, no encryption,
+    which loopback does not need) when ``address`` is on this machine and a token exists."""
+    token = read_local_token() if P.is_loopback(address) else None
+    if token is None:
+        return False
+    sock.plain_username = LOCAL_USER.encode()
+    sock.plain_password = token.encode()
+    return True
 
 
 def _load_keys(keys_dir, name: str = "client"):
@@ -75,6 +116,8 @@ class Connection:
         self.heartbeat = heartbeat or P.env_float(os.environ, "PIPSTRACK_HEARTBEAT", P.HEARTBEAT_INTERVAL)
         self.timeout = timeout or P.env_float(os.environ, "PIPSTRACK_SERVER_TIMEOUT", P.SERVER_TIMEOUT)
         keys = _load_keys(keys_dir, key_name) if keys_dir is not None else None  # before any socket exists
+        self.local_token = False  # whether this connection presents the local token
+        self._keys = keys
         self.ctx = context or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -84,6 +127,8 @@ class Connection:
         self.sock.setsockopt(zmq.SNDHWM, 2)
         if keys is not None:
             self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = keys
+        else:
+            self.local_token = use_local_token(self.sock, address)
         try:
             self.sock.connect(address)
         except zmq.ZMQError as e:
@@ -171,9 +216,13 @@ class Connection:
             self._dispatch(parts)
         del self.events[:-100]  # connection-level events are only for wait_hello and diagnostics
         if self.failure is None and time.monotonic() - self.last_heard > self.timeout:
-            self._fail(
-                TrackingError(P.E_TIMEOUT, f"the server at {self.address} has not answered for {self.timeout:g} s")
-            )
+            why = f"the server at {self.address} has not answered for {self.timeout:g} s"
+            if self.server is None and P.is_loopback(self.address) and not self.local_token and self._keys is None:
+                why += (
+                    f" (a backend on this machine answers only its own user's clients, which read its token, "
+                    f"and there is none at {local_token_path()}: is it another user's backend?)"
+                )
+            self._fail(TrackingError(P.E_TIMEOUT, why))
 
     def _fail(self, err: TrackingError) -> None:
         self.failure = err

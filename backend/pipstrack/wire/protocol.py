@@ -661,7 +661,9 @@ class TrajectoryAssembly:
         hi = lo + len(piece["xy"])
         if not (0 <= lo <= hi <= self.T) or piece["xy"].shape[1] != self.N:
             raise ProtocolError(
-                E_BAD_PAYLOAD, f"trajectory chunk frames {lo}..{hi} x {piece['xy'].shape[1]} points do not fit the job", job
+                E_BAD_PAYLOAD,
+                f"trajectory chunk frames {lo}..{hi} x {piece['xy'].shape[1]} points do not fit the job",
+                job,
             )
         kind = h["type"]
         arrays, expected = self._building.get(kind, (None, 0))
@@ -669,9 +671,11 @@ class TrajectoryAssembly:
             raise ProtocolError(E_BAD_PAYLOAD, f"trajectory chunk {part} of {parts} came instead of {expected}", job)
         if part == 0:
             base = self.arrays if (h.get("delta") is True and self.arrays is not None) else None
-            arrays = self._blank(piece["verified"] is not None) if base is None else {
-                k: (None if v is None else v.copy()) for k, v in base.items()
-            }
+            arrays = (
+                self._blank(piece["verified"] is not None)
+                if base is None
+                else {k: (None if v is None else v.copy()) for k, v in base.items()}
+            )
         for k in ("xy", "visible", "confidence", "verified"):
             if arrays.get(k) is not None and piece[k] is not None:
                 arrays[k][lo:hi] = piece[k]
@@ -681,7 +685,9 @@ class TrajectoryAssembly:
         self._building.pop(kind, None)
         if kind == PARTIAL:
             self.arrays = arrays
-        extra = {k: v for k, v in piece.items() if k not in ("first", "frame_indices", "part", "parts", "delta", *arrays)}
+        extra = {
+            k: v for k, v in piece.items() if k not in ("first", "frame_indices", "part", "parts", "delta", *arrays)
+        }
         return {
             "first": self.first,
             "frame_indices": np.arange(self.first, self.first + self.T),
