@@ -4,7 +4,7 @@
 A backend on this machine (or one sharing the storage) reads the files itself: the job sends
 file paths (sequences) or the movie's path. A render box elsewhere gets the files' bytes
 (read on a helper thread, decoded there exactly as it decodes files), for every format the
-backend reads (``_pipstrack.wire.protocol.IMAGE_SUFFIXES``). Other formats (TGA, BMP, Iris,
+backend reads (``_pipstrack.wire.protocol.IMAGE_SUFFIXES``). Other formats (Iris, PSD,
 ...) are decoded here by Blender and sent as pixels: 8-bit images as sRGB uint8, float images
 as linear float16 in the scene's linear space; that decode runs on Blender's own thread, one
 frame per timer tick.

@@ -202,7 +202,7 @@ class TrackingRun:
     # -- submitting ------------------------------------------------------------------------
     def _frames_via(self) -> str:
         """AUTO: a backend here reads the files; a render box gets their bytes. Formats the
-        backend cannot decode (TGA, BMP, Iris, ...) always go as pixels decoded by Blender."""
+        backend cannot decode (Iris, PSD, ...) always go as pixels decoded by Blender."""
         choice, frames = self.s.frames_via, self.frames
         if frames.kind != "MOVIE" and not frames.backend_reads and choice != "PIXELS":
             if choice != "AUTO":

@@ -70,7 +70,7 @@ class PIPSTRACK_AddonPreferences(bpy.types.AddonPreferences):
             (
                 "PIXELS",
                 "Pixels",
-                "Blender decodes the frames and sends them (formats the backend cannot read, such as TGA, "
+                "Blender decodes the frames and sends them (formats the backend cannot read, such as Iris, "
                 "go this way anyway; slow for large frames)",
             ),
         ],

@@ -31,7 +31,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "backend"))
 
-KINDS = ("honest", "paths", "cancel", "killed", "slow_reader", "oversized", "fifo", "device", "outside")
+KINDS = (
+    "honest", "paths", "cancel", "killed", "slow_reader", "oversized", "big_result", "fifo", "device", "outside",
+)  # fmt: skip
+CHUNK_BYTES = 4096  # the server's trajectory chunks in the soak: a 300-point result is 9 messages
 
 
 def tiny_model(path: Path) -> None:
@@ -51,7 +54,9 @@ class ServerProcess:
             sys.executable, "-m", "pipstrack", "serve", "--bind", address, "--device", "cpu", "--model", str(model),
             "--allow-root", str(root), "--threads", "1", "--job-memory-mb", "64",
         ]  # fmt: skip
-        self.env = dict(os.environ, PIPSTRACK_CLIENT_TIMEOUT="2", OMP_NUM_THREADS="1")
+        self.env = dict(
+            os.environ, PIPSTRACK_CLIENT_TIMEOUT="2", OMP_NUM_THREADS="1", PIPSTRACK_CHUNK_BYTES=str(CHUNK_BYTES)
+        )
         self.log = log
         self.peak_kb = 0
         self.start()
@@ -97,6 +102,10 @@ def one_job(kind, address, frames, paths, hostile, rng):
             job = conn.submit(frames, q, chunk=2)
         elif kind == "paths":
             job = conn.submit(None, q, paths=paths, frame_shape=frames.shape[1:3])
+        elif kind == "big_result":  # 300 points: a result in 9 chunks, read late (a slow reader)
+            ys, xs = np.mgrid[8:64:4, 8:120:5.6]
+            grid = np.column_stack([np.zeros(xs.size), xs.ravel(), ys.ravel()])[:300]
+            job = conn.submit(frames, grid, chunk=2, partial_interval=0.05)
         elif kind == "oversized":  # 3000 frames of 1080p at working size 1920: far over 64 MB
             job = conn.submit(lambda i: frames[0], q, frame_count=3000, frame_shape=(1080, 1920), dtype="uint8",
                               working_size=1920)  # fmt: skip
@@ -113,11 +122,13 @@ def one_job(kind, address, frames, paths, hostile, rng):
                 job.poll()
                 time.sleep(0.01)
             return "killed (closed mid-upload)"
-        if kind == "slow_reader":
+        if kind in ("slow_reader", "big_result"):
             job.poll()
             time.sleep(3.0)
         try:
-            job.wait(60)
+            got = job.wait(60)
+            if kind == "big_result" and not (got["xy"].shape == (len(frames), 300, 2) and np.isfinite(got["xy"]).all()):
+                return "result incomplete"
             return "result"
         except TrackingError as e:
             return "cancelled" if e.code == "cancelled" else e.code

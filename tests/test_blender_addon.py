@@ -738,11 +738,11 @@ def test_tracking_operators_are_not_registered_for_redo(tmp_path, extension_zip,
         assert "REGISTER" not in opts[name] and "UNDO" in opts[name], opts
 
 
-@pytest.mark.parametrize("fmt", ["JPEG2000", "DPX", "CINEON", "TARGA"])
+@pytest.mark.parametrize("fmt", ["JPEG2000", "DPX", "CINEON", "TARGA", "IRIS"])
 def test_sequences_in_film_and_other_formats(tmp_path, extension_zip, shot, backend, reference, fmt):
-    """Sequences Blender writes: JPEG 2000, DPX and Cineon files the backend reads itself (exactly
-    the in-process tracker on the same files: no decode on Blender's thread), Targa files it
-    cannot read, decoded by Blender and sent as pixels even when File Paths is chosen, with a
+    """Sequences Blender writes: JPEG 2000, DPX, Cineon and Targa files the backend reads itself
+    (exactly the in-process tracker on the same files: no decode on Blender's thread), Iris files
+    it cannot read, decoded by Blender and sent as pixels even when File Paths is chosen, with a
     warning that says so."""
     steps = keyframe_steps(shot, [0, 1, 2], 0) + [
         {"op": "select", "tracks": ["p0", "p1", "p2"]},
@@ -759,9 +759,9 @@ def test_sequences_in_film_and_other_formats(tmp_path, extension_zip, shot, back
     )
     res = out["steps"][-1]["result"]
     assert res["returned"] == ["FINISHED"], res["reports"]
-    suffix = {"JPEG2000": ".jp2", "DPX": ".dpx", "CINEON": ".cin", "TARGA": ".tga"}[fmt]
+    suffix = {"JPEG2000": ".jp2", "DPX": ".dpx", "CINEON": ".cin", "TARGA": ".tga", "IRIS": ".rgb"}[fmt]
     assert out["converted"].endswith(suffix)
-    if fmt != "TARGA":
+    if fmt != "IRIS":
         from pipstrack.io.frames import open_frames
 
         assert not any("cannot decode" in r[1] for r in res["reports"]), res["reports"]
@@ -772,7 +772,7 @@ def test_sequences_in_film_and_other_formats(tmp_path, extension_zip, shot, back
             got = markers(out, f"p{n}")
             check_markers(got, range(1, T + 1), ref.xy[:, j])
     else:
-        assert any("cannot decode .tga" in r[1] for r in res["reports"]), res["reports"]
+        assert any("cannot decode .rgb" in r[1] for r in res["reports"]), res["reports"]
         for n in (0, 1, 2):
             got = markers(out, f"p{n}")
             xy = np.array([got[f][:2] for f in range(1, T + 1)])

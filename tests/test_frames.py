@@ -542,3 +542,63 @@ def test_truncated_exr_in_a_sequence_names_the_frame(tmp_path, keep):
     src.read(0)
     with pytest.raises(FrameReadError, match=r"frame 2 .*truncated"):
         src.read(1)
+
+
+BLENDER_WRITES_8BIT = r"""
+import sys, bpy
+src, out = sys.argv[1], sys.argv[2]
+img = bpy.data.images.load(src)
+s = bpy.context.scene.render.image_settings
+for fmt, ext in (("PNG", "png"), ("TARGA", "tga"), ("TARGA_RAW", "tga"), ("BMP", "bmp"), ("WEBP", "webp"),
+                 ("HDR", "hdr"), ("DPX", "dpx")):
+    s.file_format = fmt
+    if fmt == "DPX":
+        s.color_depth = "16"
+    img.save_render(f"{out}/plate_{fmt}.0001.{ext}")
+"""
+
+
+def test_targa_bmp_webp_and_hdr_from_blender(tmp_path):
+    """Formats Blender writes that OpenCV alone does not cover: Targa (RLE and raw, through
+    Pillow) and BMP decode exactly as the PNG Blender wrote beside them; WebP within its lossy
+    coding; Radiance HDR as linear values, as the 16-bit linear DPX beside it."""
+    pytest.importorskip("bpy")
+    import subprocess
+
+    from pipstrack.evaluation.harness import load_photo
+    from pipstrack.io.frames import decode_image, decode_image_bytes
+
+    src = np.ascontiguousarray(load_photo("astronaut")[100:137, 200:253])
+    cv2.imwrite(str(tmp_path / "src.png"), cv2.cvtColor(src, cv2.COLOR_RGB2BGR))
+    subprocess.run([sys.executable, "-c", BLENDER_WRITES_8BIT, str(tmp_path / "src.png"), str(tmp_path)],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    png = decode_image(str(tmp_path / "plate_PNG.0001.png"))
+    for fmt, ext in (("TARGA", "tga"), ("TARGA_RAW", "tga"), ("BMP", "bmp")):
+        path = str(tmp_path / f"plate_{fmt}.0001.{ext}")
+        np.testing.assert_array_equal(decode_image(path), png, err_msg=fmt)
+        np.testing.assert_array_equal(decode_image_bytes(open(path, "rb").read(), f".{ext}"), png, err_msg=fmt)
+        np.testing.assert_array_equal(open_frames(path).read(0), png, err_msg=fmt)
+    webp = decode_image(str(tmp_path / "plate_WEBP.0001.webp"))
+    assert webp.shape == png.shape and np.abs(webp.astype(int) - png).mean() < 3
+    hdr, dpx = (decode_image(str(tmp_path / f"plate_{f}.0001.{e}")) for f, e in (("HDR", "hdr"), ("DPX", "dpx")))
+    assert hdr.dtype == np.float32 and np.allclose(hdr, dpx, rtol=0.02, atol=2e-3)
+    cut = tmp_path / "cut.0001.tga"
+    data = (tmp_path / "plate_TARGA_RAW.0001.tga").read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(FrameReadError, match="truncated|cannot decode"):
+        decode_image(str(cut))
+
+
+def test_multilayer_exr_reads_the_combined_pass(tmp_path):
+    """A Blender multilayer EXR (passes named ViewLayer.Pass.Channel): the combined pass."""
+    import OpenEXR
+
+    rng = np.random.default_rng(4)
+    combined, depth = rng.random((16, 24, 3)).astype(np.float32), rng.random((16, 24)).astype(np.float32)
+    channels = {f"ViewLayer.Combined.{c}": np.ascontiguousarray(combined[..., k]) for k, c in enumerate("RGB")}
+    channels.update({"ViewLayer.Combined.A": np.ones((16, 24), np.float32), "ViewLayer.Depth.Z": depth})
+    channels.update({f"ViewLayer.AO.{c}": np.zeros((16, 24), np.float32) for c in "RGB"})
+    OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION}, channels).write(str(tmp_path / "ml.0001.exr"))
+    from pipstrack.io.frames import decode_image
+
+    np.testing.assert_array_equal(decode_image(str(tmp_path / "ml.0001.exr")), combined)

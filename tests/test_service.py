@@ -345,7 +345,7 @@ def test_encoded_files_for_a_server_without_the_files(server, reference, tmp_pat
             bad.wait(30)
         assert e.value.code == P.E_READ_FAILED and "frame 3" in e.value.message
         with pytest.raises(ValueError, match="cannot decode"):
-            conn.submit(None, QUERIES[:1], encoded=[str(tmp_path / "plate.0001.tga")], frame_shape=(64, 96))
+            conn.submit(None, QUERIES[:1], encoded=[str(tmp_path / "plate.0001.rgb")], frame_shape=(64, 96))
         assert conn.submit(None, QUERIES[:1], encoded=files, frame_shape=(64, 96)).wait(30)["xy"].shape == (8, 1, 2)
     finally:
         conn.close()

@@ -37,14 +37,16 @@ try:
     install_extension(bpy, spec, out)
     if "online_access" in spec:  # Preferences > System > Network > Allow Online Access
         bpy.context.preferences.system.use_online_access = spec["online_access"]
-    if spec.get("convert"):  # the PNG sequence re-saved by Blender as another format (DPX, Cineon, JPEG 2000, Targa)
+    if spec.get(
+        "convert"
+    ):  # the PNG sequence re-saved by Blender as another format (DPX, Cineon, JPEG 2000, Targa, Iris)
         import glob
 
         fmt, folder = spec["convert"], os.path.join(os.path.dirname(spec["clip"]), "converted-" + spec["convert"])
         os.makedirs(folder, exist_ok=True)
         for src in sorted(glob.glob(os.path.join(os.path.dirname(spec["clip"]), "*.png"))):
             img = bpy.data.images.load(src)
-            ext = {"DPX": ".dpx", "CINEON": ".cin", "JPEG2000": ".jp2", "TARGA": ".tga"}[fmt]
+            ext = {"DPX": ".dpx", "CINEON": ".cin", "JPEG2000": ".jp2", "TARGA": ".tga", "IRIS": ".rgb"}[fmt]
             scene_settings = bpy.context.scene.render.image_settings
             scene_settings.file_format = fmt
             if fmt == "JPEG2000":

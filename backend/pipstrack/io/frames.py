@@ -10,7 +10,8 @@ Supported inputs (see :func:`open_frames`):
   are ``0 .. T-1``. The frame count is established by decoding the whole clip
   once when it is opened (container headers are often wrong), so opening a long
   movie takes roughly one decode pass.
-* Image sequences: ``.png .jpg .jpeg .tif .tiff .exr .jp2 .dpx .cin`` given as a folder, a
+* Image sequences: ``.png .jpg .jpeg .tif .tiff .exr .jp2 .dpx .cin .tga .bmp .webp .hdr`` given
+  as a folder, a
   printf pattern (``shot.%04d.png``), a hash pattern (``shot.####.png``, the
   number of ``#`` is the zero padding) or one file of the sequence
   (``shot.1001.png``). Frame numbers are the numbers in the file names. A gap in
@@ -413,13 +414,14 @@ def _read_exr(path: str) -> np.ndarray:
             f"cannot read the EXR's pixel data: truncated or corrupt file ({type(exc).__name__}: {exc})"
         ) from exc
     names = list(channels.keys())
-    if all(c in channels for c in ("R", "G", "B")):
-        rgb = np.stack([np.asarray(channels[c].pixels, dtype=np.float32) for c in "RGB"], axis=-1)
+    layer = _exr_layer(names)
+    if layer is not None:
+        rgb = np.stack([np.asarray(channels[layer + c].pixels, dtype=np.float32) for c in "RGB"], axis=-1)
     elif "Y" in channels:
         y = np.asarray(channels["Y"].pixels, dtype=np.float32)
         rgb = np.repeat(y[..., None], 3, axis=-1)
     else:
-        raise FrameReadError(f"EXR has no R,G,B or Y channels (found: {', '.join(sorted(names))})")
+        raise FrameReadError(f"EXR has no R,G,B or Y channels (found: {', '.join(sorted(names)[:12])})")
     data = header.get("dataWindow")
     disp = header.get("displayWindow")
     if data is not None and disp is not None:
@@ -438,6 +440,19 @@ def _read_exr(path: str) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
+def _exr_layer(names) -> str | None:
+    """The prefix of the R, G, B channels to read: "" for a plain EXR; for a multilayer one (a
+    Blender render: "ViewLayer.Combined.R", ...) the combined pass of the first view layer, else
+    the first layer that has all three."""
+    if all(c in names for c in ("R", "G", "B")):
+        return ""
+    layers = sorted({n[:-1] for n in names if n.endswith(".R") and n[:-1] + "G" in names and n[:-1] + "B" in names})
+    if not layers:
+        return None
+    combined = [p for p in layers if p.rstrip(".").rsplit(".", 1)[-1].lower() in ("combined", "rgba", "beauty")]
+    return (combined or layers)[0]
+
+
 def _read_raster(path: str) -> np.ndarray:
     """Decode PNG/JPEG/TIFF with OpenCV, keeping bit depth and channel count."""
     try:
@@ -448,12 +463,37 @@ def _read_raster(path: str) -> np.ndarray:
 
 
 def _decode_raster(data: np.ndarray, suffix: str) -> np.ndarray:
-    """OpenCV decode of a file's bytes, refusing a cut-off JPEG or PNG (OpenCV decodes what is
-    there and fills the rest with grey: tracks would be silently wrong from that frame on)."""
+    """OpenCV decode of a file's bytes (Pillow for Targa, which OpenCV does not read), refusing
+    a cut-off JPEG or PNG (OpenCV decodes what is there and fills the rest with grey: tracks
+    would be silently wrong from that frame on). Channels come out as OpenCV orders them (BGR)."""
     _check_complete(data, suffix)
+    if suffix.lower() in PILLOW_SUFFIXES:
+        return _decode_pillow(data)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
         raise FrameReadError("cannot decode image")
+    return img
+
+
+PILLOW_SUFFIXES = (".tga",)
+
+
+def _decode_pillow(data: np.ndarray) -> np.ndarray:
+    """Targa (uncompressed or RLE, grey, RGB or RGBA) through Pillow, as OpenCV would give it."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as im:
+            im.load()  # a cut-off file raises here ("image file is truncated")
+            if im.mode not in ("L", "RGB", "RGBA"):
+                im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+            img = np.asarray(im)
+    except (OSError, ValueError, SyntaxError) as exc:  # what Pillow raises for bad files
+        raise FrameReadError(f"cannot decode image: {exc}") from None
+    if img.ndim == 3:  # RGB(A) -> BGR(A), as _raster_to_rgb expects
+        img = np.ascontiguousarray(img[..., [2, 1, 0, 3][: img.shape[2]]])
     return img
 
 

@@ -92,7 +92,9 @@ COLOURS = ("srgb", "linear")
 SOURCES = ("frames", "paths", "video", "encoded")
 # Image files the backend decodes itself (source "paths", or their bytes as source "encoded"):
 # the one list the add-on checks before it sends a clip's files instead of decoded pixels.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".jp2", ".dpx", ".cin")
+IMAGE_SUFFIXES = (
+    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".jp2", ".dpx", ".cin", ".tga", ".bmp", ".webp", ".hdr",
+)  # fmt: skip
 
 
 def backend_reads(path: str) -> bool:
