@@ -103,8 +103,8 @@ def one_job(kind, address, frames, paths, hostile, rng):
         elif kind == "paths":
             job = conn.submit(None, q, paths=paths, frame_shape=frames.shape[1:3])
         elif kind == "big_result":  # 300 points: a result in 9 chunks, read late (a slow reader)
-            ys, xs = np.mgrid[8:64:4, 8:120:5.6]
-            grid = np.column_stack([np.zeros(xs.size), xs.ravel(), ys.ravel()])[:300]
+            ys, xs = np.meshgrid(np.linspace(8, 64, 15), np.linspace(8, 120, 20), indexing="ij")
+            grid = np.column_stack([np.zeros(xs.size), xs.ravel(), ys.ravel()])  # 300 points
             job = conn.submit(frames, grid, chunk=2, partial_interval=0.05)
         elif kind == "oversized":  # 3000 frames of 1080p at working size 1920: far over 64 MB
             job = conn.submit(lambda i: frames[0], q, frame_count=3000, frame_shape=(1080, 1920), dtype="uint8",
