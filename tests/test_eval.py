@@ -130,30 +130,14 @@ def test_a_method_that_cannot_run_is_reported_not_fatal():
     assert runs["photo"]["zero"].summary()["clips"] == 2
 
 
+def run_eval_cli(*args, timeout=300):
+    """`pipstrack eval ARGS --device cpu` as a user runs it."""
+    cmd = [sys.executable, "-m", "pipstrack", "eval", *map(str, args), "--device", "cpu"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
 def test_eval_command_prints_one_table():
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipstrack",
-            "eval",
-            "--synthetic",
-            "2",
-            "--photo-clips",
-            "1",
-            "--frames",
-            "10",
-            "--size",
-            "96x128",
-            "--baselines",
-            "zero,lk",
-            "--device",
-            "cpu",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = run_eval_cli("--synthetic", 2, "--photo-clips", 1, "--frames", 10, "--size", "96x128", "--baselines", "zero,lk")
     assert r.returncode == 0, r.stderr
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| method |") and "synthetic (2) δavg %" in rows[0] and "photo (1) AJ %" in rows[0]
@@ -196,31 +180,10 @@ def test_eval_on_real_footage_forward_backward_and_a_pasted_occluder(tmp_path):
     if B.blender_available() is not None:
         pytest.skip("the pseudo ground truth needs Blender's tracker (bpy)")
     out = tmp_path / "real.json"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipstrack",
-            "eval",
-            "--synthetic",
-            "0",
-            "--photo-clips",
-            "0",
-            "--real",
-            "1",
-            "--real-frames",
-            "24",
-            "--real-points",
-            "16",
-            "--device",
-            "cpu",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
+    r = run_eval_cli(
+        "--synthetic", 0, "--photo-clips", 0, "--real", 1, "--real-frames", 24, "--real-points", 16, "--json", out,
         timeout=600,
-    )
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [line.split("|")[1:-1] for line in r.stdout.splitlines() if line.startswith("| carphone")]
     assert [c[1].strip() for c in rows] == ["pipstrack", "pipstrack-raw", "lk", "blender-perspective"]

@@ -133,7 +133,7 @@ def refine_trajectories(
         # it was last found (a point found again keeps going, as a KLT tracker would).
         for k in range(ROUNDS):
             if tick is not None:
-                tick(k / sweeps, "co-motion")  # the fill itself is one numpy pass: check before it
+                tick((1 + k) / sweeps, "co-motion")  # the fill itself is one numpy pass: check before it
             pred = comotion_fill(out, polished)
             before = int(polished.sum())
             seeded_pass(pred, sweep_tick(1 + k, "co-motion"))

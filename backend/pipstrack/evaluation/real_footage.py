@@ -60,20 +60,12 @@ def clip_path(name: str) -> Path:
 
 def load_clip(name: str, frames: int) -> np.ndarray:
     """The first ``frames`` frames of a clip as (T,H,W,3) uint8 RGB, long side at most LONG_SIDE."""
-    import cv2
-
+    from ..conventions import resize_to_working, working_size
     from ..io.frames import open_frames
 
     src = open_frames(clip_path(name))
-    T = min(frames, len(src))
-    out = []
-    for i in range(T):
-        img = src.read(i)
-        h, w = img.shape[:2]
-        if max(h, w) > LONG_SIDE:
-            s = LONG_SIDE / max(h, w)
-            img = cv2.resize(img, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
-        out.append(img)
+    size = working_size(*src.size, LONG_SIDE)  # the project's one resizing rule
+    out = [resize_to_working(src.read(i), size) for i in range(min(frames, len(src)))]
     src.close()
     return np.stack(out)
 

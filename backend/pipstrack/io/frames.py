@@ -353,18 +353,11 @@ def decode_image(path: str) -> np.ndarray:
     TIFF. Raises FrameReadError saying what is wrong with it."""
     if path.lower().endswith(".exr"):
         return _read_exr(path)
-    if film.is_film(os.path.splitext(path)[1]):
-        try:
-            data = np.fromfile(path, dtype=np.uint8)
-        except OSError as exc:
-            raise FrameReadError(f"cannot read file: {exc}") from exc
-        return _decode_film(data)
-    img = _raster_to_rgb(_read_raster(path))
-    if img.dtype in (np.uint8, np.uint16):
-        return img
-    if img.dtype.kind == "f":
-        return img.astype(np.float32)
-    raise FrameReadError(f"unsupported pixel type {img.dtype}")
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # works with any path encoding
+    except OSError as exc:
+        raise FrameReadError(f"cannot read file: {exc}") from exc
+    return decode_image_bytes(data, os.path.splitext(path)[1])
 
 
 def decode_image_bytes(data, suffix: str) -> np.ndarray:
@@ -384,7 +377,11 @@ def decode_image_bytes(data, suffix: str) -> np.ndarray:
     if film.is_film(suffix):
         return _decode_film(data)
     img = _raster_to_rgb(_decode_raster(np.frombuffer(data, np.uint8), suffix))
-    return img if img.dtype in (np.uint8, np.uint16) else img.astype(np.float32)
+    if img.dtype in (np.uint8, np.uint16):
+        return img
+    if img.dtype.kind == "f":
+        return img.astype(np.float32)
+    raise FrameReadError(f"unsupported pixel type {img.dtype}")
 
 
 def _decode_film(data) -> np.ndarray:
@@ -451,15 +448,6 @@ def _exr_layer(names) -> str | None:
         return None
     combined = [p for p in layers if p.rstrip(".").rsplit(".", 1)[-1].lower() in ("combined", "rgba", "beauty")]
     return (combined or layers)[0]
-
-
-def _read_raster(path: str) -> np.ndarray:
-    """Decode PNG/JPEG/TIFF with OpenCV, keeping bit depth and channel count."""
-    try:
-        data = np.fromfile(path, dtype=np.uint8)  # works with any path encoding
-    except OSError as exc:
-        raise FrameReadError(f"cannot read file: {exc}") from exc
-    return _decode_raster(data, os.path.splitext(path)[1])
 
 
 def _decode_raster(data: np.ndarray, suffix: str) -> np.ndarray:
