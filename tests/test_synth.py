@@ -5,6 +5,7 @@ independently (re-warping each layer's mask and sampling textures) instead of
 trusting the generator's own bookkeeping.
 """
 
+import dataclasses
 import os
 import sys
 
@@ -253,3 +254,50 @@ def test_camera_shake_keeps_ground_truth_exact():
     assert np.median(diff) < 12  # same surface point (bilinear resampling and rounding aside)
     plain = synth.make_clip(np.random.default_rng(4), synth.SynthConfig())
     assert np.median(np.abs(np.diff(plain["trajs"], n=2, axis=0))) < np.median(np.abs(acc))
+
+
+def test_hard_augmentations_keep_ground_truth_exact_and_old_streams():
+    """Fast clips move faster, poles are thin sprites, flicker changes the frames' colour but not
+    their geometry, the evaluation's photographs never appear, and with all of it off a seed
+    gives the clip it always gave."""
+    hard = synth.SynthConfig(fast_prob=1.0, pole_prob=1.0, flicker_prob=1.0, exclude_photos=synth.EVAL_PHOTOS)
+    speed = lambda c: float(np.linalg.norm(np.diff(c["trajs"], axis=0), axis=-1).mean())  # noqa: E731
+    normal = [synth.make_clip(np.random.default_rng([6, k]), CFG) for k in range(8)]
+    fast = [synth.make_clip(np.random.default_rng([6, k]), hard) for k in range(8)]
+    assert np.median([speed(c) for c in fast]) > 1.4 * np.median([speed(c) for c in normal])
+    # Poles: every sprite mask is a bar, so its area is a small share of its bounding square.
+    tex_err = []
+    for seed in range(7, 13):
+        c = synth.make_clip(np.random.default_rng(seed), hard.clean(), debug=True)
+        for layer in c["layers"][1:]:
+            assert layer["mask"].mean() < 0.16
+        # The pixel under a visible point on a pole still shows its texture (flicker off: clean()).
+        t, n = np.nonzero(c["visible"])
+        keep = c["point_layer"][n] > 0
+        for f, k in zip(t[keep], n[keep]):
+            tex = c["layers"][c["point_layer"][k]]["tex"]
+            want = bilinear(tex, c["tex_xy"][k : k + 1, 0], c["tex_xy"][k : k + 1, 1])[0]
+            tex_err.append(np.abs(want - bilinear(c["rgbs"][f], [c["trajs"][f, k, 0]], [c["trajs"][f, k, 1]])[0]).mean())
+    assert len(tex_err) > 20 and np.median(tex_err) < 3
+    # Flicker: same geometry, different colours from frame to frame.
+    still = dataclasses.replace(CLEAN, flicker_prob=1.0, flicker=0.1)
+    a = synth.make_clip(np.random.default_rng(8), CLEAN)
+    b = synth.make_clip(np.random.default_rng(8), still)
+    assert np.array_equal(a["trajs"], b["trajs"])
+    gain = b["rgbs"].reshape(8, -1, 3).mean(1) / np.maximum(a["rgbs"].reshape(8, -1, 3).mean(1), 1)
+    assert np.std(gain[:, 0] / gain[:, 1]) > 0.01  # white balance moves, not only exposure
+    np.testing.assert_array_equal(a["rgbs"], synth.make_clip(np.random.default_rng(8), still.clean())["rgbs"])
+    # Excluded photographs: with photo textures only, none of the evaluation's appears.
+    used = []
+    real = synth._tex_photo
+
+    def spy(rng, h, w, photos):
+        used.extend(photos)
+        return real(rng, h, w, photos)
+
+    synth._tex_photo = spy
+    try:
+        synth.make_clip(3, dataclasses.replace(hard, photo_prob=1.0))
+    finally:
+        synth._tex_photo = real
+    assert used and not set(used) & set(synth.EVAL_PHOTOS)

@@ -81,8 +81,11 @@ def cmd_train(args) -> int:
         iters=args.iters,
         slow_prob=args.slow,
         shake_prob=args.shake,
+        fast_prob=args.fast,
+        flicker_prob=args.flicker,
+        pole_prob=args.poles,
     )
-    for name in ("slow", "shake"):
+    for name in ("slow", "shake", "fast", "flicker", "poles"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise CliError(f"--{name} must be a share between 0 and 1, got {getattr(args, name)}")
     best = train(opts, log=lambda m: print(m, file=sys.stderr))
@@ -236,4 +239,15 @@ def add_parsers(sub) -> None:
     tr.add_argument(
         "--shake", type=float, default=0.0, metavar="P", help="share of clips with hand-held camera shake (0..1)"
     )
+    tr.add_argument(
+        "--fast", type=float, default=0.0, metavar="P", help="share of fast clips (motion 1.5-2.5x faster, 0..1)"
+    )
+    tr.add_argument(
+        "--flicker",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of clips with exposure and white-balance flicker (0..1)",
+    )
+    tr.add_argument("--poles", type=float, default=0.0, metavar="P", help="chance that a sprite is a thin pole (0..1)")
     tr.set_defaults(func=cmd_train)

@@ -36,7 +36,12 @@ __all__ = [
     "load_test_config",
     "clips_per_second",
     "photo_names",
+    "EVAL_PHOTOS",
 ]
+
+# The photographs ``pipstrack eval`` builds its clips from (and the sample clip's): a training run
+# that should be judged on them as unseen content passes them in ``SynthConfig.exclude_photos``.
+EVAL_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry", "coins", "page")
 
 
 @dataclass(frozen=True)
@@ -78,13 +83,28 @@ class SynthConfig:
     # together, as a hand-held or vibrating camera does; smooth paths alone never teach it.
     shake_prob: float = 0.0
     shake_px: tuple[float, float] = (0.3, 3.0)
+    # Fast clips: paths 1.5-2.5x longer over the same frames (the camera up to ~30 px per
+    # frame at 160 px wide), where blur is longest and a classical tracker loses the point at once.
+    fast_prob: float = 0.0
+    fast_speed: tuple[float, float] = (1.5, 2.5)
+    # Exposure and white-balance flicker: a per-frame gain of the whole frame and of each channel
+    # (std drawn up to ``flicker``), as fluorescent light, auto-exposure or a cheap camera give.
+    flicker_prob: float = 0.0
+    flicker: float = 0.08
+    # Poles: a sprite drawn as a thin bar (4-14 % of its side wide, its full length), the occluder
+    # that hides a point for a few frames and drags a tracker along its edge.
+    pole_prob: float = 0.0
+    # Photographs never used as textures (the evaluation's, so that its photo clips are unseen).
+    exclude_photos: tuple[str, ...] = ()
     # Point sampling.
     edge_margin: int = 2  # px kept clear of any layer boundary at frame 0
     sprite_share: float = 0.5  # share of points on sprites when any is visible
 
     def clean(self) -> "SynthConfig":
         """Same geometry with every photometric augmentation off (for exact checks)."""
-        return dataclasses.replace(self, brightness=0.0, layer_gain=0.0, blur_prob=0.0, noise_prob=0.0, jpeg_prob=0.0)
+        return dataclasses.replace(
+            self, brightness=0.0, layer_gain=0.0, blur_prob=0.0, noise_prob=0.0, jpeg_prob=0.0, flicker_prob=0.0
+        )
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -294,6 +314,8 @@ def _tex_photo(rng, h, w, photos):
 def _texture(rng, h, w, cfg: SynthConfig) -> np.ndarray:
     """One jittered texture as uint8 HxWx3 (RGB)."""
     photos = _load_photos() if cfg.photo_prob > 0 else {}
+    if cfg.exclude_photos:
+        photos = {k: v for k, v in photos.items() if k not in cfg.exclude_photos}
     if photos and rng.random() < cfg.photo_prob:
         img = _tex_photo(rng, h, w, photos)
     else:
@@ -365,6 +387,19 @@ def _mask(rng, side: int) -> np.ndarray:
     return m
 
 
+def _pole_mask(rng, side: int) -> np.ndarray:
+    """A thin bar across the whole sprite (any angle), anti-aliased, clear of the border."""
+    m = np.zeros((side, side), np.uint8)
+    c = (side - 1) / 2.0
+    half_len = side / 2.0 - 3
+    half_w = max(1.0, side * rng.uniform(0.02, 0.07))
+    a = rng.uniform(0, np.pi)
+    d, n = np.array([np.cos(a), np.sin(a)]), np.array([-np.sin(a), np.cos(a)])
+    q = np.array([c, c]) + np.array([s * half_len * d + t * half_w * n for s, t in ((-1, -1), (1, -1), (1, 1), (-1, 1))])
+    cv2.fillPoly(m, [np.round(q * 16).astype(np.int32)], 255, cv2.LINE_AA, 4)
+    return m
+
+
 # --------------------------------------------------------------------------
 # Motion
 # --------------------------------------------------------------------------
@@ -428,12 +463,12 @@ class _Layer:
     centre: np.ndarray | None = None  # (T, 2) frame position of the centre
 
 
-def _background(rng, cfg: SynthConfig, u: np.ndarray, jitter=0.0) -> _Layer:
+def _background(rng, cfg: SynthConfig, u: np.ndarray, jitter=0.0, fast=1.0) -> _Layer:
     H, W = cfg.height, cfg.width
     s0 = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
     scale = s0 * np.exp(rng.uniform(-1, 1) * cfg.bg_zoom * _ease(rng, u))
     theta = rng.uniform(-np.pi, np.pi) + rng.uniform(-1, 1) * cfg.bg_rot * _ease(rng, u)
-    disp = _rand_dir(rng) * rng.uniform(0, cfg.bg_shift) * W
+    disp = _rand_dir(rng) * rng.uniform(0, cfg.bg_shift) * W * fast
     mid = np.array([(W - 1) / 2, (H - 1) / 2]) + rng.uniform(-0.1, 0.1, 2) * [W, H]
     pos = _path(rng, u, mid, disp, rng.uniform(-0.3, 0.3)) + jitter
     L = max(W, H) / 2 / s0  # half extent of the visible texture
@@ -457,7 +492,7 @@ def _background(rng, cfg: SynthConfig, u: np.ndarray, jitter=0.0) -> _Layer:
     return _Layer(rgb=rgb, alpha=np.full((th, tw), 255, np.uint8), H=M0 @ Toff, centre=pos)
 
 
-def _sprites(rng, cfg: SynthConfig, u: np.ndarray, jitter=0.0) -> list[_Layer]:
+def _sprites(rng, cfg: SynthConfig, u: np.ndarray, jitter=0.0, fast=1.0) -> list[_Layer]:
     H, W = cfg.height, cfg.width
     n = int(rng.integers(cfg.min_sprites, cfg.max_sprites + 1))
     out: list[_Layer] = []
@@ -473,7 +508,7 @@ def _sprites(rng, cfg: SynthConfig, u: np.ndarray, jitter=0.0) -> list[_Layer]:
         else:
             mid = rng.uniform([-0.05 * W, -0.05 * H], [1.05 * W, 1.05 * H])
         mids.append(mid)
-        disp = _rand_dir(rng) * cfg.sprite_shift * W * rng.random() ** 0.7
+        disp = _rand_dir(rng) * cfg.sprite_shift * W * rng.random() ** 0.7 * fast
         pos = _path(rng, u, mid, disp, rng.uniform(-0.4, 0.4)) + jitter
         theta = rng.uniform(-np.pi, np.pi) + rng.uniform(-1, 1) * cfg.sprite_rot * _ease(rng, u)
         scale = s0 * np.exp(rng.uniform(-1, 1) * cfg.sprite_zoom * _ease(rng, u))
@@ -485,7 +520,8 @@ def _sprites(rng, cfg: SynthConfig, u: np.ndarray, jitter=0.0) -> list[_Layer]:
         c = (side - 1) / 2.0
         Hs = _homographies(pos, theta, scale, aspect, shear, persp, (c, c))
         rgb = _texture(rng, side, side, cfg)
-        alpha = _mask(rng, side)
+        pole = cfg.pole_prob > 0 and rng.random() < cfg.pole_prob  # draws nothing when off
+        alpha = _pole_mask(rng, side) if pole else _mask(rng, side)
         out.append(_Layer(rgb=rgb, alpha=alpha, H=Hs, centre=pos))
     return out
 
@@ -605,21 +641,25 @@ class _Looks:
     noise_rng: np.random.Generator
     contrast: np.ndarray  # (T,)
     offset: np.ndarray  # (T,)
+    flicker: np.ndarray | None = None  # (T, 3) per-frame channel gains, or None
 
 
-def _timeline(rng, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray | float]:
-    """Each frame's place on the motion paths (0..1), slowed for a slow clip, and the camera
-    shake per frame (0.0 when the clip does not shake)."""
+def _timeline(rng, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray | float, float]:
+    """Each frame's place on the motion paths (0..1), slowed for a slow clip, the camera shake
+    per frame (0.0 when the clip does not shake), and how much longer a fast clip's paths are."""
     T = cfg.frames
     u = np.linspace(0.0, 1.0, T) if T > 1 else np.zeros(1)
+    fast = 1.0
     if cfg.slow_prob > 0 and rng.random() < cfg.slow_prob:  # draws nothing when off: old seeds keep their clips
         speed = float(np.exp(rng.uniform(*np.log(cfg.slow_speed))))
         centre = float(rng.uniform(0, 1))
         u = centre + speed * (u - centre)
+    elif cfg.fast_prob > 0 and rng.random() < cfg.fast_prob:  # draws nothing when off
+        fast = float(rng.uniform(*cfg.fast_speed))
     jitter = 0.0
     if cfg.shake_prob > 0 and rng.random() < cfg.shake_prob:  # draws nothing when off
         jitter = rng.normal(0.0, rng.uniform(*cfg.shake_px), (T, 2))
-    return u, jitter
+    return u, jitter, fast
 
 
 def _draw_looks(rng, cfg: SynthConfig, layers: list[_Layer], u: np.ndarray) -> _Looks:
@@ -638,7 +678,17 @@ def _draw_looks(rng, cfg: SynthConfig, layers: list[_Layer], u: np.ndarray) -> _
         ly.blur = shutter if (do_blur and pick < 0.6) else 0.0
         ly.rgba = np.ascontiguousarray(np.dstack([ly.rgb, ly.alpha]))
     layers[0].blur = layers[0].blur * 0.5  # camera blur is milder
-    return _Looks(do_blur, do_noise, do_jpeg, sigma, quality, noise_rng, np.exp(bright[0]), bright[1] * 255.0)
+    flicker = None
+    # Drawn from the noise generator, so the clip's geometry is the same with flicker on or off,
+    # and nothing is drawn when it is off (old seeds keep their clips).
+    if cfg.flicker_prob > 0 and noise_rng.random() < cfg.flicker_prob:
+        T = len(u)
+        exposure = noise_rng.normal(0.0, noise_rng.uniform(0.2, 1.0) * cfg.flicker, (T, 1))
+        balance = noise_rng.normal(0.0, noise_rng.uniform(0.1, 0.5) * cfg.flicker, (T, 3))
+        flicker = np.exp(exposure + balance).astype(np.float32)
+    return _Looks(
+        do_blur, do_noise, do_jpeg, sigma, quality, noise_rng, np.exp(bright[0]), bright[1] * 255.0, flicker
+    )
 
 
 def _sprite_boxes(layers: list[_Layer]) -> list[list]:
@@ -699,7 +749,9 @@ def _composite_sprite(canvas: np.ndarray, ly: _Layer, t: int, vel, box, cfg: Syn
 
 
 def _finish_frame(canvas: np.ndarray, looks: _Looks, t: int, cfg: SynthConfig, out: np.ndarray) -> None:
-    """Brightness drift, sensor noise, rounding to 8 bits and JPEG artefacts, into ``out``."""
+    """Flicker, brightness drift, sensor noise, rounding to 8 bits and JPEG artefacts, into ``out``."""
+    if looks.flicker is not None:
+        canvas *= looks.flicker[t]
     if cfg.brightness:
         canvas *= np.float32(looks.contrast[t])
         canvas += np.float32(127.5 * (1.0 - looks.contrast[t]) + looks.offset[t])
@@ -780,8 +832,8 @@ def make_clip(seed_or_rng, cfg: SynthConfig = SynthConfig(), debug: bool = False
     "tex_xy" (N,2).
     """
     rng = seed_or_rng if isinstance(seed_or_rng, np.random.Generator) else np.random.default_rng(seed_or_rng)
-    u, jitter = _timeline(rng, cfg)
-    layers = [_background(rng, cfg, u, jitter)] + _sprites(rng, cfg, u, jitter)
+    u, jitter, fast = _timeline(rng, cfg)
+    layers = [_background(rng, cfg, u, jitter, fast)] + _sprites(rng, cfg, u, jitter, fast)
     looks = _draw_looks(rng, cfg, layers, u)
     rgbs, alphas, id_map = _render(cfg, layers, looks)
     pts0, lid = _sample_points(rng, cfg, id_map, len(layers))  # query points on frame 0

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import metrics
+from ..datasets.synth import EVAL_PHOTOS as PHOTOS
 from .baselines import BASELINES, BaselineUnavailable, Method, blender_available
 
 EVAL_SEED = 20_000
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry", "coins", "page")
 COLUMNS = (  # metric key, header, scale, decimals
     ("delta_avg", "δavg %", 100, 1),
     ("average_jaccard", "AJ %", 100, 1),

@@ -58,6 +58,11 @@ class TrainOptions:
     init: str | None = None  # start from these weights (pipstrack or official file)
     slow_prob: float = 0.0  # share of slow / near-static clips (synth.SynthConfig.slow_prob)
     shake_prob: float = 0.0  # share of clips with camera shake (synth.SynthConfig.shake_prob)
+    fast_prob: float = 0.0  # share of fast clips (synth.SynthConfig.fast_prob)
+    flicker_prob: float = 0.0  # share of clips with exposure / white-balance flicker
+    pole_prob: float = 0.0  # chance that a sprite is a thin pole
+    # The evaluation's photographs stay out of training, so its photo clips measure unseen content.
+    exclude_photos: tuple[str, ...] = synth.EVAL_PHOTOS
 
 
 def sequence_loss(preds, trajs, valid, gamma: float) -> torch.Tensor:
@@ -169,6 +174,10 @@ def train(opts: TrainOptions, log=print) -> Path:
         points=opts.points,
         slow_prob=opts.slow_prob,
         shake_prob=opts.shake_prob,
+        fast_prob=opts.fast_prob,
+        flicker_prob=opts.flicker_prob,
+        pole_prob=opts.pole_prob,
+        exclude_photos=tuple(opts.exclude_photos),
     )
     held_out_path = out / "heldout.npz"
     if not held_out_path.exists():
