@@ -277,7 +277,8 @@ def test_hard_augmentations_keep_ground_truth_exact_and_old_streams():
         for f, k in zip(t[keep], n[keep]):
             tex = c["layers"][c["point_layer"][k]]["tex"]
             want = bilinear(tex, c["tex_xy"][k : k + 1, 0], c["tex_xy"][k : k + 1, 1])[0]
-            tex_err.append(np.abs(want - bilinear(c["rgbs"][f], [c["trajs"][f, k, 0]], [c["trajs"][f, k, 1]])[0]).mean())
+            got = bilinear(c["rgbs"][f], [c["trajs"][f, k, 0]], [c["trajs"][f, k, 1]])[0]
+            tex_err.append(np.abs(want - got).mean())
     assert len(tex_err) > 20 and np.median(tex_err) < 3
     # Flicker: same geometry, different colours from frame to frame.
     still = dataclasses.replace(CLEAN, flicker_prob=1.0, flicker=0.1)

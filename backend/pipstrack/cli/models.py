@@ -111,10 +111,20 @@ def cmd_eval(args) -> int:
         raise CliError("--real takes 0..3 clips, --real-frames at least 8, --real-points at least 1")
     if args.real:
         _check_footage(baselines)
+    from ..datasets.families import FAMILIES
+
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    if families == ["all"]:
+        families = list(FAMILIES)
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise CliError(f"--families: unknown {', '.join(unknown)}; known: {', '.join(FAMILIES)} (or all)")
+    if args.family_clips < 1:
+        raise CliError("--family-clips must be at least 1")
     model = load_model(args.model)
     text, doc = (
         ("", {})
-        if args.synthetic == args.photo_clips == 0
+        if args.synthetic == args.photo_clips == 0 and not families
         else evaluate(
             model,
             model_label=str(getattr(model, "source", args.model or "default")),
@@ -127,6 +137,8 @@ def cmd_eval(args) -> int:
             lone=args.lone,
             device=args.device,
             seed=args.seed,
+            families=families,
+            family_count=args.family_clips,
         )
     )
     if args.real:
@@ -212,6 +224,14 @@ def add_parsers(sub) -> None:
     )
     ev.add_argument("--real-frames", type=int, default=100, help="frames of each real clip (default 100)")
     ev.add_argument("--real-points", type=int, default=64, help="grid points on each real clip (default 64)")
+    ev.add_argument(
+        "--families",
+        default="",
+        metavar="LIST",
+        help="also these harder clip families, comma-separated: deform, layers, long, hard (or all); "
+        "see pipstrack.datasets.families",
+    )
+    ev.add_argument("--family-clips", type=int, default=2, metavar="N", help="clips per family (default 2)")
     ev.set_defaults(func=cmd_eval)
 
     tr = sub.add_parser("train", help="train a PIPs network on synthetic clips (resumes from OUT/last.pt)")

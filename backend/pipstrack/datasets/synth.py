@@ -395,7 +395,8 @@ def _pole_mask(rng, side: int) -> np.ndarray:
     half_w = max(1.0, side * rng.uniform(0.02, 0.07))
     a = rng.uniform(0, np.pi)
     d, n = np.array([np.cos(a), np.sin(a)]), np.array([-np.sin(a), np.cos(a)])
-    q = np.array([c, c]) + np.array([s * half_len * d + t * half_w * n for s, t in ((-1, -1), (1, -1), (1, 1), (-1, 1))])
+    corners = ((-1, -1), (1, -1), (1, 1), (-1, 1))
+    q = np.array([c, c]) + np.array([s * half_len * d + t * half_w * n for s, t in corners])
     cv2.fillPoly(m, [np.round(q * 16).astype(np.int32)], 255, cv2.LINE_AA, 4)
     return m
 
@@ -686,9 +687,7 @@ def _draw_looks(rng, cfg: SynthConfig, layers: list[_Layer], u: np.ndarray) -> _
         exposure = noise_rng.normal(0.0, noise_rng.uniform(0.2, 1.0) * cfg.flicker, (T, 1))
         balance = noise_rng.normal(0.0, noise_rng.uniform(0.1, 0.5) * cfg.flicker, (T, 3))
         flicker = np.exp(exposure + balance).astype(np.float32)
-    return _Looks(
-        do_blur, do_noise, do_jpeg, sigma, quality, noise_rng, np.exp(bright[0]), bright[1] * 255.0, flicker
-    )
+    return _Looks(do_blur, do_noise, do_jpeg, sigma, quality, noise_rng, np.exp(bright[0]), bright[1] * 255.0, flicker)
 
 
 def _sprite_boxes(layers: list[_Layer]) -> list[list]:

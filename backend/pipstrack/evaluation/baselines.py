@@ -256,6 +256,7 @@ def pipstrack_method(model, device="auto", *, lone: bool = False, **tracker_opti
         return xy, np.concatenate([r.visible for r in runs], axis=1)
 
     method.tracker = tracker
+    method.any_query_frame = True  # the tracker takes queries on any frame, both ways
     return method
 
 

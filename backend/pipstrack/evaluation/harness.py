@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import metrics
 from ..datasets.synth import EVAL_PHOTOS as PHOTOS
+from . import metrics
 from .baselines import BASELINES, BaselineUnavailable, Method, blender_available
 
 EVAL_SEED = 20_000
@@ -48,11 +48,17 @@ class EvalClip:
     rgbs: np.ndarray  # (T,H,W,3) uint8
     trajs: np.ndarray  # (T,N,2) float, pixels
     visible: np.ndarray  # (T,N) bool
+    query_frames: np.ndarray | None = None  # (N,) int; None: every point queried on frame 0
+
+    @property
+    def query_frame(self) -> np.ndarray:
+        return np.zeros(self.trajs.shape[1], int) if self.query_frames is None else np.asarray(self.query_frames, int)
 
     @property
     def queries(self) -> np.ndarray:
-        """(N,3) rows [0, x, y]: every point where it is on frame 0."""
-        return np.c_[np.zeros(self.trajs.shape[1]), self.trajs[0]]
+        """(N,3) rows [frame, x, y]: every point where it is on its query frame."""
+        q = self.query_frame
+        return np.c_[q, self.trajs[q, np.arange(len(q))]]
 
 
 # -- datasets -----------------------------------------------------------------------------------------
@@ -109,13 +115,55 @@ def photo_clips(count: int, frames: int, size: tuple[int, int], points: int = 48
         yield EvalClip(f"photo-{name}-{seed + k}", "photo", clip["rgbs"], clip["trajs"], clip["visible"])
 
 
+def family_clips(family: str, count: int, frames: int, size: tuple[int, int], points: int = 48, seed: int = EVAL_SEED):
+    """``count`` clips of one of :data:`pipstrack.datasets.families.FAMILIES`, from the evaluation's
+    photographs (never used in training), each with its own seed."""
+    from ..datasets.families import FAMILIES, family_clip
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown clip family {family!r}; known: {', '.join(FAMILIES)}")
+    names = available_photos() if count else []
+    if count and not names:
+        raise RuntimeError("no scikit-image photo loads here; install scikit-image or leave out --families")
+    photos = [load_photo(n) for n in names]
+    for k in range(count):
+        clip = family_clip(family, photos, k, frames, size, seed + 100 * (1 + FAMILIES.index(family)) + k, points)
+        label = f"{family}-{names[k % len(names)]}-{seed}-{k}"
+        yield EvalClip(label, family, clip["rgbs"], clip["trajs"], clip["visible"], clip["query_frames"])
+
+
 # -- running ---------------------------------------------------------------------------------------------
+
+
+def any_query_frame(method: Method) -> Method:
+    """A method that tracks forward from frame 0 (the classical baselines), made to take queries on
+    any frame: each query frame's points are tracked forward from it and, on the frames before it,
+    forward on the reversed clip (what an artist does in Blender: track forwards, then backwards)."""
+    if getattr(method, "any_query_frame", False):
+        return method
+
+    def wrapped(rgbs, queries):
+        queries = np.asarray(queries, np.float64)
+        T, N = len(rgbs), len(queries)
+        if not np.any(queries[:, 0]):
+            return method(rgbs, queries)
+        xy, vis = np.zeros((T, N, 2)), np.zeros((T, N), bool)
+        for q in np.unique(queries[:, 0].astype(int)):
+            sel = np.flatnonzero(queries[:, 0] == q)
+            start = np.c_[np.zeros(len(sel)), queries[sel, 1:]]
+            fx, fv = method(rgbs[q:], start)
+            xy[q:, sel], vis[q:, sel] = fx, fv
+            if q > 0:
+                bx, bv = method(np.ascontiguousarray(rgbs[q::-1]), start)
+                xy[:q, sel], vis[:q, sel] = bx[:0:-1], bv[:0:-1]
+        return xy, vis
+
+    return wrapped
 
 
 def score(clip: EvalClip, xy: np.ndarray, visible: np.ndarray) -> dict:
     H, W = clip.rgbs.shape[1:3]
-    N = clip.trajs.shape[1]
-    return metrics.tapvid_metrics(xy, visible, clip.trajs, clip.visible, (H, W), np.zeros(N, int))
+    return metrics.tapvid_metrics(xy, visible, clip.trajs, clip.visible, (H, W), clip.query_frame)
 
 
 def forward_backward_frame0(tracker, rgbs: np.ndarray, xy_forward: np.ndarray) -> np.ndarray:
@@ -184,7 +232,7 @@ def run_eval(
                 continue
             try:
                 t0 = time.perf_counter()
-                xy, vis = method(clip.rgbs, clip.queries)
+                xy, vis = any_query_frame(method)(clip.rgbs, clip.queries)
                 seconds = time.perf_counter() - t0
                 xy, vis = np.asarray(xy, np.float64), np.asarray(vis, bool)
                 if xy.shape != clip.trajs.shape or vis.shape != clip.visible.shape:
@@ -192,7 +240,7 @@ def run_eval(
                         f"returned shapes {xy.shape}, {vis.shape}; expected {clip.trajs.shape}, {clip.visible.shape}"
                     )
                 run.per_clip.append({"clip": clip.name, "seconds": seconds, **score(clip, xy, vis)})
-                if name == fb_method and hasattr(method, "tracker"):
+                if name == fb_method and hasattr(method, "tracker") and not clip.query_frame.any():
                     run.fb_frame0.append(forward_backward_frame0(method.tracker, clip.rgbs, xy))
             except BaselineUnavailable as e:
                 broken[name] = f"unavailable: {e}"
@@ -217,9 +265,12 @@ def _fmt(value, scale, decimals) -> str:
     return f"{value * scale:.{decimals}f}"
 
 
-def markdown_table(runs: dict[str, dict[str, MethodRun]], methods: list[str]) -> str:
+def markdown_table(runs: dict[str, dict[str, MethodRun]], methods: list[str], datasets: list[str] | None = None) -> str:
     """One table: a row per method, the metric columns once per dataset, then FB per dataset."""
-    datasets = [d for d in ("synthetic", "photo") if d in runs] + [d for d in runs if d not in ("synthetic", "photo")]
+    if datasets is None:
+        first = ("synthetic", "photo")
+        datasets = [d for d in first if d in runs] + [d for d in runs if d not in first]
+    datasets = [d for d in datasets if d in runs]
     header = ["method"]
     for d in datasets:
         n = max(len(r.per_clip) for r in runs[d].values())
@@ -300,9 +351,13 @@ def evaluate(
     seed: int = EVAL_SEED,
     progress: bool = True,
     lone: bool = False,
+    families: list[str] = (),
+    family_count: int = 2,
 ) -> tuple[str, dict]:
     """The whole evaluation: (Markdown report, JSON-able document). ``model`` None skips pipstrack;
-    ``lone`` adds pipstrack with every point tracked alone (one call per point: slow)."""
+    ``lone`` adds pipstrack with every point tracked alone (one call per point: slow); ``families``
+    adds ``family_count`` clips of each of :data:`pipstrack.datasets.families.FAMILIES` named."""
+    from ..datasets.families import FAMILIES, LONG_FRAMES
     from .baselines import pipstrack_method
 
     unknown = [b for b in baselines if b not in BASELINES]
@@ -310,6 +365,9 @@ def evaluate(
         raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; known: {', '.join(BASELINES)}")
     if frames < 2:
         raise ValueError("--frames must be at least 2")
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown clip families {', '.join(unknown)}; known: {', '.join(FAMILIES)}")
     methods: dict[str, Method] = {}
     descriptions: dict[str, str] = {}
     if model is not None:
@@ -333,14 +391,24 @@ def evaluate(
     def clips():
         yield from synthetic_clips(synthetic, frames, size, points, seed)
         yield from photo_clips(photo, frames, size, points, seed)
+        for family in families:
+            yield from family_clips(family, family_count, frames, size, points, seed)
 
-    runs = run_eval(methods, clips(), total=synthetic + photo, progress=progress)
+    runs = run_eval(methods, clips(), total=synthetic + photo + family_count * len(families), progress=progress)
     H, W = size
     title = (
         f"pipstrack eval: {frames} frames of {H}x{W} (HxW), up to {points} points per clip, "
         f"queries on frame 0, seed {seed}"
     )
-    text = f"{title}\n\n{markdown_table(runs, list(methods))}\n\n{legend(descriptions)}"
+    if "long" in families:
+        title += (
+            f"; long clips {max(frames, LONG_FRAMES)} frames with queries on the first, a third-way and a "
+            "two-thirds-way frame (tracked both ways)"
+        )
+    base = [d for d in ("synthetic", "photo") if d in runs]
+    tables = [markdown_table(runs, list(methods), base)] if base else []
+    tables += [f"{family}:\n\n{markdown_table(runs, list(methods), [family])}" for family in families if family in runs]
+    text = f"{title}\n\n" + "\n\n".join(tables) + f"\n\n{legend(descriptions)}"
     config = {
         "synthetic": synthetic,
         "photo": photo,
@@ -350,5 +418,7 @@ def evaluate(
         "seed": seed,
         "baselines": list(baselines),
         "model": model_label,
+        "families": list(families),
+        "family_clips": family_count if families else 0,
     }
     return text, report_json(runs, config, descriptions)
