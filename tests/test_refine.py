@@ -184,3 +184,40 @@ def test_a_card_sweeping_the_whole_plate_drags_every_point_and_all_are_brought_b
     inside = (truth[..., 0] > 10) & (truth[..., 0] < W - 10) & (truth[..., 1] > 10) & (truth[..., 1] < H - 10)
     assert np.median(np.linalg.norm(rough - truth, axis=2)[dragged & inside]) > 20
     assert np.max(err[dragged & inside]) < 0.5  # every one found again (a patch half off the image cannot be)
+
+
+def test_a_point_beside_an_occluders_edge_is_verified_with_the_narrow_window():
+    """A bar slides up to a lone point and covers it: on the frames where its edge is 4-6 px from
+    the point, the point is in view but its 15 px patch is half bar. The narrow window verifies
+    those frames, precisely, from the network's rough guess; the frames the bar covers are not."""
+    import pipstrack.engine.refine as R
+
+    frames, shift = textured_clip(T=14, seed=5)
+    T = len(frames)
+    truth = np.array([[60.0, 48.0]])[None] + shift[:, None]
+    edge = np.full(T, 200.0)  # the bar's left edge, x (off the frame: no bar)
+    edge[6:9] = truth[6:9, 0, 0] + [6.0, 5.0, 4.0]  # right of the point, coming closer
+    edge[9:] = truth[9:, 0, 0] - 10.0  # covering it
+    rgb = []
+    for t, f in enumerate(frames):
+        f = f.copy()
+        f[:, int(np.ceil(edge[t])) :] = 60
+        rgb.append(np.dstack([f] * 3))
+    visible = truth[..., 0] < edge[:, None] - 0.5
+    rough = truth + np.random.default_rng(2).normal(0, 1.5, truth.shape)
+    rough[0] = truth[0]
+
+    def run():
+        return refine_trajectories(lambda i: rgb[i], np.arange(T), rough, visible, [[0]])
+
+    out, found, _, stats = run()
+    err = np.linalg.norm(out - truth, axis=2)[:, 0]
+    assert found[6:9, 0].all() and err[6:9].max() < 0.2, err[6:9]
+    assert not found[9:, 0].any()  # behind the bar: not verified
+    assert stats["edge"] >= 1
+    R.EDGE_PASS = False  # negative control: without the narrow pass, the edge frames stay unverified
+    try:
+        without = run()[1]
+    finally:
+        R.EDGE_PASS = True
+    assert not without[6:9, 0].all()

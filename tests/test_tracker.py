@@ -319,3 +319,15 @@ def test_mixed_precision_stays_close_to_float32(default_model, sample_clip, devi
     d = np.linalg.norm(half.xy - ref.xy, axis=-1)
     print("\nbf16 encoder vs float32, px: median, 90 %, max", np.quantile(d, [0.5, 0.9, 1.0]))
     assert half.xy.dtype == np.float32 and np.quantile(d, 0.9) < 1.0, np.quantile(d, [0.5, 0.9, 1.0])
+
+
+def test_window_advance_rule_written_procedure_or_authors_code(default_model):
+    """The written rule may advance one frame where visibility is low; the authors' code never
+    advances less than two (``min_advance=2``). Both take the latest confident frame otherwise."""
+    low = np.array([1.0, 0.95, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1])
+    assert next_window_offset(low) == 1
+    assert next_window_offset(low, min_advance=2) == 2
+    good = np.array([1.0, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95])
+    assert next_window_offset(good) == next_window_offset(good, min_advance=2) == 7
+    with pytest.raises(ValueError, match="min_advance"):
+        Tracker(default_model, device="cpu", min_advance=3)

@@ -17,17 +17,19 @@ FIRST_THRESHOLD = 0.9
 THRESHOLD_STEP = 0.02
 
 
-def next_window_offset(visibility: np.ndarray) -> int:
-    """How far the next window starts after this one's first frame (1..S-1).
+def next_window_offset(visibility: np.ndarray, min_advance: int = 1) -> int:
+    """How far the next window starts after this one's first frame (``min_advance``..S-1).
 
     ``visibility`` holds the window's S visibility confidences (sigmoid of the logits).
-    The latest frame s in 1..S-1 above the threshold wins; if none is, the threshold is
-    lowered by 0.02 and the search repeats.
+    The latest frame s in ``min_advance``..S-1 above the threshold wins; if none is, the
+    threshold is lowered by 0.02 and the search repeats. ``min_advance`` 1 is the written
+    procedure; 2 is what the authors' demo code does (its search never tests s = 1).
     """
     last = len(visibility) - 1
     thr = FIRST_THRESHOLD
+    lowest = min(max(int(min_advance), 1), last)
     while True:
-        for s in range(last, 0, -1):
+        for s in range(last, lowest - 1, -1):
             if visibility[s] > thr:
                 return s
         thr -= THRESHOLD_STEP

@@ -21,6 +21,8 @@ PIPs keeps the point, LK polishes it, its looks and its neighbours bring it back
 
 from __future__ import annotations
 
+import time
+
 import cv2
 import numpy as np
 
@@ -39,6 +41,16 @@ REDETECT_RADIUS = 3.0  # a re-detection's sub-pixel step stays this close to the
 # A gap between two verified frames where the network's positions stray this far (px) from the
 # point's own motion between them is filled by that motion.
 STRAYED_PX = 8.0
+# At an occluder's edge the point is still in view but its WIN-wide patch is not: the frames next
+# to a verified one are tried once more with this narrower window (px), stepping on into the gap
+# while it holds; its steps must agree more strictly (FB and similarity) and stay near the seed.
+EDGE_PASS = True
+EDGE_WIN = 7
+EDGE_FB_MAX = 0.25
+EDGE_NCC = 0.9
+EDGE_RADIUS = 3.0
+EDGE_MATCH_NCC = 0.95  # a narrow patch looked for (not stepped to) must match this well
+EDGE_MATCH_MARGIN = 0.1  # ... and this much better than anywhere else in its window
 
 
 def _ncc(g0, p0, g1, p1) -> np.ndarray:
@@ -123,7 +135,16 @@ def refine_trajectories(
             tick=tick_fn,
         )
 
+    clock = [time.perf_counter()]
+    seconds = stats["seconds"] = {}
+
+    def lap(stage):  # the profile of docs/performance.md: seconds per stage
+        now = time.perf_counter()
+        seconds[stage] = seconds.get(stage, 0.0) + now - clock[0]
+        clock[0] = now
+
     _lk_pass(frame, out, xy, visible, start, polished, similarity, tracked & ~keyed, radius, tick=sweep_tick(0))
+    lap("polish")
     pred = None
     if comotion and N > 1:
         from .comotion import comotion_fill
@@ -141,6 +162,7 @@ def refine_trajectories(
                 break
         else:
             pred = comotion_fill(out, polished)
+        lap("co-motion")
     stats["redetected"] = 0
     if redetect:
         from .redetect import redetect_pass
@@ -171,6 +193,12 @@ def refine_trajectories(
             seeded_pass(no_seeds, sweep_tick(k + 1, "re-detection"))
             if comotion and N > 1:
                 pred = comotion_fill(out, polished)
+        lap("re-detection")
+    edge = _edge_pass(frame, out, pred, polished, similarity, tracked, start) if EDGE_PASS else 0
+    stats["edge"] = edge
+    if edge and comotion and N > 1:
+        pred = comotion_fill(out, polished)
+    lap("edge")
     stats["refined"] = int((polished & ~keyed).sum())
     stats["kept_pips"] = int((tracked & ~polished).sum())
     filled = np.isfinite(pred[..., 0]) & ~polished & tracked if pred is not None else np.zeros((T, N), bool)
@@ -198,7 +226,89 @@ def refine_trajectories(
             ts = rest[ref == g]
             img = frame(g)
             similarity[ts, n] = [_ncc(img, out[[g], n], frame(t), out[[t], n])[0] for t in ts]
+    lap("fill")
     return out.astype(np.float32), polished, similarity, stats
+
+
+def _edge_pass(frame, out, pred, polished, similarity, tracked, start) -> int:
+    """The frames an occluder's edge leaves in view but the WIN-wide patch cannot verify, for
+    each point: narrow ``EDGE_WIN`` steps into each unverified stretch from the verified frame on
+    either side, one frame at a time while they are accepted (seeded by the co-moving prediction,
+    the point's own velocity, or standing still); then, on frames still unverified, the narrow
+    patch of the nearest verified frame looked for within ``2 * EDGE_RADIUS`` of the best estimate
+    there (a short stretch between two occluders), stepping on from what it finds. Updates
+    ``out``, ``polished`` and ``similarity`` in place; returns how many frames it verified."""
+    from .redetect import best_match
+
+    T, N = out.shape[:2]
+    found = 0
+    for n in range(N):
+        if not (tracked[:, n] & ~polished[:, n]).any() or not polished[:, n].any():
+            continue
+        found += _step_into_gaps(frame, out, pred, polished, similarity, tracked, start, n)
+        for t in np.flatnonzero(tracked[:, n] & ~polished[:, n]):
+            if polished[t, n]:
+                continue
+            good = np.flatnonzero(polished[:, n])
+            ref = int(good[np.abs(good - t).argmin()])
+            centre = pred[t, n] if pred is not None and np.isfinite(pred[t, n, 0]) else out[t, n]
+            g0, g1 = frame(ref), frame(t)
+            template = cv2.getRectSubPix(g0, (EDGE_WIN, EDGE_WIN), (float(out[ref, n, 0]), float(out[ref, n, 1])))
+            hit = best_match(g1, template, centre, 2 * EDGE_RADIUS)
+            if hit is None or hit[1] < EDGE_MATCH_NCC or hit[1] - hit[2] < EDGE_MATCH_MARGIN:
+                continue
+            p1, ok, ncc = _narrow_step(g0, g1, out[ref, n], np.asarray(hit[0], np.float64))
+            if ok and _looks_like_anchor(frame, out, start, n, g1, p1):
+                out[t, n], similarity[t, n], polished[t, n] = p1, ncc, True
+                found += 1 + _step_into_gaps(frame, out, pred, polished, similarity, tracked, start, n)
+    return found
+
+
+def _step_into_gaps(frame, out, pred, polished, similarity, tracked, start, n) -> int:
+    """Narrow steps into every unverified stretch of point ``n`` from both ends (see _edge_pass)."""
+    T = out.shape[0]
+    found = 0
+    for step in (1, -1):
+        for t in range(T) if step == 1 else range(T - 1, -1, -1):
+            r = t - step
+            if not (0 <= r < T and polished[r, n] and tracked[t, n] and not polished[t, n]):
+                continue
+            rr = r - step
+            vel = out[r, n] - out[rr, n] if 0 <= rr < T and polished[rr, n] else np.zeros(2)
+            seeds = [out[r, n] + vel, out[r, n]]  # its own motion, or standing still
+            if pred is not None and np.isfinite(pred[t, n, 0]):
+                seeds.insert(0, pred[t, n])  # the co-moving points' prediction first
+            for seed in seeds:
+                p1, ok, ncc = _narrow_step(frame(r), frame(t), out[r, n], np.asarray(seed, np.float64))
+                if ok and _looks_like_anchor(frame, out, start, n, frame(t), p1):
+                    out[t, n], similarity[t, n], polished[t, n] = p1, ncc, True
+                    found += 1
+                    break
+    return found
+
+
+def _narrow_step(g0, g1, p0, seed):
+    """One Lucas-Kanade step with the narrow edge window, no pyramid: (position, accepted, NCC)."""
+    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.001)
+    kw = dict(winSize=(EDGE_WIN, EDGE_WIN), maxLevel=0, criteria=criteria, flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
+    a = np.asarray(p0, np.float32).reshape(1, 1, 2)
+    p1, st1, _ = cv2.calcOpticalFlowPyrLK(g0, g1, a, np.asarray(seed, np.float32).reshape(1, 1, 2), **kw)
+    back, st2, _ = cv2.calcOpticalFlowPyrLK(g1, g0, p1, a.copy(), **kw)
+    p1 = p1.reshape(2).astype(np.float64)
+    ok = bool(st1[0, 0] == 1 and st2[0, 0] == 1)
+    ok &= float(np.linalg.norm(back.reshape(2) - a.reshape(2))) < EDGE_FB_MAX
+    ok &= float(np.linalg.norm(p1 - seed)) < EDGE_RADIUS
+    ncc = _patch_ncc(g0, p0, g1, p1, EDGE_WIN)
+    return p1, ok and ncc >= EDGE_NCC, ncc
+
+
+def _patch_ncc(g0, a, g1, b, win: int) -> float:
+    pa = cv2.getRectSubPix(g0, (win, win), (float(a[0]), float(a[1]))).astype(np.float64).ravel()
+    pb = cv2.getRectSubPix(g1, (win, win), (float(b[0]), float(b[1]))).astype(np.float64).ravel()
+    pa -= pa.mean()
+    pb -= pb.mean()
+    den = np.sqrt((pa * pa).sum() * (pb * pb).sum())
+    return float((pa * pb).sum() / den) if den > 0 else 0.0
 
 
 def _looks_like_anchor(frame, out, start, n, g1, p) -> bool:

@@ -166,6 +166,8 @@ class _FeatureCache:
         self.maps: OrderedDict[int, torch.Tensor] = OrderedDict()
         self.bytes = 0
         self.encoded = 0
+        self.read_s = 0.0  # time spent reading and resizing frames, and encoding them (profile)
+        self.encode_s = 0.0
 
     def get(self, frame: int):
         fmap = self.maps.get(frame)
@@ -235,6 +237,7 @@ class Tracker:
         threads: int | str | None = None,
         anchored_at: str = "source",
         precision: str = "auto",
+        min_advance: int = 1,
     ):
         """``refine``: polish visible frames with sub-pixel Lucas-Kanade steps seeded by PIPs
         (:mod:`pipstrack.engine.refine`); False gives the network's own trajectories. ``comotion``
@@ -246,7 +249,12 @@ class Tracker:
         keyframe's pattern (:mod:`pipstrack.engine.anchored`): "source" (the frames as read, a larger
         source read again), "working" (the working-size frames, as a service that keeps only those
         does), or "off". ``precision``: the network's arithmetic (:func:`resolve_precision`;
-        mixed precision on a GPU, float32 on the CPU)."""
+        mixed precision on a GPU, float32 on the CPU). ``min_advance``: the fewest frames a window
+        moves on (1, the written procedure, or 2, the authors' code: fewer windows where visibility
+        is low; docs/performance.md measures both)."""
+        if int(min_advance) not in (1, 2):
+            raise ValueError(f"min_advance must be 1 or 2, not {min_advance!r}")
+        self.min_advance = int(min_advance)
         if anchored_at not in ("source", "working", "off"):
             raise ValueError(f"anchored_at must be 'source', 'working' or 'off', not {anchored_at!r}")
         self.anchored_at = anchored_at
@@ -329,7 +337,10 @@ class Tracker:
         network = sum(s.length for s in segments)
         # Refinement gets its share of the progress bar by its measured cost (docs/performance.md).
         refining = int(np.ceil(REFINE_SHARE * network)) if self.refine else 0
+        t0 = time.perf_counter()
         stats = self._run(source, segments, work, progress, cancel, snapshot, cache, extra=refining)
+        seconds = stats["seconds"]
+        seconds["updates"] = time.perf_counter() - t0 - seconds["read"] - seconds["encode"]
         result = self._assemble(points, segments, first, last, (H, W), work, stats)
         if self.refine:
 
@@ -387,13 +398,16 @@ class Tracker:
             at_source = self.anchored_at == "source" and tuple(work) != tuple(size)
             read = source.read if at_source else image
             check = None if tick is None else (lambda _fraction: tick(1.0, "anchored polish"))  # progress stays full
+            t0 = time.perf_counter()
             out, matched = anchored_polish(read, size, result.frame_indices, out, found, points, tick=check)
             stats["anchored"] = int(matched.sum())
+            stats["seconds"]["anchored polish"] = time.perf_counter() - t0
         for i, p in enumerate(points):  # anchors stay exact
             rows = p[:, 0].astype(int) - int(result.frame_indices[0])
             out[rows, i] = p[:, 1:]
         result.xy = out.astype(np.float32)
-        result.stats.update(stats)
+        seconds = {**result.stats.get("seconds", {}), **stats.pop("seconds", {})}
+        result.stats.update(stats, seconds=seconds)
 
     # -- planning -----------------------------------------------------------------------
     def _plan(self, points, first, last, direction, size, work) -> list[_Segment]:
@@ -442,6 +456,9 @@ class Tracker:
                 if snapshot is not None:
                     snapshot(stats)
         stats["frames_encoded"] = cache.encoded
+        # Where the time went (docs/performance.md's profile): reading and resizing frames,
+        # encoding them, and the iterative updates of the windows (the rest of this stage).
+        stats["seconds"] = {"read": cache.read_s, "encode": cache.encode_s}
         if progress is not None:
             progress(total, total + extra)
         return stats
@@ -468,7 +485,10 @@ class Tracker:
     def _encode(self, source, cache, frames: tuple[int, ...], work):
         needed = [f for f in dict.fromkeys(frames) if cache.get(f) is None]
         if needed:
+            t0 = time.perf_counter()
             imgs = [self._read_work(source, f, work) for f in needed]
+            t1 = time.perf_counter()
+            cache.read_s += t1 - t0
             if cache.images is not None:
                 for f, img in zip(needed, imgs):
                     cache.images[f] = np.ascontiguousarray(img)
@@ -480,6 +500,7 @@ class Tracker:
                     # the last bits), so results are reproducible run to run.
                     batch = torch.from_numpy(img).to(self.device, self.dtype).permute(2, 0, 1).unsqueeze(0)
                     cache.put(f, self.model.encode(batch)[0].to(self.dtype), keep)
+            cache.encode_s += time.perf_counter() - t1
         return torch.stack([cache.get(f) for f in frames]).unsqueeze(0)
 
     @torch.no_grad()
@@ -507,7 +528,7 @@ class Tracker:
                 s.out_xy[s.cur : s.cur + n] = xy[:n, j]
                 s.out_vis[s.cur : s.cur + n] = vis[:n, j]
                 s.filled = max(s.filled, s.cur + n)
-                s.cur += next_window_offset(vis[:, j])
+                s.cur += next_window_offset(vis[:, j], self.min_advance)
                 if s.cur < s.length:
                     s.pos = s.out_xy[s.cur].copy()
         return calls
