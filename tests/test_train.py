@@ -69,3 +69,51 @@ def test_train_command_runs_resumes_and_writes_loadable_weights(tmp_path, monkey
     train(opts, log=lambda m: None)
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4, 6]  # resumed at 4, not restarted
+
+
+def test_worker_processes_render_the_same_batches_and_a_time_budget_stops_the_run(tmp_path, monkeypatch):
+    """A GPU run renders clips in worker processes: the batches must be the ones the training loop
+    renders itself (a resumed or moved run sees the same data). A time budget ends a run early
+    with its weights saved and evaluated."""
+    import pipstrack.training.trainer as T
+    from pipstrack.datasets import synth
+
+    scfg = synth.SynthConfig(frames=8, height=48, width=64, points=8)
+    serial = T._batches(TrainOptions(out=tmp_path, steps=3, batch=2), scfg, 1)
+    pooled = T._batches(TrainOptions(out=tmp_path, steps=3, batch=2, workers=2), scfg, 1)
+    pairs = list(zip(serial, pooled))
+    assert len(pairs) == 2
+    for a, b in pairs:
+        for ca, cb in zip(a, b):
+            np.testing.assert_array_equal(ca["rgbs"], cb["rgbs"])
+            np.testing.assert_array_equal(ca["trajs"], cb["trajs"])
+
+    monkeypatch.setitem(T.CONFIGS, "tiny", TINY)
+    opts = TrainOptions(
+        out=tmp_path / "run", config="tiny", steps=10_000, batch=1, points=8, height=64, width=80, iters=2,
+        eval_every=10_000, eval_clips=2, time_budget_s=0.0,
+    )  # fmt: skip
+    best = train(opts, log=lambda m: None)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1]  # stopped after its first step, and evaluated there
+    assert load_model(best).config == TINY
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 1
+
+
+def test_the_prepared_gpu_training_script_runs_on_the_cpu(tmp_path):
+    """tools/train_on_gpu.py is the one command for a borrowed GPU: dry-run here for a few
+    seconds, it trains, saves loadable weights and scores them beside the shipped ones."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu-run"
+    cmd = [sys.executable, str(root / "tools" / "train_on_gpu.py"), "--device", "cpu", "--minutes", "0.05"]
+    cmd += ["--batch", "1", "--workers", "1", "--heldout-clips", "2", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] >= 1 and set(summary["heldout_delta_avg"]) == {"shipped", "new"}
+    assert 0.0 < summary["heldout_delta_avg"]["shipped"] <= 1.0
+    load_model(out / "best.pt")

@@ -84,6 +84,8 @@ def cmd_train(args) -> int:
         fast_prob=args.fast,
         flicker_prob=args.flicker,
         pole_prob=args.poles,
+        workers=args.workers,
+        time_budget_s=None if args.minutes is None else 60.0 * args.minutes,
     )
     for name in ("slow", "shake", "fast", "flicker", "poles"):
         if not 0.0 <= getattr(args, name) <= 1.0:
@@ -268,6 +270,10 @@ def add_parsers(sub) -> None:
         default=0.0,
         metavar="P",
         help="share of clips with exposure and white-balance flicker (0..1)",
+    )
+    tr.add_argument("--workers", type=int, default=0, help="processes rendering training clips ahead (0: none)")
+    tr.add_argument(
+        "--minutes", type=float, default=None, help="stop after this many minutes of training (saving and evaluating)"
     )
     tr.add_argument("--poles", type=float, default=0.0, metavar="P", help="chance that a sprite is a thin pole (0..1)")
     tr.set_defaults(func=cmd_train)

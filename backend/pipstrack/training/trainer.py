@@ -63,6 +63,12 @@ class TrainOptions:
     pole_prob: float = 0.0  # chance that a sprite is a thin pole
     # The evaluation's photographs stay out of training, so its photo clips measure unseen content.
     exclude_photos: tuple[str, ...] = synth.EVAL_PHOTOS
+    # Clip generation in this many worker processes (0: in the training loop). A GPU steps far
+    # faster than one core renders clips (~50 clips/s), so a borrowed GPU needs many.
+    workers: int = 0
+    # Stop (saving last.pt and best.pt, with a final held-out evaluation) after this many seconds
+    # of training: a borrowed GPU's time is fixed in advance. None: run to ``steps``.
+    time_budget_s: float | None = None
 
 
 def sequence_loss(preds, trajs, valid, gamma: float) -> torch.Tensor:
@@ -131,6 +137,32 @@ def evaluate_windows(model: Pips, clips, iters: int = 6, device="cpu") -> dict:
             )
         )
     return mean_metrics(results)
+
+
+def _render_batch(job) -> list[dict]:
+    """The clips of one training step: a pure function of (seed, step), so workers and the
+    training loop give the same batch."""
+    seed, step, batch, scfg = job
+    return [synth.make_clip(np.random.default_rng([seed, step, b]), scfg) for b in range(batch)]
+
+
+def _batches(opts: "TrainOptions", scfg, first_step: int):
+    """Training batches from ``first_step`` on, rendered ahead by ``opts.workers`` processes."""
+    jobs = ((opts.seed, step, opts.batch, scfg) for step in range(first_step, opts.steps))
+    if opts.workers <= 0:
+        yield from map(_render_batch, jobs)
+        return
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(opts.workers, initializer=_quiet_worker) as pool:
+        yield from pool.imap(_render_batch, jobs, chunksize=1)
+
+
+def _quiet_worker():
+    import cv2
+
+    cv2.setNumThreads(1)  # one core per worker: the pool is the parallelism
+    torch.set_num_threads(1)
 
 
 def _atomic_save(obj, path: Path):
@@ -206,9 +238,11 @@ def train(opts: TrainOptions, log=print) -> Path:
     t0 = time.time()
     bar = tqdm(total=opts.steps, initial=step, desc="train", unit="step", disable=None, dynamic_ncols=True)
     running = None
-    while step < opts.steps:
+    batches = _batches(opts, scfg, step)
+    out_of_time = False
+    while step < opts.steps and not out_of_time:
         model.train()
-        clips = [synth.make_clip(np.random.default_rng([opts.seed, step, b]), scfg) for b in range(opts.batch)]
+        clips = next(batches)
         losses = train_step(model, clips, opts, device)
         optim.zero_grad(set_to_none=True)
         losses["loss"].backward()
@@ -220,9 +254,10 @@ def train(opts: TrainOptions, log=print) -> Path:
         running = vals if running is None else {k: 0.98 * running[k] + 0.02 * vals[k] for k in vals}
         bar.update(1)
         bar.set_postfix(loss=f"{running['loss']:.3f}", coord=f"{running['coord']:.2f}", vis=f"{running['vis']:.3f}")
-        if step % opts.save_every == 0 or step == opts.steps:
+        out_of_time = opts.time_budget_s is not None and time.time() - t0 >= opts.time_budget_s
+        if step % opts.save_every == 0 or step == opts.steps or out_of_time:
             save()
-        if step % opts.eval_every == 0 or step == opts.steps:
+        if step % opts.eval_every == 0 or step == opts.steps or out_of_time:
             m = evaluate_windows(model, held_out, device=device)
             m.update(
                 step=step,
@@ -237,6 +272,7 @@ def train(opts: TrainOptions, log=print) -> Path:
                 best = m["delta_avg"]
                 save_model(model, out / "best.pt", meta={**meta_base, "step": step, "heldout": m})
             save()
+    batches.close()
     bar.close()
     best_path = out / "best.pt"
     if not best_path.exists():
