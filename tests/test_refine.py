@@ -221,3 +221,36 @@ def test_a_point_beside_an_occluders_edge_is_verified_with_the_narrow_window():
     finally:
         R.EDGE_PASS = True
     assert not without[6:9, 0].all()
+
+
+def test_a_repeating_texture_locked_a_period_off_is_not_reported_verified():
+    """On a checker, a step seeded near the next square matches it perfectly: the polish must not
+    call that position verified (the point would be silently wrong by a whole period)."""
+    import pipstrack.engine.refine as R
+
+    T, H, W, period = 10, 96, 128, 10
+    yy, xx = np.mgrid[0 : H + 60, 0 : W + 60]
+    checker = (((xx // (period // 2)) + (yy // (period // 2))) % 2 * 160 + 40).astype(np.uint8)
+    checker = cv2.GaussianBlur(checker, (0, 0), 0.8)
+    shift = np.c_[np.arange(T) * 1.5, np.arange(T) * 0.5]
+    frames = [
+        np.dstack([cv2.warpAffine(checker, np.float32([[1, 0, dx - 30], [0, 1, dy - 30]]), (W, H))] * 3)
+        for dx, dy in shift
+    ]
+    truth = np.array([[64.0, 48.0]])[None] + shift[:, None]
+    rough = truth + [period, 0.0]  # the network a period off from frame 1 on
+    rough[0] = truth[0]
+
+    def run():
+        return refine_trajectories(lambda i: frames[i], np.arange(T), rough, np.ones((T, 1), bool), [[0]])
+
+    R.AMBIGUOUS_CHECK = False  # negative control: without the check, the wrong period is "verified"
+    try:
+        out, found, _, _ = run()
+    finally:
+        R.AMBIGUOUS_CHECK = True
+    wrong = np.linalg.norm(out - truth, axis=2)[:, 0] > 3
+    assert (wrong & found[:, 0]).any()
+    out, found, _, _ = run()
+    err = np.linalg.norm(out - truth, axis=2)[:, 0]
+    assert not (found[:, 0] & (err > 3)).any()  # nothing a period off is called verified

@@ -22,7 +22,7 @@ import numpy as np
 PATTERN = 21  # template side at the source resolution (px): Blender's default pattern size
 MARGIN = 6  # the frame's crop around the estimate reaches this far beyond the pattern (px)
 MIN_ECC = 0.9  # correlation a match needs
-MAX_SHIFT = 1.5  # a match stays this close to the verified position (px, in the image matched)
+MAX_SHIFT = 4.0  # a match stays this close to the verified position (px, in the image matched): a chain drifts
 SCALE_RANGE = (0.67, 1.5)  # an affine warp whose area changes more is a false match
 CACHE_FRAMES = 6  # grey source frames kept at once (memory bounded for 4K plates)
 CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-4)

@@ -44,6 +44,14 @@ STRAYED_PX = 8.0
 # At an occluder's edge the point is still in view but its WIN-wide patch is not: the frames next
 # to a verified one are tried once more with this narrower window (px), stepping on into the gap
 # while it holds; its steps must agree more strictly (FB and similarity) and stay near the seed.
+# A repeating texture (a checker, stripes, a fence) matches itself one period away as well as
+# where the point is, and a step seeded a few px off locks onto the wrong period with a perfect
+# score. A step whose template matches this nearly as well (within AMBIGUOUS_NCC) somewhere at
+# least AMBIGUOUS_PX from it, within AMBIGUOUS_RADIUS, is not taken as verified.
+AMBIGUOUS_CHECK = True
+AMBIGUOUS_NCC = 0.03
+AMBIGUOUS_PX = 4
+AMBIGUOUS_RADIUS = 24  # the steps' own reach (radius 20) and a little more
 EDGE_PASS = True
 EDGE_WIN = 7
 EDGE_FB_MAX = 0.25
@@ -400,4 +408,27 @@ def _lk_step(g0, g1, p0, seed, visible, radius, levels=LEVELS) -> tuple[np.ndarr
     ok &= np.linalg.norm(p1 - seed, axis=1) < radius
     ncc = _ncc(g0, p0, g1, p1)
     ok &= ncc > np.where(visible, NCC_VISIBLE, NCC_HIDDEN)
+    if AMBIGUOUS_CHECK:
+        for k in np.flatnonzero(ok):
+            ok[k] = not _ambiguous(g0, p0[k], g1, p1[k])
     return p1, ok, ncc
+
+
+def _ambiguous(g0, p0, g1, p1, win: int = WIN) -> bool:
+    """Whether the ``win`` patch at ``p0`` in ``g0`` matches ``g1`` nearly as well somewhere at
+    least AMBIGUOUS_PX from ``p1`` (within AMBIGUOUS_RADIUS) as at ``p1``: a repeating texture."""
+    k, r = win // 2, AMBIGUOUS_RADIUS
+    h, w = g1.shape[:2]
+    x, y = int(round(p1[0])), int(round(p1[1]))
+    x0, x1, y0, y1 = max(x - r - k, 0), min(x + r + k + 1, w), max(y - r - k, 0), min(y + r + k + 1, h)
+    if x1 - x0 <= win or y1 - y0 <= win:
+        return False
+    template = cv2.getRectSubPix(g0, (win, win), (float(p0[0]), float(p0[1])))
+    score = np.nan_to_num(cv2.matchTemplate(g1[y0:y1, x0:x1], template, cv2.TM_CCOEFF_NORMED), nan=-1.0)
+    cx, cy = x - x0 - k, y - y0 - k  # p1's cell in the score map
+    if not (0 <= cx < score.shape[1] and 0 <= cy < score.shape[0]):
+        return False  # at the image border: no room to judge
+    here = score[max(cy - 1, 0) : cy + 2, max(cx - 1, 0) : cx + 2].max()
+    yy, xx = np.mgrid[0 : score.shape[0], 0 : score.shape[1]]
+    far = (xx - cx) ** 2 + (yy - cy) ** 2 >= AMBIGUOUS_PX**2
+    return bool(far.any() and score[far].max() >= here - AMBIGUOUS_NCC)
