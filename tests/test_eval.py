@@ -194,3 +194,27 @@ def test_eval_on_real_footage_forward_backward_and_a_pasted_occluder(tmp_path):
     assert full["points"] == 16 and full["covered_points"] >= 3
     assert full["returned"] >= 0.75 and full["back"] >= 0.75, full
     assert full["returned"] >= raw["returned"] and full["back"] >= raw["back"], (full, raw)
+
+
+def test_silent_failures_and_return_after_occlusion_are_counted_by_hand():
+    """Two tracks: one drifts 10 px while it reports the point visible (silent), the other is
+    hidden on frames 3..4 and comes back 1 px off on frames 5..7 (its error after the occlusion)."""
+    from pipstrack.evaluation.metrics import tapvid_metrics
+
+    T = 8
+    gt = np.zeros((T, 2, 2))
+    gt[:, 0] = [20.0, 20.0]
+    gt[:, 1] = [40.0, 40.0]
+    vis = np.ones((T, 2), bool)
+    vis[3:5, 1] = False
+    pred = gt.copy()
+    pred[6:, 0, 0] += 10.0  # drifted while claimed
+    pred[5:, 1, 0] += 1.0
+    claimed = np.ones((T, 2), bool)
+    m = tapvid_metrics(pred, claimed, gt, vis, (64, 64), np.zeros(2, int))
+    assert m["silent_tracks"] == 0.5 and m["lost_tracks"] == 0.5
+    assert m["median_err_after_occlusion"] == pytest.approx(1.0)
+    honest = claimed.copy()
+    honest[6:, 0] = False  # the same drift, reported as not seen: lost, but not silent
+    m = tapvid_metrics(pred, honest, gt, vis, (64, 64), np.zeros(2, int))
+    assert m["silent_tracks"] == 0.0 and m["lost_tracks"] == 0.5

@@ -380,8 +380,14 @@ def _lk_pass(
                     has = pt >= 0
                     vel[has] = (p0[miss[has]] - out[pt[has], idx[miss[has]]]) / (lt - pt[has])[:, None]
                     seed[miss] = p0[miss] + vel * (t - lt)
+                # Where the point's own motion puts it (its last two trustworthy frames): on a
+                # repeating texture, the one of several equal matches to believe.
+                pt = prev_t[idx]
+                prior = np.full_like(p0, np.nan)
+                has = pt >= 0
+                prior[has] = p0[has] + (p0[has] - out[pt[has], idx[has]]) / (lt - pt[has])[:, None] * (t - lt)
                 g0, g1 = frame(lt), frame(t)
-                p1, ok, ncc = _lk_step(g0, g1, p0, seed, visible[t, idx], radius, levels)
+                p1, ok, ncc = _lk_step(g0, g1, p0, seed, visible[t, idx], radius, levels, prior=prior)
                 # Chained steps drift onto what slides over a point (each compares with the last
                 # frame only): a step must still look like the point's first anchor.
                 for j in np.nonzero(ok)[0]:
@@ -393,10 +399,11 @@ def _lk_pass(
                 last_t[idx[ok]] = t
 
 
-def _lk_step(g0, g1, p0, seed, visible, radius, levels=LEVELS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _lk_step(g0, g1, p0, seed, visible, radius, levels=LEVELS, prior=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lucas-Kanade from ``p0`` in ``g0`` to ``g1``, started at ``seed``: positions (K,2), whether
-    each is accepted (forward-backward consistent, within ``radius`` of the seed, patch alike)
-    and the patch similarity (NCC)."""
+    each is accepted (forward-backward consistent, within ``radius`` of the seed, patch alike,
+    and not one of several equal matches of a repeating texture -- unless it is the one nearest
+    to ``prior``, the point's own-motion prediction, where given) and the patch similarity (NCC)."""
     criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.001)
     kw = dict(winSize=(WIN, WIN), maxLevel=levels, criteria=criteria, flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
     a = p0.astype(np.float32).reshape(-1, 1, 2)
@@ -410,25 +417,34 @@ def _lk_step(g0, g1, p0, seed, visible, radius, levels=LEVELS) -> tuple[np.ndarr
     ok &= ncc > np.where(visible, NCC_VISIBLE, NCC_HIDDEN)
     if AMBIGUOUS_CHECK:
         for k in np.flatnonzero(ok):
-            ok[k] = not _ambiguous(g0, p0[k], g1, p1[k])
+            others = _rival_matches(g0, p0[k], g1, p1[k])
+            if len(others):
+                pk = None if prior is None or not np.isfinite(prior[k, 0]) else prior[k]
+                ok[k] = pk is not None and np.linalg.norm(p1[k] - pk) + 1.0 < np.linalg.norm(others - pk, axis=1).min()
     return p1, ok, ncc
 
 
-def _ambiguous(g0, p0, g1, p1, win: int = WIN) -> bool:
-    """Whether the ``win`` patch at ``p0`` in ``g0`` matches ``g1`` nearly as well somewhere at
-    least AMBIGUOUS_PX from ``p1`` (within AMBIGUOUS_RADIUS) as at ``p1``: a repeating texture."""
+def _rival_matches(g0, p0, g1, p1, win: int = WIN) -> np.ndarray:
+    """(K,2) positions where the ``win`` patch at ``p0`` in ``g0`` matches ``g1`` nearly as well
+    (within AMBIGUOUS_NCC) as at ``p1``, at least AMBIGUOUS_PX from it and within
+    AMBIGUOUS_RADIUS: the other periods of a repeating texture (none: the match is unique)."""
+    none = np.zeros((0, 2))
     k, r = win // 2, AMBIGUOUS_RADIUS
     h, w = g1.shape[:2]
     x, y = int(round(p1[0])), int(round(p1[1]))
     x0, x1, y0, y1 = max(x - r - k, 0), min(x + r + k + 1, w), max(y - r - k, 0), min(y + r + k + 1, h)
     if x1 - x0 <= win or y1 - y0 <= win:
-        return False
+        return none
     template = cv2.getRectSubPix(g0, (win, win), (float(p0[0]), float(p0[1])))
     score = np.nan_to_num(cv2.matchTemplate(g1[y0:y1, x0:x1], template, cv2.TM_CCOEFF_NORMED), nan=-1.0)
     cx, cy = x - x0 - k, y - y0 - k  # p1's cell in the score map
     if not (0 <= cx < score.shape[1] and 0 <= cy < score.shape[0]):
-        return False  # at the image border: no room to judge
+        return none  # at the image border: no room to judge
     here = score[max(cy - 1, 0) : cy + 2, max(cx - 1, 0) : cx + 2].max()
+    # Other peaks only (local maxima): a smooth texture's broad peak has shoulders as high a few
+    # px away, which are the same match, not another one.
+    peaks = score >= cv2.dilate(score, np.ones((3, 3), np.uint8))
     yy, xx = np.mgrid[0 : score.shape[0], 0 : score.shape[1]]
-    far = (xx - cx) ** 2 + (yy - cy) ** 2 >= AMBIGUOUS_PX**2
-    return bool(far.any() and score[far].max() >= here - AMBIGUOUS_NCC)
+    rival = peaks & ((xx - cx) ** 2 + (yy - cy) ** 2 >= AMBIGUOUS_PX**2) & (score >= here - AMBIGUOUS_NCC)
+    ys, xs = np.nonzero(rival)
+    return np.c_[xs + x0 + k, ys + y0 + k].astype(np.float64)

@@ -34,9 +34,11 @@ COLUMNS = (  # metric key, header, scale, decimals
     ("occlusion_accuracy", "OA %", 100, 1),
     ("median_err_visible", "err vis px", 1, 2),
     ("median_err_occluded", "err occ px", 1, 2),
+    ("median_err_after_occlusion", "err after occ px", 1, 2),
     ("median_err_claimed", "err tracked px", 1, 2),
     ("worst_err_visible", "worst px", 1, 1),
     ("lost_tracks", "lost %", 100, 0),
+    ("silent_tracks", "silent %", 100, 0),
 )
 DATASET_LABELS = {"synthetic": "synthetic", "photo": "photo"}
 
@@ -307,7 +309,10 @@ def legend(methods: dict[str, str]) -> str:
         "the point is hidden but inside the image (per-clip medians averaged over clips); err tracked: the same "
         "on the visible frames the method itself reports as seen (its precision where it tracks); worst px: each "
         f"track's worst error on its visible frames, median over tracks; lost %: tracks more than "
-        f"{metrics.LOST_PX:g} px off on at least one visible frame; FB px: median over "
+        f"{metrics.LOST_PX:g} px off on at least one visible frame; err after occ px: median error on the visible "
+        "frames after a point was first hidden (is it back?); silent %: tracks more than "
+        f"{metrics.LOST_PX:g} px off on a frame the method itself reports as visible (wrong without saying so); "
+        "FB px: median over "
         "points of the frame-0 distance after tracking forward and back again (no ground truth needed)."
     )
     return "\n".join(rows)

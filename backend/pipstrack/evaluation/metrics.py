@@ -54,6 +54,19 @@ def tapvid_metrics(pred_xy, pred_visible, gt_xy, gt_visible, size, query_frames=
     claimed = vis_eval & pred_visible
     out["median_err_claimed"] = float(np.nanmedian(dist[claimed])) if claimed.any() else np.nan
     out.update(per_track_summary(dist, vis_eval))
+    # Wrong while claiming to see it: tracks more than LOST_PX off on a frame the method reports
+    # as visible (and the point is) -- the failure an artist cannot see in the tool.
+    d_claimed = np.where(claimed, np.nan_to_num(dist, nan=np.inf), -np.inf).max(axis=0)
+    tracked_any = vis_eval.any(axis=0)
+    out["silent_tracks"] = float(np.mean(d_claimed[tracked_any] > LOST_PX)) if tracked_any.any() else np.nan
+    # Back after an occlusion: the error on visible frames after a point's first hidden in-frame
+    # frame (per-frame median over the points that were hidden and came back).
+    after = np.zeros((T, N), bool)
+    hidden = occ.copy()
+    for n in np.flatnonzero(hidden.any(axis=0)):
+        first = int(np.flatnonzero(hidden[:, n])[0])
+        after[first + 1 :, n] = vis_eval[first + 1 :, n]
+    out["median_err_after_occlusion"] = float(np.nanmedian(dist[after])) if after.any() else np.nan
     return out
 
 

@@ -1,0 +1,83 @@
+"""pipstrack against Blender's own tracker: time and accuracy on the same clip and points (issue 14).
+
+Two photo clips with exact ground truth (a photograph under a hand-held camera move, a bar
+crossing it), the points good features of the first frame: 48 frames of 512x288 with 60 points
+and 240 frames of 960x540 with 84 points. Each is tracked by pipstrack (in process, the model
+loaded beforehand, default options) and by Blender 5.0's tracker through bpy (Perspective,
+pattern 21, search 71, match keyframe: what an artist would pick), alternating, best of
+``--repeat``, all in one run. Reports seconds, the ratio, and for both the median error on the
+frames each reports as tracked and the share of visible point-frames it tracks.
+
+    .venv/bin/python benchmarks/bench_blender.py --repeat 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CASES = (("48 frames, 512x288, 60 points", 48, (288, 512), 60), ("240 frames, 960x540, 84 points", 240, (540, 960), 84))
+
+
+def main(argv=None) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
+    from pipstrack import Tracker, load_model
+    from pipstrack.datasets.sample import homography_clip
+    from pipstrack.evaluation.baselines import blender_available, blender_tracker
+    from pipstrack.evaluation.harness import load_photo
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--threads", default="auto", help="torch threads: a number, or auto (the CLI's default)")
+    ap.add_argument("--json", help="also write the numbers here")
+    args = ap.parse_args(argv)
+    threads = args.threads if args.threads == "auto" else int(args.threads)
+    why = blender_available()
+    if why:
+        print(why, file=sys.stderr)
+        return 2
+    tracker = Tracker(load_model(), device="cpu", threads=threads)
+    rows = []
+    for label, frames, size, points in CASES:
+        clip = homography_clip(load_photo("chelsea"), frames, size, seed=11, occluder=True, points=points)
+        rgbs, gt, vis = clip["rgbs"], clip["trajs"].astype(np.float64), clip["visible"]
+        q = np.c_[np.zeros(gt.shape[1]), gt[0]]
+        best = {}
+        for _ in range(args.repeat):
+            for name in ("pipstrack", "blender"):
+                t0 = time.perf_counter()
+                if name == "pipstrack":
+                    r = tracker.track(rgbs, q)
+                    xy, claimed = r.xy.astype(np.float64), r.visible
+                else:
+                    xy, claimed = blender_tracker(rgbs, q, motion_model="Perspective")
+                seconds = time.perf_counter() - t0
+                if name not in best or seconds < best[name]["seconds"]:
+                    err = np.linalg.norm(xy - gt, axis=-1)
+                    ok = vis & claimed
+                    ok[0] = False
+                    best[name] = {
+                        "seconds": seconds,
+                        "err_tracked_px": float(np.median(err[ok])),
+                        "tracked_share": float(ok.sum() / max(vis[1:].sum(), 1)),
+                    }
+        rows.append({"case": label, **{f"{k}_{m}": v for k, d in best.items() for m, v in d.items()}})
+        p, b = best["pipstrack"], best["blender"]
+        print(
+            f"| {label} | {p['seconds']:.1f} | {b['seconds']:.1f} | {p['seconds'] / b['seconds']:.1f}x | "
+            f"{p['err_tracked_px']:.3f} / {100 * p['tracked_share']:.0f} % | "
+            f"{b['err_tracked_px']:.3f} / {100 * b['tracked_share']:.0f} % |",
+            flush=True,
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
