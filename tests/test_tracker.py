@@ -331,3 +331,23 @@ def test_window_advance_rule_written_procedure_or_authors_code(default_model):
     assert next_window_offset(good) == next_window_offset(good, min_advance=2) == 7
     with pytest.raises(ValueError, match="min_advance"):
         Tracker(default_model, device="cpu", min_advance=3)
+
+
+def test_int8_precision_on_the_cpu_keeps_the_tracks(default_model, sample_clip):
+    """``precision="int8"`` quantises the mixer (and runs the encoder in bfloat16 where the CPU
+    has it): the refined tracks stay where float32 puts them, the caller's model is untouched,
+    and asking for it on a GPU is a clear error."""
+    from pipstrack.engine.tracker import resolve_precision
+
+    frames, truth = sample_clip
+    q = np.c_[np.zeros(10), truth["trajs"][0]]
+    before = {k: v.clone() for k, v in default_model.state_dict().items()}
+    exact = Tracker(default_model, device="cpu").track(frames[:24], q)
+    fast = Tracker(default_model, device="cpu", precision="int8").track(frames[:24], q)
+    diff = np.linalg.norm(fast.xy - exact.xy, axis=-1)
+    assert np.median(diff) < 0.05 and np.percentile(diff, 90) < 0.5
+    err = np.linalg.norm(fast.xy - truth["trajs"][:24], axis=-1)[truth["visible"][:24]]
+    assert np.median(err) < 0.2
+    assert all(torch.equal(before[k], v) for k, v in default_model.state_dict().items())
+    with pytest.raises(ValueError, match="CPU"):
+        resolve_precision("int8", torch.device("cuda"))

@@ -44,8 +44,9 @@ def add_device_options(parser) -> None:
     parser.add_argument(
         "--precision",
         default="auto",
-        choices=("auto", "fp32", "bf16", "fp16"),  # pipstrack.engine.tracker.PRECISIONS (torch not imported here)
-        help="network arithmetic: auto = bfloat16 on a CUDA GPU, float32 elsewhere",
+        choices=("auto", "fp32", "bf16", "fp16", "int8"),  # engine.tracker.PRECISIONS (torch not imported here)
+        help="network arithmetic: auto = bfloat16 on a CUDA GPU, float32 elsewhere; int8 (CPU): the "
+        "mixer in int8 and the encoder in bfloat16 where the CPU has it (faster, docs/performance.md)",
     )
 
 

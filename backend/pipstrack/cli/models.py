@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import EXIT_FAILURE, CliError
+from .common import EXIT_FAILURE, CliError, add_device_options
 
 
 def cmd_weights(args) -> int:
@@ -138,6 +138,7 @@ def cmd_eval(args) -> int:
             baselines=baselines,
             lone=args.lone,
             device=args.device,
+            precision=args.precision,
             seed=args.seed,
             families=families,
             family_count=args.family_clips,
@@ -206,7 +207,7 @@ def add_parsers(sub) -> None:
         default="zero,lk,blender-loc,blender-perspective",
         help="comma-separated: zero, lk, blender-loc, blender-perspective ('' for none)",
     )
-    ev.add_argument("--device", default="auto")
+    add_device_options(ev)
     ev.add_argument(
         "--seed",
         type=int,

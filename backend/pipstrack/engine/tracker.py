@@ -107,7 +107,35 @@ def torch_build() -> str:
     return ", ".join(parts)
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX): only there does the
+    encoder in bfloat16 pay (1.6-1.8x faster measured, docs/performance.md)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def quantized_copy(model):
+    """A copy of ``model`` whose mixer's linear layers compute in int8 (dynamic quantisation:
+    weights int8, activations quantised per call), for the CPU; the encoder and the small heads
+    stay as they are."""
+    import copy
+    import warnings
+
+    q = copy.deepcopy(model).cpu().eval()
+    with warnings.catch_warnings():  # torch marks its eager quantisation API deprecated; it still works
+        warnings.simplefilter("ignore")
+        q.delta_block = torch.ao.quantization.quantize_dynamic(q.delta_block, {torch.nn.Linear}, dtype=torch.qint8)
+    return q
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -116,9 +144,14 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     coordinates, and bfloat16 there moved the network's positions by a median 1.2 px (90 % within
     5.1 px) against 0.13 px (0.62 px) for the encoder alone (tests/test_tracker.py, on the CPU).
     ``auto``: bfloat16 on a CUDA GPU that has it (float16 on older ones), float32 elsewhere (the
-    CPU path stays exact)."""
+    CPU path stays exact). ``int8`` (the CPU only): the encoder in bfloat16 where the CPU has it,
+    and the mixer quantised to int8 by the tracker."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "int8":
+        if device.type != "cpu":
+            raise ValueError("precision int8 is for the CPU; on a GPU use auto (bfloat16)")
+        return torch.bfloat16 if cpu_has_bf16() else None
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     if precision == "auto":
@@ -260,7 +293,7 @@ class Tracker:
         self.anchored_at = anchored_at
         self.device = resolve_device(device)
         self.autocast = resolve_precision(precision, self.device)
-        self.model = model.to(self.device).eval()
+        self.model = quantized_copy(model) if precision == "int8" else model.to(self.device).eval()
         self.iters = int(iters)
         self.working_long_side = working_long_side
         self.max_points_per_call = int(max_points_per_call)

@@ -358,6 +358,7 @@ def evaluate(
     lone: bool = False,
     families: list[str] = (),
     family_count: int = 2,
+    precision: str = "auto",
 ) -> tuple[str, dict]:
     """The whole evaluation: (Markdown report, JSON-able document). ``model`` None skips pipstrack;
     ``lone`` adds pipstrack with every point tracked alone (one call per point: slow); ``families``
@@ -376,17 +377,18 @@ def evaluate(
     methods: dict[str, Method] = {}
     descriptions: dict[str, str] = {}
     if model is not None:
-        methods["pipstrack"] = pipstrack_method(model, device)
+        methods["pipstrack"] = pipstrack_method(model, device, precision=precision)
         meta = getattr(model, "meta", None) or {}
         about = ", ".join(f"{k} {meta[k]}" for k in ("step", "note") if k in meta)
         descriptions["pipstrack"] = (
             f"pipstrack, {model_label}{f' ({about})' if about else ''}, on {methods['pipstrack'].tracker.device}, "
+            f"precision {precision}, "
             "with sub-pixel refinement and co-motion (the default)"
         )
-        methods["pipstrack-raw"] = pipstrack_method(model, device, refine=False)
+        methods["pipstrack-raw"] = pipstrack_method(model, device, refine=False, precision=precision)
         descriptions["pipstrack-raw"] = "the same network's own positions, without refinement or co-motion"
         if lone:
-            methods["pipstrack-lone"] = pipstrack_method(model, device, lone=True)
+            methods["pipstrack-lone"] = pipstrack_method(model, device, lone=True, precision=precision)
             descriptions["pipstrack-lone"] = "pipstrack with every point tracked alone (no co-moving company)"
     for b in baselines:
         descriptions[b], methods[b] = BASELINES[b]
@@ -423,6 +425,7 @@ def evaluate(
         "seed": seed,
         "baselines": list(baselines),
         "model": model_label,
+        "precision": precision,
         "families": list(families),
         "family_clips": family_count if families else 0,
     }
