@@ -786,7 +786,8 @@ class Server:
                     verified=result.verified if spec.verified else None,
                     working_size=list(result.working_size),
                     seconds=round(time.perf_counter() - t0, 4),
-                    stats={k: int(v) for k, v in result.stats.items()},
+                    # Counts only (docs/protocol.md); the per-stage seconds stay in the library's result.
+                    stats={k: int(v) for k, v in result.stats.items() if not isinstance(v, dict)},
                 )
                 arrays = (P.RESULT, spec.job, spec.first, result.xy, result.visible, result.confidence)
                 if spec.chunked:
