@@ -33,15 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def write_sequence(folder: Path, frames: int, distinct: int, size=(2160, 3840)) -> Path:
     import OpenEXR
 
-    from pipstrack.datasets.sample import camera_path
+    from pipstrack.datasets.sample import camera_path, fit_photo
     from pipstrack.evaluation.harness import load_photo
 
     folder.mkdir(parents=True, exist_ok=True)
     H, W = size
     photo = load_photo("astronaut")
-    ph, pw = photo.shape[:2]
-    f = 1.3 * max(W / pw, H / ph)
-    fit = np.array([[f, 0, -f * (pw - 1) / 2], [0, f, -f * (ph - 1) / 2], [0, 0, 1.0]])
+    fit = fit_photo(photo, size, margin=1.3)
     mats = camera_path(np.arange(distinct, dtype=np.float64), np.random.default_rng(0), size, strength=0.5) @ fit
     lin = (photo.astype(np.float32) / 255.0) ** 2.2  # display-referred photo to linear light
     for k in range(distinct):

@@ -30,10 +30,7 @@ STAGES = ("read", "encode", "updates", "polish", "co-motion", "re-detection", "e
 
 
 def variants(model):
-    def int8(m):
-        q = copy.deepcopy(m)
-        q.delta_block = torch.ao.quantization.quantize_dynamic(q.delta_block, {torch.nn.Linear}, dtype=torch.qint8)
-        return q
+    from pipstrack.engine.tracker import quantized_copy
 
     def channels_last(m):
         c = copy.deepcopy(m)
@@ -46,7 +43,7 @@ def variants(model):
         "iters=4": (model, {"iters": 4}),
         "encoder bf16": (model, {"precision": "bf16"}),
         "encoder channels-last": (channels_last(model), {}),
-        "mixer int8": (int8(model), {}),
+        "mixer int8": (quantized_copy(model), {}),
     }
 
 

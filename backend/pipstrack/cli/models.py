@@ -57,6 +57,16 @@ def cmd_weights(args) -> int:
     return 0 if ok else EXIT_FAILURE
 
 
+# The training mix: each option a share of clips (or of sprites) between 0 and 1.
+TRAINING_MIX = {
+    "slow": "share of slow / near-static clips (0..1); real shots are often slow",
+    "shake": "share of clips with hand-held camera shake (0..1)",
+    "fast": "share of fast clips (motion 1.5-2.5x faster, 0..1)",
+    "flicker": "share of clips with exposure and white-balance flicker (0..1)",
+    "poles": "chance that a sprite is a thin pole (0..1)",
+}
+
+
 def cmd_train(args) -> int:
     from ..engine.tracker import resolve_device
     from ..training.trainer import TrainOptions, train
@@ -87,7 +97,7 @@ def cmd_train(args) -> int:
         workers=args.workers,
         time_budget_s=None if args.minutes is None else 60.0 * args.minutes,
     )
-    for name in ("slow", "shake", "fast", "flicker", "poles"):
+    for name in TRAINING_MIX:
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise CliError(f"--{name} must be a share between 0 and 1, got {getattr(args, name)}")
     best = train(opts, log=lambda m: print(m, file=sys.stderr))
@@ -252,29 +262,10 @@ def add_parsers(sub) -> None:
     tr.add_argument(
         "--iters", type=int, default=4, help="refinement iterations in training (inference uses 6 by default)"
     )
-    tr.add_argument(
-        "--slow",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="share of slow / near-static clips (0..1); real shots are often slow",
-    )
-    tr.add_argument(
-        "--shake", type=float, default=0.0, metavar="P", help="share of clips with hand-held camera shake (0..1)"
-    )
-    tr.add_argument(
-        "--fast", type=float, default=0.0, metavar="P", help="share of fast clips (motion 1.5-2.5x faster, 0..1)"
-    )
-    tr.add_argument(
-        "--flicker",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="share of clips with exposure and white-balance flicker (0..1)",
-    )
+    for name, text in TRAINING_MIX.items():
+        tr.add_argument(f"--{name}", type=float, default=0.0, metavar="P", help=text)
     tr.add_argument("--workers", type=int, default=0, help="processes rendering training clips ahead (0: none)")
     tr.add_argument(
         "--minutes", type=float, default=None, help="stop after this many minutes of training (saving and evaluating)"
     )
-    tr.add_argument("--poles", type=float, default=0.0, metavar="P", help="chance that a sprite is a thin pole (0..1)")
     tr.set_defaults(func=cmd_train)

@@ -24,21 +24,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .sample import camera_path
+from .sample import camera_path, fit_photo
+from .synth import _apply  # a homography applied to points (..., 2)
 
 FAMILIES = ("deform", "layers", "long", "hard")
 LONG_FRAMES = 240
 
 
 # -- shared pieces ------------------------------------------------------------------------------------
-
-
-def _fit(photo: np.ndarray, size: tuple[int, int], margin: float = 1.25) -> np.ndarray:
-    """Photo -> frame-centred coordinates, the photo a bit larger than the frame (no edges show)."""
-    H, W = size
-    ph, pw = photo.shape[:2]
-    f = margin * max(W / pw, H / ph)
-    return np.array([[f, 0, -f * (pw - 1) / 2], [0, f, -f * (ph - 1) / 2], [0, 0, 1.0]])
 
 
 def _near_frame_scale(photo: np.ndarray, size: tuple[int, int], margin: float) -> np.ndarray:
@@ -50,11 +43,6 @@ def _near_frame_scale(photo: np.ndarray, size: tuple[int, int], margin: float) -
     if f >= 1.0:
         return photo
     return cv2.resize(photo, (max(8, round(pw * f)), max(8, round(ph * f))), interpolation=cv2.INTER_AREA)
-
-
-def _apply(M: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    p = pts @ M[:2, :2].T + M[:2, 2]
-    return p / (pts @ M[2, :2] + M[2, 2])[:, None]
 
 
 def _grid(size: tuple[int, int]) -> np.ndarray:
@@ -178,7 +166,7 @@ def deform_clip(photo: np.ndarray, frames: int, size: tuple[int, int], seed: int
     rng = np.random.default_rng(seed)
     H, W = size
     photo = _near_frame_scale(photo, size, 1.25)
-    fit = _fit(photo, size)
+    fit = fit_photo(photo, size)
     cam = camera_path(np.arange(frames, dtype=np.float64), rng, size) @ fit
     warp = _Deformation(rng, frames, fit[0, 0])
     bar = _Bar(frames, size, int(frames * 0.15), frames - 1, vertical=True, reverse=bool(rng.random() < 0.5))
@@ -211,7 +199,7 @@ def layers_clip(
     rng = np.random.default_rng(seed)
     H, W = size
     background = _near_frame_scale(background, size, 1.25)
-    cam = camera_path(np.arange(frames, dtype=np.float64), rng, size) @ _fit(background, size)
+    cam = camera_path(np.arange(frames, dtype=np.float64), rng, size) @ fit_photo(background, size)
     # The card: ~45 % of the frame's height, entering from one side, rotating and zooming on its own.
     ch = int(0.45 * H)
     cw = int(ch * rng.uniform(1.0, 1.5))
@@ -275,7 +263,7 @@ def long_clip(
     # camera_path shakes a fixed number of cycles per clip: build it over 48-frame stretches'
     # worth of time so a long shot shakes like a short one, and drifts further.
     t = np.arange(frames, dtype=np.float64)
-    cam = camera_path(t, rng, size, strength=1.0) @ _fit(photo, size, margin=1.4)
+    cam = camera_path(t, rng, size, strength=1.0) @ fit_photo(photo, size, margin=1.4)
     fine = camera_path(t * (frames / 48.0), rng, size, strength=0.3)
     cam = np.stack([fine[k] @ np.linalg.inv(fine[0]) @ cam[k] for k in range(frames)])
     occluders = [
@@ -351,7 +339,7 @@ def hard_clip(
     rng = np.random.default_rng(seed)
     H, W = size
     photo = _near_frame_scale(photo, size, 1.5)
-    fit = _fit(photo, size, margin=1.5)
+    fit = fit_photo(photo, size, margin=1.5)
     cam = _shake_path(rng, frames, size, peak)
     offsets = (np.arange(subframes) / max(subframes - 1, 1) - 0.5) * shutter
     exposure = np.exp(rng.normal(0, 0.08, (frames, 1)) + rng.normal(0, 0.03, (frames, 3))).astype(np.float32)

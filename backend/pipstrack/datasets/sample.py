@@ -59,6 +59,15 @@ def camera_path(t: np.ndarray, rng: np.random.Generator, size: tuple[int, int], 
     return np.stack(mats)
 
 
+def fit_photo(photo: np.ndarray, size: tuple[int, int], margin: float = 1.25) -> np.ndarray:
+    """Photo -> frame-centred coordinates (what :func:`camera_path` moves), the photo ``margin``
+    times larger than the frame so its edges never show."""
+    H, W = size
+    ph, pw = photo.shape[:2]
+    f = margin * max(W / pw, H / ph)
+    return np.array([[f, 0, -f * (pw - 1) / 2], [0, f, -f * (ph - 1) / 2], [0, 0, 1.0]])
+
+
 def homography_clip(
     photo: np.ndarray,
     frames: int,
@@ -75,10 +84,7 @@ def homography_clip(
     """
     rng = np.random.default_rng(seed)
     H, W = size
-    ph, pw = photo.shape[:2]
-    fit = 1.25 * max(W / pw, H / ph)  # photo a bit larger than the frame, so edges never show
-    centre = np.array([[fit, 0, -fit * (pw - 1) / 2], [0, fit, -fit * (ph - 1) / 2], [0, 0, 1.0]])
-    mats = camera_path(np.arange(frames, dtype=np.float64), rng, size, strength) @ centre
+    mats = camera_path(np.arange(frames, dtype=np.float64), rng, size, strength) @ fit_photo(photo, size)
 
     bar_w = int(0.16 * W)
     bar_tex = np.tile(np.linspace(40, 90, bar_w, dtype=np.float32)[None, :, None], (H, 1, 3))

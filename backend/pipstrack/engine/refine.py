@@ -41,9 +41,6 @@ REDETECT_RADIUS = 3.0  # a re-detection's sub-pixel step stays this close to the
 # A gap between two verified frames where the network's positions stray this far (px) from the
 # point's own motion between them is filled by that motion.
 STRAYED_PX = 8.0
-# At an occluder's edge the point is still in view but its WIN-wide patch is not: the frames next
-# to a verified one are tried once more with this narrower window (px), stepping on into the gap
-# while it holds; its steps must agree more strictly (FB and similarity) and stay near the seed.
 # A repeating texture (a checker, stripes, a fence) matches itself one period away as well as
 # where the point is, and a step seeded a few px off locks onto the wrong period with a perfect
 # score. A step whose template matches this nearly as well (within AMBIGUOUS_NCC) somewhere at
@@ -52,6 +49,9 @@ AMBIGUOUS_CHECK = True
 AMBIGUOUS_NCC = 0.03
 AMBIGUOUS_PX = 4
 AMBIGUOUS_RADIUS = 24  # the steps' own reach (radius 20) and a little more
+# At an occluder's edge the point is still in view but its WIN-wide patch is not: the frames next
+# to a verified one are tried once more with this narrower window (px), stepping on into the gap
+# while it holds; its steps must agree more strictly (FB and similarity) and stay near the seed.
 EDGE_PASS = True
 EDGE_WIN = 7
 EDGE_FB_MAX = 0.25
@@ -61,12 +61,12 @@ EDGE_MATCH_NCC = 0.95  # a narrow patch looked for (not stepped to) must match t
 EDGE_MATCH_MARGIN = 0.1  # ... and this much better than anywhere else in its window
 
 
-def _ncc(g0, p0, g1, p1) -> np.ndarray:
-    """Normalised cross-correlation of WIN x WIN patches around p0 in g0 and p1 in g1."""
+def _ncc(g0, p0, g1, p1, win: int = WIN) -> np.ndarray:
+    """Normalised cross-correlation of ``win`` x ``win`` patches around p0 in g0 and p1 in g1."""
     out = np.empty(len(p0))
     for k, (a, b) in enumerate(zip(p0, p1)):
-        pa = cv2.getRectSubPix(g0, (WIN, WIN), (float(a[0]), float(a[1]))).astype(np.float64).ravel()
-        pb = cv2.getRectSubPix(g1, (WIN, WIN), (float(b[0]), float(b[1]))).astype(np.float64).ravel()
+        pa = cv2.getRectSubPix(g0, (win, win), (float(a[0]), float(a[1]))).astype(np.float64).ravel()
+        pb = cv2.getRectSubPix(g1, (win, win), (float(b[0]), float(b[1]))).astype(np.float64).ravel()
         pa -= pa.mean()
         pb -= pb.mean()
         den = np.sqrt((pa * pa).sum() * (pb * pb).sum())
@@ -306,17 +306,8 @@ def _narrow_step(g0, g1, p0, seed):
     ok = bool(st1[0, 0] == 1 and st2[0, 0] == 1)
     ok &= float(np.linalg.norm(back.reshape(2) - a.reshape(2))) < EDGE_FB_MAX
     ok &= float(np.linalg.norm(p1 - seed)) < EDGE_RADIUS
-    ncc = _patch_ncc(g0, p0, g1, p1, EDGE_WIN)
+    ncc = float(_ncc(g0, np.asarray(p0, np.float64)[None], g1, p1[None], EDGE_WIN)[0])
     return p1, ok and ncc >= EDGE_NCC, ncc
-
-
-def _patch_ncc(g0, a, g1, b, win: int) -> float:
-    pa = cv2.getRectSubPix(g0, (win, win), (float(a[0]), float(a[1]))).astype(np.float64).ravel()
-    pb = cv2.getRectSubPix(g1, (win, win), (float(b[0]), float(b[1]))).astype(np.float64).ravel()
-    pa -= pa.mean()
-    pb -= pb.mean()
-    den = np.sqrt((pa * pa).sum() * (pb * pb).sum())
-    return float((pa * pb).sum() / den) if den > 0 else 0.0
 
 
 def _looks_like_anchor(frame, out, start, n, g1, p) -> bool:
@@ -372,20 +363,17 @@ def _lk_pass(
             for lt in np.unique(last_t[go]):
                 idx = np.nonzero(go & (last_t == lt))[0]
                 p0 = out[lt, idx].reshape(-1, 2)
-                seed = seeds[t, idx].copy()
-                miss = np.nonzero(~np.isfinite(seed[:, 0]))[0]
-                if len(miss):
-                    pt = prev_t[idx[miss]]
-                    vel = np.zeros((len(miss), 2))
-                    has = pt >= 0
-                    vel[has] = (p0[miss[has]] - out[pt[has], idx[miss[has]]]) / (lt - pt[has])[:, None]
-                    seed[miss] = p0[miss] + vel * (t - lt)
-                # Where the point's own motion puts it (its last two trustworthy frames): on a
-                # repeating texture, the one of several equal matches to believe.
+                # Where the point's own motion puts it (its velocity between its last two
+                # trustworthy frames carried on; where it has only one, standing still): the seed
+                # where nothing else predicts, and on a repeating texture the one of several equal
+                # matches to believe.
                 pt = prev_t[idx]
                 prior = np.full_like(p0, np.nan)
                 has = pt >= 0
                 prior[has] = p0[has] + (p0[has] - out[pt[has], idx[has]]) / (lt - pt[has])[:, None] * (t - lt)
+                seed = seeds[t, idx].copy()
+                miss = ~np.isfinite(seed[:, 0])
+                seed[miss] = np.where(has[miss, None], prior[miss], p0[miss])
                 g0, g1 = frame(lt), frame(t)
                 p1, ok, ncc = _lk_step(g0, g1, p0, seed, visible[t, idx], radius, levels, prior=prior)
                 # Chained steps drift onto what slides over a point (each compares with the last
