@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pipstrack import Tracker, TrackingCancelled
+from pipstrack.conventions import resize_to_working, working_size
 from pipstrack.engine.chaining import next_window_offset, track_point_reference
 from pipstrack.io.frames import ArrayFrames
 
@@ -112,6 +113,30 @@ def test_each_frame_is_read_and_encoded_once(default_model, sample_clip):
     keyframes = [0, 12, 23]  # their patterns are cut first: read once more
     assert all(reads[f] == (3 if f in keyframes[1:] else 2) for f in range(24)), reads
     assert result.stats["anchored"] > 0
+
+
+def test_a_feature_cache_smaller_than_the_shot_gives_the_same_tracks(default_model, sample_clip):
+    """A long shot's features do not all fit the cache budget: frames the runs have passed go
+    first, so a shot tracked forward is still encoded once per frame, and where a backward run
+    needs an evicted frame again it is encoded again, with the same result."""
+    clip, trajs, _ = small_clip(sample_clip, frames=24)
+    forward = np.array([[0, *trajs[0, i]] for i in range(4)])
+    full = Tracker(default_model, device="cpu", refine=False)
+    small = Tracker(default_model, device="cpu", refine=False)
+    tracker_work = full.track(clip, forward)
+    with torch.no_grad():
+        work = working_size(*clip.shape[1:3], full.working_long_side)
+        img = torch.from_numpy(resize_to_working(clip[0], work)).float().permute(2, 0, 1)[None]
+        frame_bytes = default_model.encode(img)[0].numel() * next(default_model.parameters()).element_size()
+    small.cache_bytes = 12 * frame_bytes  # room for a window and a half of 8 frames
+    got = small.track(clip, forward)
+    assert got.stats["frames_encoded"] == 24 == tracker_work.stats["frames_encoded"]
+    np.testing.assert_array_equal(got.xy, tracker_work.xy)
+    both = np.concatenate([forward, [[16, *trajs[16, 1]]]])
+    expected, got = full.track(clip, both), small.track(clip, both)
+    assert expected.stats["frames_encoded"] == 24 < got.stats["frames_encoded"]
+    np.testing.assert_array_equal(got.xy, expected.xy)
+    np.testing.assert_array_equal(got.confidence, expected.confidence)
 
 
 def test_anchors_are_kept_and_gaps_filled_from_both_sides(default_model, sample_clip):

@@ -191,7 +191,9 @@ class _Segment:
 
 
 class _FeatureCache:
-    """Encoded frames by frame index, least recently used dropped beyond a byte budget."""
+    """Encoded frames by frame index, kept within a byte budget. Beyond it, frames no unfinished
+    run will reach again go first (a shot tracked forward never needs a frame once its windows
+    have passed it), then the least recently used."""
 
     def __init__(self, budget_bytes: int, keep_images: bool = False):
         self.budget = budget_bytes
@@ -201,6 +203,7 @@ class _FeatureCache:
         self.encoded = 0
         self.read_s = 0.0  # time spent reading and resizing frames, and encoding them (profile)
         self.encode_s = 0.0
+        self.segments: list = []  # the runs still to finish (set by the tracker): what may be needed again
 
     def get(self, frame: int):
         fmap = self.maps.get(frame)
@@ -212,11 +215,21 @@ class _FeatureCache:
         self.maps[frame] = fmap
         self.bytes += fmap.numel() * fmap.element_size()
         self.encoded += 1
+        if self.bytes <= self.budget:
+            return
+        ahead = self._ahead()
         while self.bytes > self.budget and len(self.maps) > 1:
-            victim = next((f for f in self.maps if f not in keep), None)
+            victim = next((f for f in self.maps if f not in keep and not ahead(f)), None)
+            if victim is None:
+                victim = next((f for f in self.maps if f not in keep), None)
             if victim is None:
                 break
             self.bytes -= self.maps.pop(victim).numel() * fmap.element_size()
+
+    def _ahead(self):
+        """Whether a frame lies on the way of an unfinished run (from its current window on)."""
+        spans = [tuple(sorted((s.absolute(s.cur), s.end))) for s in self.segments if s.cur < s.length]
+        return lambda f: any(lo <= f <= hi for lo, hi in spans)
 
 
 def _as_source(frames):
@@ -264,7 +277,7 @@ class Tracker:
         iters: int = 6,
         working_long_side: int | None = 512,
         max_points_per_call: int = 256,
-        cache_mb: int = 4096,
+        cache_mb: int = 1024,
         refine: bool = True,
         comotion: bool = True,
         threads: int | str | None = None,
@@ -471,6 +484,7 @@ class Tracker:
         total = sum(s.length for s in segments)
         # Forward runs first, in time order, then backward runs, in reverse time order:
         # the cache then holds what the next windows need.
+        cache.segments = segments
         for step in (1, -1):
             active = [s for s in segments if s.step == step]
             while active:
