@@ -38,7 +38,10 @@ class PipstrackSettings(bpy.types.PropertyGroup):
         min=0.01,
         max=0.99,
         update=_apply_occlusion,
-        description="A frame counts as occluded when PIPs' visibility is below this",
+        description=(
+            "A frame counts as occluded below this confidence (above 0.5 the tracker verified the point there; "
+            "lower values also admit its best estimates)"
+        ),
     )
     grid_columns: IntProperty(name="Columns", default=8, min=1, max=64)
     grid_rows: IntProperty(name="Rows", default=6, min=1, max=64)

@@ -3,7 +3,7 @@ and what the prediction is worth when the point itself is not seen."""
 
 import numpy as np
 
-from pipstrack.engine.comotion import comotion_fill, comoving_neighbours
+from pipstrack.engine.comotion import comotion_fill, comoving_neighbours, departures
 
 T = 24
 
@@ -73,3 +73,23 @@ def test_no_company_no_prediction():
     # nor when nothing says who moved with it (no trustworthy history around its last frame)
     trusted[1:, 0] = False
     assert np.isnan(comotion_fill(xy, trusted)[1:, 0]).all()
+
+
+def test_a_verified_point_that_slides_onto_an_occluder_is_told_by_its_company():
+    """Two surfaces moving their own ways; from frame 10 one background point's verified positions
+    go with the object passing over it (a patch step slid onto the occluder) and, from frame 16,
+    come back to where it is. Its company flags exactly the frames it went astray; no other point,
+    and no frame of a point that is where it should be, is flagged; a lone point is never judged."""
+    xy, on_object = two_layers()
+    truth = xy.copy()
+    n = 0  # a background point
+    drift = np.r_[np.zeros(10), np.arange(1, 7) * 4.0, np.zeros(T - 16)]
+    xy[:, n, 0] -= drift  # the occluder glides at -4 px per frame relative to the surface
+    trusted = np.ones((T, 40), bool)
+    fixed = np.zeros((T, 40), bool)
+    fixed[0] = True  # every point's keyframe
+    bad = departures(xy, trusted, fixed)
+    assert np.array_equal(np.flatnonzero(bad[:, n]), np.arange(10, 16))
+    assert not bad[:, 1:].any()
+    assert not departures(truth, trusted, fixed).any()
+    assert not departures(xy[:, [n]], trusted[:, [n]], fixed[:, [n]]).any()  # alone: nothing to compare with

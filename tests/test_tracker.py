@@ -139,6 +139,19 @@ def test_a_feature_cache_smaller_than_the_shot_gives_the_same_tracks(default_mod
     np.testing.assert_array_equal(got.confidence, expected.confidence)
 
 
+def test_with_refinement_seen_means_verified(default_model, sample_clip):
+    """A frame the polish could not verify is an estimate: never reported visible, its confidence
+    at most 0.5 (a lower threshold admits the likeliest estimates); verified frames score >= 0.7."""
+    clip, trajs, vis = small_clip(sample_clip, frames=24)
+    q = np.array([[0, *trajs[0, i]] for i in range(trajs.shape[1])])
+    r = Tracker(default_model, device="cpu").track(clip, q)
+    assert np.array_equal(r.visible, r.verified)
+    assert r.verified.any() and (~r.verified).any()  # the pole hides some points: both kinds occur
+    assert (r.confidence[~r.verified] <= 0.5).all() and (r.confidence[r.verified] >= 0.7).all()
+    raw = Tracker(default_model, device="cpu", refine=False).track(clip, q)
+    assert raw.verified is None and np.array_equal(raw.visible, raw.confidence > 0.5)
+
+
 def test_anchors_are_kept_and_gaps_filled_from_both_sides(default_model, sample_clip):
     clip, trajs, _ = small_clip(sample_clip, frames=24)
     anchors = np.array([[2, *trajs[2, 1]], [11, *trajs[11, 1]], [20, *trajs[20, 1]]])
@@ -256,7 +269,13 @@ def test_points_are_found_again_after_an_occluder_crosses_them(default_model):
     assert len(after) > 50 and len(hidden) > 20  # the bar really covered points
     assert np.median(after) < 1.0 < 5.0 < np.median(raw_after)
     assert np.median(hidden) < 3.0 < np.median(raw_hidden)
-    assert full.visible[clip["visible"]].mean() > 0.9  # found again means seen again
+    # Found again means seen again: "visible" is "verified" (89 % of the frames in view), and
+    # frames reported seen are where the point is. Known exception, one of the 48: a point on the
+    # cup's rim, lost by frame 2 (so it has no history that says who moves with it), is found on a
+    # frame where the bar hides it 14 px along the rim, where the rim looks the same (NCC 0.99).
+    assert full.visible[clip["visible"]].mean() > 0.85
+    seen_off = full.visible & (np.linalg.norm(full.xy - clip["trajs"], axis=2) > 8)
+    assert seen_off.any(axis=0).sum() <= 1 and seen_off.sum() <= 3
 
 
 def test_default_model_on_a_held_out_synthetic_clip(default_model):

@@ -25,12 +25,15 @@ MIN_SPREAD = 0.2  # an affine fit needs neighbours this far from lying on a line
 NEIGHBOURS = 12  # nearest co-moving points used on each frame (of those trustworthy there)
 
 
-def comoving_neighbours(xy: np.ndarray, trusted: np.ndarray, n: int, r: int) -> np.ndarray:
+def comoving_neighbours(xy: np.ndarray, trusted: np.ndarray, n: int, r: int, side: int = 0) -> np.ndarray:
     """Indices of the points that moved with point ``n`` around its trusted frame ``r``, nearest
     first: trusted on frame ``r`` and on most of ``n``'s trusted frames within :data:`HISTORY` of
-    it, with an offset to ``n`` that drifted less than the tolerance there."""
+    it, with an offset to ``n`` that drifted less than the tolerance there. ``side`` -1 or 1: only
+    the frames before or after ``r`` decide (0: both)."""
     T, N = trusted.shape
     lo, hi = max(0, r - HISTORY), min(T, r + HISTORY + 1)
+    if side:
+        lo, hi = (lo, r + 1) if side < 0 else (r, hi)
     hist = np.nonzero(trusted[lo:hi, n])[0] + lo
     hist = hist[hist != r]
     if len(hist) < MIN_SHARED:
@@ -49,11 +52,13 @@ def comoving_neighbours(xy: np.ndarray, trusted: np.ndarray, n: int, r: int) -> 
     return ok[np.argsort(dist[ok], kind="stable")]
 
 
-def _predict_from(xy, trusted, n, r, frames, neighbours) -> tuple[np.ndarray, np.ndarray]:
+def _predict_from(xy, trusted, n, r, frames, neighbours, residuals=None) -> tuple[np.ndarray, np.ndarray]:
     """(len(frames),2) position of point ``n`` on ``frames`` carried from frame ``r`` by the local
     motion of ``neighbours``: affine from three or more spread in two directions, similarity
     (zoom, rotation) from three or more near a line, translation from fewer; NaN where none is
-    trusted. Also (len(frames),) which model it was: 3 affine, 2 similarity, 1 translation, 0 none."""
+    trusted. Also (len(frames),) which model it was: 3 affine, 2 similarity, 1 translation, 0 none.
+    ``residuals``, a (len(frames),) array if given, receives how far the model misses the
+    neighbours' own motion (median, px): how well their motion is a model's at all."""
     out = np.full((len(frames), 2), np.nan)
     model = np.zeros(len(frames), int)
     if len(neighbours) == 0:
@@ -83,9 +88,14 @@ def _predict_from(xy, trusted, n, r, frames, neighbours) -> tuple[np.ndarray, np
             params = _robust_fit(rows_x[use], rows_y[use], motion, w0[use])
             if params is not None:
                 out[k], model[k] = p_r + params[list(const)], rank
+                if residuals is not None:
+                    miss = np.c_[rows_x[use] @ params, rows_y[use] @ params] - motion
+                    residuals[k] = float(np.median(np.hypot(miss[:, 0], miss[:, 1])))
                 break
         else:
             out[k], model[k] = p_r + (w0[use, None] * motion).sum(0) / w0[use].sum(), 1
+            if residuals is not None:
+                residuals[k] = float(np.median(np.linalg.norm(motion - (out[k] - p_r), axis=1)))
     return out, model
 
 
@@ -112,6 +122,84 @@ def _robust_fit(rows_x, rows_y, motion, w, rounds: int = 3):
         r = (D @ params - y).reshape(2, -1)
         w = w / (1.0 + (np.hypot(r[0], r[1]) / 0.5) ** 2)
     return params
+
+
+# A verified position may depart this far (px) from where its co-moving neighbours carry it, plus
+# AGREE_RATE px per frame from the reference (what an affine fit of the neighbours' motion misses) ...
+AGREE_PX = 2.5
+AGREE_RATE = 0.25
+AGREE_MISS = 3.0  # ... plus this many times how far the fit misses the neighbours themselves
+AGREE_HOP = 4  # ... from a frame at most this many frames back where it agreed (then that frame is the reference)
+# ... plus the point's motion from the reference times its distance to its nearest neighbour over
+# this (px): a fit of far neighbours' motion misses a point's by more (perspective, parallax)
+AGREE_FAR = 200.0
+
+
+def _departs(xy, ok, n, r, t, nb) -> bool:
+    """Whether point ``n`` on frame ``t`` is further from where neighbours ``nb`` carry it from
+    ``r`` than :data:`AGREE_PX` and the rest allow, whichever one neighbour is left out (one
+    wrong neighbour, itself slid onto the occluder, must not decide: with few neighbours an
+    affine fit absorbs it)."""
+    use = nb[ok[t, nb]][:NEIGHBOURS]
+    for leave in range(-1, len(use) if len(use) > 1 else 0):
+        company = use if leave < 0 else np.delete(use, leave)
+        miss = np.zeros(1)
+        p, model = _predict_from(xy, ok, n, r, [t], company, residuals=miss)
+        if not model[0]:
+            return False
+        # where the neighbours' own motion is no model's (a deforming surface), the point's need not be either
+        allowed = AGREE_PX + AGREE_RATE * min(abs(t - r), HISTORY) + AGREE_MISS * miss[0]
+        allowed += np.linalg.norm(xy[r, company[0]] - xy[r, n]) / AGREE_FAR * np.linalg.norm(p[0] - xy[r, n])
+        if np.linalg.norm(xy[t, n] - p[0]) <= allowed:
+            return False
+    return True
+
+
+def departures(xy: np.ndarray, trusted: np.ndarray, fixed: np.ndarray, reach: float = np.inf, doubt=None) -> np.ndarray:
+    """(T,N) bool: the ``trusted`` frames (other than the ``fixed`` ones, keyframes) where a point
+    is not where the points that moved with it carry it.
+
+    Why: a patch step verifies that the patch looks like the point, not that it is the point; as
+    an occluder arrives, the patch half covered, a step can slide onto the occluder and follow it
+    with a good score. The surface around the point does not go with it. Along each chain away
+    from the point's first keyframe, each trusted frame is compared with the prediction of its
+    co-moving neighbours (chosen on the frames behind the reference, so not on the frames being
+    judged) from the last frame that agreed; only neighbours within ``reach`` px count (far ones
+    say little about a surface that deforms); where the point has no company nothing is judged.
+    ``doubt(t, n)``, if given, has the last word on a frame that departs (the refinement asks
+    whether the patch there still looks much like the point's on its keyframe: a deforming surface
+    departs from any fit of its neighbours' motion, yet its patch still looks like the point)."""
+    T, N = trusted.shape
+    xy = np.asarray(xy, np.float64)
+    bad = np.zeros((T, N), bool)
+    ok = trusted.copy()  # trusted and not found departing (so far)
+    for n in range(N):
+        good = np.flatnonzero(trusted[:, n])
+        if len(good) < 2 or N < 2:
+            continue
+        keys = np.flatnonzero(fixed[:, n])
+        s = int(keys[0]) if len(keys) else int(good[0])
+
+        def company(t, side=0):
+            nb = comoving_neighbours(xy, ok, n, t, side)
+            return nb[np.linalg.norm(xy[t, nb] - xy[t, n], axis=1) <= reach]
+
+        for step in (1, -1):
+            chain = good[good > s] if step == 1 else good[good < s][::-1]
+            r, nb = s, company(s)
+            for t in chain.tolist():
+                if fixed[t, n]:  # a keyframe is where the point is: the new reference
+                    r, nb = t, company(t, -step)
+                    continue
+                if len(nb) and _departs(xy, ok, n, r, t, nb) and (doubt is None or doubt(t, n)):
+                    bad[t, n], ok[t, n] = True, False
+                    continue
+                if abs(t - r) >= AGREE_HOP or not len(nb):
+                    # an agreeing frame becomes the reference, where its company can be told
+                    near = company(t, -step)
+                    if len(near):
+                        r, nb = t, near
+    return bad
 
 
 def comotion_fill(xy: np.ndarray, trusted: np.ndarray) -> np.ndarray:

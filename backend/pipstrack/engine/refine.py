@@ -35,6 +35,10 @@ NCC_ANCHOR = 0.5  # ... and the similarity to the point's patch on its first anc
 # Pyramid levels for steps seeded by co-moving points or the point's own motion (seeds within a
 # few px): a coarse level sees an occluder's edge near the template and follows it instead.
 SEEDED_LEVELS = 1
+# ... and how far (px) such a step may end from its seed: a prediction that is right is within a
+# few px, and a step that runs further has found something else (an occluder's edge next to a
+# point hidden behind it), which then passes its slide on as the next frame's velocity.
+SEEDED_RADIUS = 5.0
 OWN_MOTION = True  # seed where no co-moving point predicts: the point's own motion
 ROUNDS = 4  # co-motion seeding rounds at most (each one only while it polishes something new)
 REDETECT_RADIUS = 3.0  # a re-detection's sub-pixel step stays this close to the match (px)
@@ -59,6 +63,11 @@ EDGE_NCC = 0.9
 EDGE_RADIUS = 3.0
 EDGE_MATCH_NCC = 0.95  # a narrow patch looked for (not stepped to) must match this well
 EDGE_MATCH_MARGIN = 0.1  # ... and this much better than anywhere else in its window
+# A verified frame where the point is not where its co-moving neighbours carry it (it slid onto an
+# occluder as it arrived) is verified no longer (:func:`pipstrack.engine.comotion.departures`).
+COMPANY_CHECK = True
+COMPANY_REACH = np.inf  # ... judged by the neighbours within this share of the frame's long side
+COMPANY_NCC = 0.9  # ... and only where its patch looks less like its first anchor's than this
 
 
 def _ncc(g0, p0, g1, p1, win: int = WIN) -> np.ndarray:
@@ -137,7 +146,7 @@ def refine_trajectories(
             polished,
             similarity,
             tracked & ~polished,
-            radius,
+            min(radius, SEEDED_RADIUS),
             own_motion=OWN_MOTION,
             levels=SEEDED_LEVELS,
             tick=tick_fn,
@@ -151,7 +160,23 @@ def refine_trajectories(
         seconds[stage] = seconds.get(stage, 0.0) + now - clock[0]
         clock[0] = now
 
+    stats["departed"] = 0
+
+    def drop_departures():  # verified frames the company disagrees with are not verified
+        if not (COMPANY_CHECK and comotion and N > 1):
+            return
+        from .comotion import departures
+
+        def doubt(t, n):  # the patch there no longer looks much like the point's on its first anchor
+            s = start[n]
+            return _ncc(frame(s), out[[s], n], frame(t), out[[t], n])[0] < COMPANY_NCC
+
+        bad = departures(out, polished, keyed, reach=COMPANY_REACH * max(frame(0).shape[:2]), doubt=doubt)
+        polished[bad], similarity[bad] = False, np.nan
+        stats["departed"] += int(bad.sum())
+
     _lk_pass(frame, out, xy, visible, start, polished, similarity, tracked & ~keyed, radius, tick=sweep_tick(0))
+    drop_departures()
     lap("polish")
     pred = None
     if comotion and N > 1:
@@ -204,7 +229,9 @@ def refine_trajectories(
         lap("re-detection")
     edge = _edge_pass(frame, out, pred, polished, similarity, tracked, start) if EDGE_PASS else 0
     stats["edge"] = edge
-    if edge and comotion and N > 1:
+    before = stats["departed"]
+    drop_departures()
+    if (edge or stats["departed"] > before) and comotion and N > 1:
         pred = comotion_fill(out, polished)
     lap("edge")
     stats["refined"] = int((polished & ~keyed).sum())

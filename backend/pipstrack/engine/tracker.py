@@ -425,13 +425,14 @@ class Tracker:
             tick=tick,
         )
         # A frame where a step found the point's own patch again is seen, whatever the network
-        # thought: its confidence is raised to that patch similarity (at least 0.7). Elsewhere it
-        # is at most the similarity of the patch at the reported position to the point's: what
-        # does not look like the point there is not seen there.
+        # thought: its confidence is raised to that patch similarity (at least 0.7). Elsewhere the
+        # position is an estimate (never reported as seen: a confident wrong marker is the failure
+        # an artist cannot see): half of the lower of the network's visibility and the similarity
+        # of the patch there to the point's, so confidence > 0.5 means verified and a lower
+        # threshold (the add-on's) admits the estimates the network and the patch believe most.
         conf = result.confidence.astype(np.float64)
-        conf = np.where(
-            found, np.maximum(conf, similarity), np.where(np.isfinite(similarity), np.minimum(conf, similarity), conf)
-        )
+        estimate = 0.5 * np.where(np.isfinite(similarity), np.minimum(conf, np.maximum(similarity, 0.0)), conf)
+        conf = np.where(found, np.maximum(conf, similarity), estimate)
         result.confidence = np.clip(conf, 0.0, 1.0).astype(np.float32)
         result.verified = np.asarray(found, bool)
         result.visible = result.confidence > 0.5
