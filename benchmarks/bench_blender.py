@@ -1,12 +1,14 @@
 """pipstrack against Blender's own tracker: time and accuracy on the same clip and points (issue 14).
 
-Two photo clips with exact ground truth (a photograph under a hand-held camera move, a bar
+Photo clips with exact ground truth (a photograph under a hand-held camera move, a bar
 crossing it), the points good features of the first frame: 48 frames of 512x288 with 60 points
-and 240 frames of 960x540 with 84 points. Each is tracked by pipstrack (in process, the model
-loaded beforehand, default options) and by Blender 5.0's tracker through bpy (Perspective,
-pattern 21, search 71, match keyframe: what an artist would pick), alternating, best of
-``--repeat``, all in one run. Reports seconds, the ratio, and for both the median error on the
-frames each reports as tracked and the share of visible point-frames it tracks.
+and 240 frames of 960x540 with 84 points, and the first again without the bar (a clean shot).
+Each is tracked by pipstrack (in process, the model loaded beforehand, default options) and by
+Blender 5.0's tracker through bpy (Perspective, pattern 21, search 71, match keyframe: what an
+artist would pick), alternating, best of ``--repeat``, all in one run. Reports seconds, the
+ratio, and for both the median error on the frames each reports as tracked and the share of
+visible point-frames it tracks. pipstrack runs twice: with its defaults, and with the network
+over every frame of every point (``lead=False``).
 
     .venv/bin/python benchmarks/bench_blender.py --repeat 2
 """
@@ -21,7 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-CASES = (("48 frames, 512x288, 60 points", 48, (288, 512), 60), ("240 frames, 960x540, 84 points", 240, (540, 960), 84))
+CASES = (
+    ("48 frames, 512x288, 60 points", 48, (288, 512), 60, True),
+    ("240 frames, 960x540, 84 points", 240, (540, 960), 84, True),
+    ("48 frames, 512x288, 60 points, no bar", 48, (288, 512), 60, False),
+)
 
 
 def main(argv=None) -> int:
@@ -35,24 +41,32 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--threads", default="auto", help="torch threads: a number, or auto (the CLI's default)")
     ap.add_argument("--json", help="also write the numbers here")
+    ap.add_argument("--cases", default="1,2,3", help="which clips (1-based, comma-separated)")
     args = ap.parse_args(argv)
     threads = args.threads if args.threads == "auto" else int(args.threads)
     why = blender_available()
     if why:
         print(why, file=sys.stderr)
         return 2
-    tracker = Tracker(load_model(), device="cpu", threads=threads)
+    model = load_model()
+    trackers = {
+        "pipstrack": Tracker(model, device="cpu", threads=threads),
+        # the network over every frame of every point (before the classical lead, engine/lead.py)
+        "no-lead": Tracker(model, device="cpu", threads=threads, lead=False),
+    }
     rows = []
-    for label, frames, size, points in CASES:
-        clip = homography_clip(load_photo("chelsea"), frames, size, seed=11, occluder=True, points=points)
+    for k, (label, frames, size, points, bar) in enumerate(CASES, 1):
+        if str(k) not in args.cases.split(","):
+            continue
+        clip = homography_clip(load_photo("chelsea"), frames, size, seed=11, occluder=bar, points=points)
         rgbs, gt, vis = clip["rgbs"], clip["trajs"].astype(np.float64), clip["visible"]
         q = np.c_[np.zeros(gt.shape[1]), gt[0]]
         best = {}
         for _ in range(args.repeat):
-            for name in ("pipstrack", "blender"):
+            for name in ("pipstrack", "no-lead", "blender"):
                 t0 = time.perf_counter()
-                if name == "pipstrack":
-                    r = tracker.track(rgbs, q)
+                if name in trackers:
+                    r = trackers[name].track(rgbs, q)
                     xy, claimed = r.xy.astype(np.float64), r.visible
                 else:
                     xy, claimed = blender_tracker(rgbs, q, motion_model="Perspective")
@@ -67,10 +81,12 @@ def main(argv=None) -> int:
                         "tracked_share": float(ok.sum() / max(vis[1:].sum(), 1)),
                     }
         rows.append({"case": label, **{f"{k}_{m}": v for k, d in best.items() for m, v in d.items()}})
-        p, b = best["pipstrack"], best["blender"]
+        p, n, b = best["pipstrack"], best["no-lead"], best["blender"]
         print(
-            f"| {label} | {p['seconds']:.1f} | {b['seconds']:.1f} | {p['seconds'] / b['seconds']:.1f}x | "
+            f"| {label} | {p['seconds']:.1f} | {n['seconds']:.1f} | {b['seconds']:.1f} | "
+            f"{p['seconds'] / b['seconds']:.1f}x | {n['seconds'] / b['seconds']:.1f}x | "
             f"{p['err_tracked_px']:.3f} / {100 * p['tracked_share']:.0f} % | "
+            f"{n['err_tracked_px']:.3f} / {100 * n['tracked_share']:.0f} % | "
             f"{b['err_tracked_px']:.3f} / {100 * b['tracked_share']:.0f} % |",
             flush=True,
         )

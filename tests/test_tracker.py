@@ -100,9 +100,15 @@ def test_each_frame_is_read_and_encoded_once(default_model, sample_clip):
     clip, trajs, _ = small_clip(sample_clip, frames=24)
     src = CountingFrames(clip)
     queries = np.array([[0, *trajs[0, i]] for i in range(6)] + [[23, *trajs[23, 0]], [12, *trajs[12, 1]]])
-    result = Tracker(default_model, device="cpu").track(src, queries)
+    result = Tracker(default_model, device="cpu", lead=False).track(src, queries)
     assert sorted(src.reads) == list(range(24))
     assert result.stats["frames_encoded"] == 24
+    # With the classical lead (the default) frames are still read once; those no network window
+    # needs (where every point was verified by the KLT steps) are not encoded at all.
+    src = CountingFrames(clip)
+    result = Tracker(default_model, device="cpu").track(src, queries)
+    assert sorted(src.reads) == list(range(24))
+    assert 0 < result.stats["frames_encoded"] <= 24
     assert result.xy.shape == (24, 8, 2) and result.visible.shape == (24, 8) and result.confidence.shape == (24, 8)
     assert result.xy.dtype == np.float32 and result.visible.dtype == bool
     # Smaller than the source, the network sees resized frames; the last polish matches each
@@ -171,7 +177,7 @@ def test_anchors_are_kept_and_gaps_filled_from_both_sides(default_model, sample_
 
 def test_frame_range_limits_the_work(default_model, sample_clip):
     clip, trajs, _ = small_clip(sample_clip, frames=24)
-    r = Tracker(default_model, device="cpu").track(clip, [[10, *trajs[10, 0]]], frame_range=(5, 15))
+    r = Tracker(default_model, device="cpu", lead=False).track(clip, [[10, *trajs[10, 0]]], frame_range=(5, 15))
     assert list(r.frame_indices) == list(range(5, 16))
     assert r.xy.shape == (11, 1, 2) and r.tracked.all()
     assert r.stats["frames_encoded"] == 11
@@ -395,3 +401,51 @@ def test_int8_precision_on_the_cpu_keeps_the_tracks(default_model, sample_clip):
     assert all(torch.equal(before[k], v) for k, v in default_model.state_dict().items())
     with pytest.raises(ValueError, match="CPU"):
         resolve_precision("int8", torch.device("cuda"))
+
+
+def test_the_classical_lead_spares_the_network_where_klt_holds(default_model):
+    """On a clean photograph under a camera move the strict KLT steps verify every point to the
+    end: no frame is encoded, no window runs, and the tracks are as precise as with the network
+    over every frame. With a bar crossing the plate the network takes over where the steps
+    fail (the points behind the bar come back as well as without the lead)."""
+    import cv2
+
+    from pipstrack.datasets.sample import homography_clip
+    from pipstrack.evaluation.harness import load_photo
+
+    photo = load_photo("coffee")
+    # a slow pan and drift over the photograph (1.5 and 0.6 px per frame), exact ground truth
+    T, shift = 16, np.array([1.5, 0.6])
+    frames = [
+        cv2.warpAffine(photo, np.float32([[1, 0, -t * shift[0] - 40], [0, 1, -t * shift[1] - 40]]), (320, 256))
+        for t in range(T)
+    ]
+    clean = np.stack(frames)
+    corners = cv2.goodFeaturesToTrack(cv2.cvtColor(clean[0], cv2.COLOR_RGB2GRAY), 80, 0.02, 16)[:, 0]
+    corners = corners[(corners > 40).all(1) & (corners[:, 0] < 260) & (corners[:, 1] < 200)][:16]
+    truth = corners[None] - np.arange(T)[:, None, None] * shift
+    q = np.c_[np.zeros(len(corners)), corners]
+    led = Tracker(default_model, device="cpu").track(clean, q, direction="forward")
+    full = Tracker(default_model, device="cpu", lead=False).track(clean, q, direction="forward")
+    assert len(q) >= 8
+    assert led.stats["frames_encoded"] == 0 and led.stats["windows"] == 0 and led.stats["lead_whole"] == len(q)
+    assert full.stats["frames_encoded"] == T and "lead_frames" not in full.stats
+    err_led = np.linalg.norm(led.xy - truth, axis=2)
+    err_full = np.linalg.norm(full.xy - truth, axis=2)
+    print(
+        f"\nclean pan: worst {err_led.max():.3f} px with the lead, {err_full.max():.3f} px without; "
+        f"median {np.median(err_led):.3f} / {np.median(err_full):.3f} px"
+    )
+    assert err_led.max() < 1.0 and err_led.max() <= err_full.max() + 0.05
+    assert np.median(err_led) <= np.median(err_full) + 0.01
+    assert led.verified.all()
+
+    barred = homography_clip(photo, 24, (256, 320), seed=1234, occluder=True, points=24)
+    q = np.c_[np.zeros(barred["trajs"].shape[1]), barred["trajs"][0]]
+    led = Tracker(default_model, device="cpu").track(barred["rgbs"], q, direction="forward")
+    full = Tracker(default_model, device="cpu", lead=False).track(barred["rgbs"], q, direction="forward")
+    assert 0 < led.stats["frames_encoded"] < 24 or led.stats["windows"] < full.stats["windows"]
+    for r in (led, full):
+        r.after, r.hidden = _errors_around_occlusion(barred["trajs"], barred["visible"], r.xy, (256, 320))
+    print(f"\nafter the bar: lead {np.median(led.after):.2f} px, network everywhere {np.median(full.after):.2f} px")
+    assert np.median(led.after) < 1.0 and np.median(led.hidden) < 3.0

@@ -99,6 +99,7 @@ def cmd_track(args) -> int:
         precision=getattr(args, "precision", "auto"),
         refine=not getattr(args, "no_refine", False),
         comotion=not getattr(args, "no_comotion", False),
+        lead=not getattr(args, "no_lead", False),
         threads=resolve_threads(getattr(args, "threads", "auto")),
     )
     log = logging.getLogger("pipstrack")
@@ -243,6 +244,12 @@ def add_parsers(sub) -> None:
         "--no-comotion",
         action="store_true",
         help="do not fill or recover a point from the points that moved with it (default: do)",
+    )
+    t.add_argument(
+        "--no-lead",
+        action="store_true",
+        help="run the network over every frame of every point (default: strict KLT steps go first, "
+        "the network runs from where they fail)",
     )
     t.add_argument(
         "--exposure", type=float, default=0.0, help="stops applied to linear (EXR) plates before the display transform"

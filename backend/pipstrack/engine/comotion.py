@@ -155,7 +155,9 @@ def _departs(xy, ok, n, r, t, nb) -> bool:
     return True
 
 
-def departures(xy: np.ndarray, trusted: np.ndarray, fixed: np.ndarray, reach: float = np.inf, doubt=None) -> np.ndarray:
+def departures(
+    xy: np.ndarray, trusted: np.ndarray, fixed: np.ndarray, reach: float = np.inf, doubt=None, check=None
+) -> np.ndarray:
     """(T,N) bool: the ``trusted`` frames (other than the ``fixed`` ones, keyframes) where a point
     is not where the points that moved with it carry it.
 
@@ -168,12 +170,15 @@ def departures(xy: np.ndarray, trusted: np.ndarray, fixed: np.ndarray, reach: fl
     say little about a surface that deforms); where the point has no company nothing is judged.
     ``doubt(t, n)``, if given, has the last word on a frame that departs (the refinement asks
     whether the patch there still looks much like the point's on its keyframe: a deforming surface
-    departs from any fit of its neighbours' motion, yet its patch still looks like the point)."""
+    departs from any fit of its neighbours' motion, yet its patch still looks like the point).
+    ``check()``, if given, is called before each point (it may raise to stop the work)."""
     T, N = trusted.shape
     xy = np.asarray(xy, np.float64)
     bad = np.zeros((T, N), bool)
     ok = trusted.copy()  # trusted and not found departing (so far)
     for n in range(N):
+        if check is not None:
+            check()
         good = np.flatnonzero(trusted[:, n])
         if len(good) < 2 or N < 2:
             continue

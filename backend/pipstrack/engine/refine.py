@@ -94,6 +94,7 @@ def refine_trajectories(
     comotion: bool = True,
     redetect: bool = True,
     tick=None,
+    verified=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Refined copy of ``xy`` (T,N,2 source pixels); ``found`` (T,N): the frames where a step found
     the point (and keyframes); ``similarity`` (T,N): there the patch similarity of that step (1 on
@@ -109,6 +110,9 @@ def refine_trajectories(
     (:mod:`pipstrack.engine.comotion`) and try again, and fill what stays unpolished from them.
     ``redetect``: look for a point that is still unverified by its patch
     (:mod:`pipstrack.engine.redetect`), re-anchor it where it is found and chain on from there.
+    ``verified``, if given: a (T,N) array of patch similarities, finite on the frames already
+    verified by steps as strict as these (:mod:`pipstrack.engine.lead`): they are taken as found
+    and not stepped again (the company check still judges them).
     ``tick(fraction, stage)``, if given, is called as the work proceeds (0..1; the stage: "refinement",
     "co-motion" or "re-detection"; it may raise to stop it).
     """
@@ -125,12 +129,23 @@ def refine_trajectories(
                 keyed[row[f], n] = True
     polished = keyed.copy()  # frames whose position is trustworthy: keyframes and accepted steps
     tracked = np.isfinite(xy[..., 0])
-    stats = {"comotion": 0}
+    led = np.zeros((T, N), bool) if verified is None else np.isfinite(verified) & tracked & ~keyed
+    stats = {"comotion": 0, "led": int(led.sum())}
 
     def frame(t):
         return image(int(frame_indices[t]))
 
+    if tick is not None:  # remembers where it was, for work that checks in without a fraction of its own
+        report, last = tick, [0.0, "refinement"]
+
+        def tick(fraction, stage="refinement"):
+            last[:] = [fraction, stage]
+            report(fraction, stage)
+
     similarity = np.where(keyed, 1.0, np.nan)
+    if led.any():
+        polished |= led
+        similarity[led] = verified[led]
     sweeps = 1 + (ROUNDS if comotion and N > 1 else 0) + (2 if redetect else 0)  # passes at most
 
     def sweep_tick(k, stage="refinement"):  # progress within sweep k (0-based): fraction of its frames done
@@ -171,11 +186,13 @@ def refine_trajectories(
             s = start[n]
             return _ncc(frame(s), out[[s], n], frame(t), out[[t], n])[0] < COMPANY_NCC
 
-        bad = departures(out, polished, keyed, reach=COMPANY_REACH * max(frame(0).shape[:2]), doubt=doubt)
+        check = None if tick is None else (lambda: tick(*last))  # a cancel is seen between points
+        reach = COMPANY_REACH * max(frame(0).shape[:2])
+        bad = departures(out, polished, keyed, reach=reach, doubt=doubt, check=check)
         polished[bad], similarity[bad] = False, np.nan
         stats["departed"] += int(bad.sum())
 
-    _lk_pass(frame, out, xy, visible, start, polished, similarity, tracked & ~keyed, radius, tick=sweep_tick(0))
+    _lk_pass(frame, out, xy, visible, start, polished, similarity, tracked & ~keyed & ~led, radius, tick=sweep_tick(0))
     drop_departures()
     lap("polish")
     pred = None
@@ -234,7 +251,7 @@ def refine_trajectories(
     if (edge or stats["departed"] > before) and comotion and N > 1:
         pred = comotion_fill(out, polished)
     lap("edge")
-    stats["refined"] = int((polished & ~keyed).sum())
+    stats["refined"] = int((polished & ~keyed & ~led).sum())
     stats["kept_pips"] = int((tracked & ~polished).sum())
     filled = np.isfinite(pred[..., 0]) & ~polished & tracked if pred is not None else np.zeros((T, N), bool)
     stats["comotion"] = int(filled.sum())

@@ -284,6 +284,7 @@ class Tracker:
         anchored_at: str = "source",
         precision: str = "auto",
         min_advance: int = 1,
+        lead: bool = True,
     ):
         """``refine``: polish visible frames with sub-pixel Lucas-Kanade steps seeded by PIPs
         (:mod:`pipstrack.engine.refine`); False gives the network's own trajectories. ``comotion``
@@ -297,7 +298,9 @@ class Tracker:
         does), or "off". ``precision``: the network's arithmetic (:func:`resolve_precision`;
         mixed precision on a GPU, float32 on the CPU). ``min_advance``: the fewest frames a window
         moves on (1, the written procedure, or 2, the authors' code: fewer windows where visibility
-        is low; docs/performance.md measures both)."""
+        is low; docs/performance.md measures both). ``lead`` (with ``refine``): strict KLT steps
+        follow each point first and the network runs only from the last frame they verified
+        (:mod:`pipstrack.engine.lead`); False runs the network over every frame of every point."""
         if int(min_advance) not in (1, 2):
             raise ValueError(f"min_advance must be 1 or 2, not {min_advance!r}")
         self.min_advance = int(min_advance)
@@ -314,6 +317,7 @@ class Tracker:
         self.cache_bytes = int(cache_mb) * 2**20
         self.refine = bool(refine)
         self.comotion = bool(comotion)
+        self.lead = bool(lead) and self.refine
         self.threads = None
         if threads is not None:
             from .threads import ThreadBudget
@@ -384,10 +388,30 @@ class Tracker:
         # Refinement gets its share of the progress bar by its measured cost (docs/performance.md).
         refining = int(np.ceil(REFINE_SHARE * network)) if self.refine else 0
         t0 = time.perf_counter()
+        led = {}
+        if self.lead:
+            from .lead import lead
+
+            self.stage = "classical lead"
+            led = lead(lambda i: self._working_image(source, cache, i, work), segments)
+            led["seconds"] = time.perf_counter() - t0
+            self.stage = "network"
+        t1 = time.perf_counter()
         stats = self._run(source, segments, work, progress, cancel, snapshot, cache, extra=refining)
         seconds = stats["seconds"]
-        seconds["updates"] = time.perf_counter() - t0 - seconds["read"] - seconds["encode"]
+        seconds["updates"] = time.perf_counter() - t1 - seconds["read"] - seconds["encode"]
+        if led:
+            seconds["classical lead"] = led.pop("seconds")
+            stats.update(led)
         result = self._assemble(points, segments, first, last, (H, W), work, stats)
+        verified = None
+        if self.lead:  # what the classical lead verified on the open runs (between two keyframes
+            # the runs from both sides are cross-faded: the refinement steps there as before)
+            verified = np.full(result.visible.shape, np.nan)
+            for s in segments:
+                if s.kind == "open" and s.led:
+                    rows = np.array([s.absolute(k) for k in range(1, s.led + 1)]) - first
+                    verified[rows, s.point] = s.led_ncc[1 : s.led + 1]
         if self.refine:
 
             def tick(fraction, stage="refinement"):
@@ -396,13 +420,13 @@ class Tracker:
                 if progress is not None:
                     progress(network + int(fraction * refining), network + refining)
 
-            self._refine(source, result, points, (H, W), work, cache.images, tick)
+            self._refine(source, result, points, (H, W), work, cache.images, tick, verified)
             if progress is not None:
                 progress(network + refining, network + refining)
         self.stage = "done"
         return result
 
-    def _refine(self, source, result: TrackResult, points, size, work, images: dict, tick=None) -> None:
+    def _refine(self, source, result: TrackResult, points, size, work, images: dict, tick=None, verified=None) -> None:
         """Sub-pixel Lucas-Kanade polish at the working resolution, on the frames the network
         saw (so a service that keeps only working-size frames refines identically, and no frame
         is read twice)."""
@@ -423,6 +447,7 @@ class Tracker:
             [p[:, 0] for p in points],
             comotion=self.comotion,
             tick=tick,
+            verified=verified,
         )
         # A frame where a step found the point's own patch again is seen, whatever the network
         # thought: its confidence is raised to that patch similarity (at least 0.7). Elsewhere the
@@ -487,7 +512,7 @@ class Tracker:
         # the cache then holds what the next windows need.
         cache.segments = segments
         for step in (1, -1):
-            active = [s for s in segments if s.step == step]
+            active = [s for s in segments if s.step == step and s.cur < s.length]
             while active:
                 self._check_cancel(cancel)
                 if self.threads is not None:
@@ -524,6 +549,17 @@ class Tracker:
         """Frame ``index`` at the working size."""
         return resize_to_working(source.read(index), work)
 
+    def _working_image(self, source, cache, index: int, work) -> np.ndarray:
+        """Frame ``index`` at the working size, read once: kept for the refinement (and the encoder)."""
+        if cache.images is not None and index in cache.images:
+            return cache.images[index]
+        t0 = time.perf_counter()
+        img = np.ascontiguousarray(self._read_work(source, index, work))
+        cache.read_s += time.perf_counter() - t0
+        if cache.images is not None:
+            cache.images[index] = img
+        return img
+
     def _mixed(self):
         """Autocast for the encoder where ``precision`` asks for it (a GPU), else nothing."""
         if self.autocast is None:
@@ -533,13 +569,8 @@ class Tracker:
     def _encode(self, source, cache, frames: tuple[int, ...], work):
         needed = [f for f in dict.fromkeys(frames) if cache.get(f) is None]
         if needed:
-            t0 = time.perf_counter()
-            imgs = [self._read_work(source, f, work) for f in needed]
+            imgs = [self._working_image(source, cache, f, work) for f in needed]
             t1 = time.perf_counter()
-            cache.read_s += t1 - t0
-            if cache.images is not None:
-                for f, img in zip(needed, imgs):
-                    cache.images[f] = np.ascontiguousarray(img)
             keep = set(frames)
             with torch.no_grad(), self._mixed():
                 for f, img in zip(needed, imgs):
