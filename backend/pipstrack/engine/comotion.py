@@ -156,7 +156,13 @@ def _departs(xy, ok, n, r, t, nb) -> bool:
 
 
 def departures(
-    xy: np.ndarray, trusted: np.ndarray, fixed: np.ndarray, reach: float = np.inf, doubt=None, check=None
+    xy: np.ndarray,
+    trusted: np.ndarray,
+    fixed: np.ndarray,
+    reach: float = np.inf,
+    doubt=None,
+    check=None,
+    points=None,
 ) -> np.ndarray:
     """(T,N) bool: the ``trusted`` frames (other than the ``fixed`` ones, keyframes) where a point
     is not where the points that moved with it carry it.
@@ -171,12 +177,13 @@ def departures(
     ``doubt(t, n)``, if given, has the last word on a frame that departs (the refinement asks
     whether the patch there still looks much like the point's on its keyframe: a deforming surface
     departs from any fit of its neighbours' motion, yet its patch still looks like the point).
-    ``check()``, if given, is called before each point (it may raise to stop the work)."""
+    ``check()``, if given, is called before each point (it may raise to stop the work);
+    ``points``, if given, are the only ones judged (the others still count as company)."""
     T, N = trusted.shape
     xy = np.asarray(xy, np.float64)
     bad = np.zeros((T, N), bool)
     ok = trusted.copy()  # trusted and not found departing (so far)
-    for n in range(N):
+    for n in range(N) if points is None else points:
         if check is not None:
             check()
         good = np.flatnonzero(trusted[:, n])

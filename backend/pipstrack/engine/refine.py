@@ -176,10 +176,14 @@ def refine_trajectories(
         clock[0] = now
 
     stats["departed"] = 0
+    judged = None  # the verified frames as the last check left them
 
     def drop_departures():  # verified frames the company disagrees with are not verified
+        nonlocal judged
         if not (COMPANY_CHECK and comotion and N > 1):
             return
+        # Again after later stages: only the points they verified more frames of
+        points = None if judged is None else np.flatnonzero((polished & ~judged).any(axis=0))
         from .comotion import departures
 
         def doubt(t, n):  # the patch there no longer looks much like the point's on its first anchor
@@ -188,8 +192,9 @@ def refine_trajectories(
 
         check = None if tick is None else (lambda: tick(*last))  # a cancel is seen between points
         reach = COMPANY_REACH * max(frame(0).shape[:2])
-        bad = departures(out, polished, keyed, reach=reach, doubt=doubt, check=check)
+        bad = departures(out, polished, keyed, reach=reach, doubt=doubt, check=check, points=points)
         polished[bad], similarity[bad] = False, np.nan
+        judged = polished.copy()
         stats["departed"] += int(bad.sum())
 
     _lk_pass(frame, out, xy, visible, start, polished, similarity, tracked & ~keyed & ~led, radius, tick=sweep_tick(0))
