@@ -20,7 +20,6 @@ that frame.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from . import refine
@@ -69,7 +68,7 @@ def lead(image, segments) -> dict:
                     # motion puts it counts (as in the refinement; on the first step, where it was)
                     others = refine._rival_matches(g0, p0[j], g1, p1[j])
                     if len(others):
-                        ok[j] = np.linalg.norm(p1[j] - seed[j]) + 1.0 < np.linalg.norm(others - seed[j], axis=1).min()
+                        ok[j] = refine.nearest_of_rivals(p1[j], others, seed[j])
             done = []
             for j, s in enumerate(group):
                 key = id(s)
@@ -103,13 +102,9 @@ AMBIGUOUS = True  # a step with a rival match (a repeating texture) ends the lea
 def _steps(g0, g1, p0, seed) -> tuple[np.ndarray, np.ndarray]:
     """Pyramidal LK from ``p0`` in ``g0`` to ``g1`` started at ``seed``: (K,2) positions and
     whether each is forward-backward consistent and alike (:data:`FB_MAX`, :data:`NCC_STEP`)."""
-    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.001)
-    kw = dict(winSize=(refine.WIN, refine.WIN), maxLevel=LEVELS, criteria=criteria, flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
-    a = p0.astype(np.float32).reshape(-1, 1, 2)
-    p1, st1, _ = cv2.calcOpticalFlowPyrLK(g0, g1, a, seed.astype(np.float32).reshape(-1, 1, 2), **kw)
-    back, st2, _ = cv2.calcOpticalFlowPyrLK(g1, g0, p1, a.copy(), **kw)
-    p1, back = p1.reshape(-1, 2).astype(np.float64), back.reshape(-1, 2)
-    ok = (st1.ravel() == 1) & (st2.ravel() == 1) & (np.linalg.norm(back - p0, axis=1) < FB_MAX)
+    p1, back, ok = refine.lk_there_and_back(g0, g1, p0, seed, refine.WIN, LEVELS)
+    p1 = p1.astype(np.float64)
+    ok &= np.linalg.norm(back - p0, axis=1) < FB_MAX
     ok &= np.isfinite(p1).all(axis=1)
     ok[ok] &= refine._ncc(g0, p0[ok], g1, p1[ok]) >= NCC_STEP
     return p1, ok

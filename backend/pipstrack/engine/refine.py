@@ -346,13 +346,10 @@ def _step_into_gaps(frame, out, pred, polished, similarity, tracked, start, n) -
 
 def _narrow_step(g0, g1, p0, seed):
     """One Lucas-Kanade step with the narrow edge window, no pyramid: (position, accepted, NCC)."""
-    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.001)
-    kw = dict(winSize=(EDGE_WIN, EDGE_WIN), maxLevel=0, criteria=criteria, flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
-    a = np.asarray(p0, np.float32).reshape(1, 1, 2)
-    p1, st1, _ = cv2.calcOpticalFlowPyrLK(g0, g1, a, np.asarray(seed, np.float32).reshape(1, 1, 2), **kw)
-    back, st2, _ = cv2.calcOpticalFlowPyrLK(g1, g0, p1, a.copy(), **kw)
+    a = np.asarray(p0, np.float32).reshape(1, 2)
+    p1, back, st = lk_there_and_back(g0, g1, a, np.asarray(seed).reshape(1, 2), EDGE_WIN, 0)
     p1 = p1.reshape(2).astype(np.float64)
-    ok = bool(st1[0, 0] == 1 and st2[0, 0] == 1)
+    ok = bool(st[0])
     ok &= float(np.linalg.norm(back.reshape(2) - a.reshape(2))) < EDGE_FB_MAX
     ok &= float(np.linalg.norm(p1 - seed)) < EDGE_RADIUS
     ncc = float(_ncc(g0, np.asarray(p0, np.float64)[None], g1, p1[None], EDGE_WIN)[0])
@@ -436,18 +433,31 @@ def _lk_pass(
                 last_t[idx[ok]] = t
 
 
+def lk_there_and_back(g0, g1, p0, seed, win: int, levels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pyramidal Lucas-Kanade from ``p0`` in ``g0`` to ``g1`` started at ``seed`` (K,2), and back
+    from there to ``g0``: (K,2) float32 positions in ``g1``, (K,2) float32 positions back in
+    ``g0`` (the forward-backward check compares them with ``p0``), and whether both converged."""
+    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.001)
+    kw = dict(winSize=(win, win), maxLevel=levels, criteria=criteria, flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
+    a = np.asarray(p0).astype(np.float32).reshape(-1, 1, 2)
+    p1, st1, _ = cv2.calcOpticalFlowPyrLK(g0, g1, a, np.asarray(seed).astype(np.float32).reshape(-1, 1, 2), **kw)
+    back, st2, _ = cv2.calcOpticalFlowPyrLK(g1, g0, p1, a.copy(), **kw)
+    return p1.reshape(-1, 2), back.reshape(-1, 2), (st1.ravel() == 1) & (st2.ravel() == 1)
+
+
+def nearest_of_rivals(p1, others, prior) -> bool:
+    """Whether match ``p1`` is the one of a repeating texture's matches (``others``, the rivals
+    :func:`_rival_matches` found) nearest to ``prior``, by at least 1 px."""
+    return bool(np.linalg.norm(p1 - prior) + 1.0 < np.linalg.norm(others - prior, axis=1).min())
+
+
 def _lk_step(g0, g1, p0, seed, visible, radius, levels=LEVELS, prior=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lucas-Kanade from ``p0`` in ``g0`` to ``g1``, started at ``seed``: positions (K,2), whether
     each is accepted (forward-backward consistent, within ``radius`` of the seed, patch alike,
     and not one of several equal matches of a repeating texture -- unless it is the one nearest
     to ``prior``, the point's own-motion prediction, where given) and the patch similarity (NCC)."""
-    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.001)
-    kw = dict(winSize=(WIN, WIN), maxLevel=levels, criteria=criteria, flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
-    a = p0.astype(np.float32).reshape(-1, 1, 2)
-    p1, st1, _ = cv2.calcOpticalFlowPyrLK(g0, g1, a, seed.astype(np.float32).reshape(-1, 1, 2), **kw)
-    back, st2, _ = cv2.calcOpticalFlowPyrLK(g1, g0, p1, a.copy(), **kw)
-    p1, back = p1.reshape(-1, 2).astype(np.float64), back.reshape(-1, 2)
-    ok = (st1.ravel() == 1) & (st2.ravel() == 1)
+    p1, back, ok = lk_there_and_back(g0, g1, p0, seed, WIN, levels)
+    p1 = p1.astype(np.float64)
     ok &= np.linalg.norm(back - p0, axis=1) < FB_MAX
     ok &= np.linalg.norm(p1 - seed, axis=1) < radius
     ncc = _ncc(g0, p0, g1, p1)
@@ -457,7 +467,7 @@ def _lk_step(g0, g1, p0, seed, visible, radius, levels=LEVELS, prior=None) -> tu
             others = _rival_matches(g0, p0[k], g1, p1[k])
             if len(others):
                 pk = None if prior is None or not np.isfinite(prior[k, 0]) else prior[k]
-                ok[k] = pk is not None and np.linalg.norm(p1[k] - pk) + 1.0 < np.linalg.norm(others - pk, axis=1).min()
+                ok[k] = pk is not None and nearest_of_rivals(p1[k], others, pk)
     return p1, ok, ncc
 
 

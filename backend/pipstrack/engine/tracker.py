@@ -420,24 +420,22 @@ class Tracker:
                 if progress is not None:
                     progress(network + int(fraction * refining), network + refining)
 
-            self._refine(source, result, points, (H, W), work, cache.images, tick, verified)
+            def image(i):  # every frame the network or the lead saw is kept; any other is read now
+                return self._working_image(source, cache, i, work)
+
+            self._refine(source, result, points, (H, W), work, image, tick, verified)
             if progress is not None:
                 progress(network + refining, network + refining)
         self.stage = "done"
         return result
 
-    def _refine(self, source, result: TrackResult, points, size, work, images: dict, tick=None, verified=None) -> None:
+    def _refine(self, source, result: TrackResult, points, size, work, image, tick=None, verified=None) -> None:
         """Sub-pixel Lucas-Kanade polish at the working resolution, on the frames the network
         saw (so a service that keeps only working-size frames refines identically, and no frame
-        is read twice)."""
+        is read twice): ``image(i)`` gives source frame ``i`` at the working size."""
         from .refine import refine_trajectories
 
         xyw = to_working(result.xy.astype(np.float64), size, work)
-
-        def image(i):  # every frame the network saw, kept at the working size while encoding
-            if i not in images:  # not encoded (a frame no window needed): read it now
-                images[i] = np.ascontiguousarray(self._read_work(source, i, work))
-            return images[i]
 
         refined, found, similarity, stats = refine_trajectories(
             image,
