@@ -790,19 +790,20 @@ def test_job_states_move_once_and_a_late_cleanup_never_drops_a_reused_id():
 
 def stage_job(conn, n=200, T=48):
     """A job that spends a second or more in each of the tracker's stages (200 points, tiny network):
-    network, refinement, co-motion, re-detection, anchored polish."""
+    classical lead, network, refinement, co-motion, re-detection, anchored polish."""
     rng = np.random.default_rng(0)
     q = np.column_stack([np.zeros(n), rng.uniform(5, 123, n), rng.uniform(5, 91, n)])
     return conn.submit(clip(T=T, H=96, W=128, seed=1), q, working_size=None, iters=4)
 
 
 def test_cancel_within_a_second_in_every_stage(server):
-    """A cancel reaches the tracker within 1 s whatever it is doing: its windows, the Lucas-Kanade
-    polish, co-motion, re-detection or the anchored polish (each reported in ``progress``)."""
+    """A cancel reaches the tracker within 1 s whatever it is doing: the classical lead, its windows,
+    the Lucas-Kanade polish, co-motion, re-detection or the anchored polish (each reported in
+    ``progress``)."""
     conn = Connection(server.address, **FAST)
     waited = {}
     try:
-        for stage in ("network", "refinement", "co-motion", "re-detection", "anchored polish"):
+        for stage in ("classical lead", "network", "refinement", "co-motion", "re-detection", "anchored polish"):
             job = stage_job(conn)
             deadline = time.monotonic() + 60
             while job.stage != stage and not job.done and time.monotonic() < deadline:

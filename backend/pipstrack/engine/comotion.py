@@ -15,6 +15,8 @@ gets no prediction here, and keeps the network's estimate.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 HISTORY = 6  # frames either side of the reference frame that decide who moves with the point
@@ -214,13 +216,17 @@ def departures(
     return bad
 
 
-def comotion_fill(xy: np.ndarray, trusted: np.ndarray) -> np.ndarray:
+def comotion_fill(xy: np.ndarray, trusted: np.ndarray, check: Callable[[], None] | None = None) -> np.ndarray:
     """(T,N,2) predictions for every frame of every point that is not ``trusted`` (T,N bool),
-    from its co-moving neighbours; NaN where there is none (and on trusted frames)."""
+    from its co-moving neighbours; NaN where there is none (and on trusted frames).
+    ``check``, if given, is called before each point (a cancel raises there: hundreds of
+    points take seconds)."""
     T, N = trusted.shape
     xy = np.asarray(xy, np.float64)
     pred = np.full((T, N, 2), np.nan)
     for n in range(N):
+        if check is not None:
+            check()
         good = np.nonzero(trusted[:, n])[0]
         if len(good) == 0:
             continue

@@ -30,13 +30,14 @@ NCC_ANCHOR = 0.8  # ... and to the anchor's patch
 LEVELS = 2  # pyramid levels above the working size (frame-to-frame motion of up to ~30 px)
 
 
-def lead(image, segments) -> dict:
+def lead(image, segments, check=None) -> dict:
     """Advances each segment (in place) along the frames strict KLT steps verify from its anchor:
     its ``out_xy`` and ``out_vis`` (1.0) are filled there, ``led`` is the last such frame and
     ``led_ncc`` the patch similarity to the anchor's on each, ``cur`` and ``pos`` are set to the
     last verified frame (where the network takes over) or to the segment's end. ``image(i)``: the
     working-size RGB frame of absolute index ``i``. Returns counts: point-frames verified here and
-    segments verified to their end."""
+    segments verified to their end. ``check``, if given, is called before each frame's steps (a
+    cancel raises there; a service hears from the job)."""
     half = refine.WIN // 2
     for s in segments:
         s.led = 0  # local index of the last frame verified here
@@ -47,6 +48,8 @@ def lead(image, segments) -> dict:
         k = {id(s): 0 for s in alive}  # local index of each run's last verified frame
         prev = {id(s): None for s in alive}  # the position before it (for the own-motion seed)
         while alive:
+            if check is not None:
+                check()
             t = min((s.absolute(k[id(s)]) for s in alive), key=lambda f: step * f)
             group = [s for s in alive if s.absolute(k[id(s)]) == t]
             g0, g1 = image(t), image(t + step)

@@ -142,6 +142,10 @@ def refine_trajectories(
             last[:] = [fraction, stage]
             report(fraction, stage)
 
+    # Work with no fraction of its own (per-point loops) checks in where it was: a cancel is
+    # seen between points.
+    check = None if tick is None else (lambda: tick(*last))
+
     similarity = np.where(keyed, 1.0, np.nan)
     if led.any():
         polished |= led
@@ -190,7 +194,6 @@ def refine_trajectories(
             s = start[n]
             return _ncc(frame(s), out[[s], n], frame(t), out[[t], n])[0] < COMPANY_NCC
 
-        check = None if tick is None else (lambda: tick(*last))  # a cancel is seen between points
         reach = COMPANY_REACH * max(frame(0).shape[:2])
         bad = departures(out, polished, keyed, reach=reach, doubt=doubt, check=check, points=points)
         polished[bad], similarity[bad] = False, np.nan
@@ -209,14 +212,14 @@ def refine_trajectories(
         # it was last found (a point found again keeps going, as a KLT tracker would).
         for k in range(ROUNDS):
             if tick is not None:
-                tick((1 + k) / sweeps, "co-motion")  # the fill itself is one numpy pass: check before it
-            pred = comotion_fill(out, polished)
+                tick((1 + k) / sweeps, "co-motion")
+            pred = comotion_fill(out, polished, check)
             before = int(polished.sum())
             seeded_pass(pred, sweep_tick(1 + k, "co-motion"))
             if int(polished.sum()) == before:
                 break
         else:
-            pred = comotion_fill(out, polished)
+            pred = comotion_fill(out, polished, check)
         lap("co-motion")
     stats["redetected"] = 0
     if redetect:
@@ -247,20 +250,22 @@ def refine_trajectories(
             no_seeds = np.full_like(xy, np.nan)
             seeded_pass(no_seeds, sweep_tick(k + 1, "re-detection"))
             if comotion and N > 1:
-                pred = comotion_fill(out, polished)
+                pred = comotion_fill(out, polished, check)
         lap("re-detection")
-    edge = _edge_pass(frame, out, pred, polished, similarity, tracked, start) if EDGE_PASS else 0
+    edge = _edge_pass(frame, out, pred, polished, similarity, tracked, start, check) if EDGE_PASS else 0
     stats["edge"] = edge
     before = stats["departed"]
     drop_departures()
     if (edge or stats["departed"] > before) and comotion and N > 1:
-        pred = comotion_fill(out, polished)
+        pred = comotion_fill(out, polished, check)
     lap("edge")
     stats["refined"] = int((polished & ~keyed & ~led).sum())
     stats["kept_pips"] = int((tracked & ~polished).sum())
     filled = np.isfinite(pred[..., 0]) & ~polished & tracked if pred is not None else np.zeros((T, N), bool)
     stats["comotion"] = int(filled.sum())
     for n in range(N):
+        if check is not None:
+            check()
         good = np.nonzero(polished[:, n])[0]  # polished frames are tracked ones
         rest = np.nonzero(~polished[:, n] & tracked[:, n])[0]
         if len(good) == 0 or len(rest) == 0:
@@ -287,19 +292,22 @@ def refine_trajectories(
     return out.astype(np.float32), polished, similarity, stats
 
 
-def _edge_pass(frame, out, pred, polished, similarity, tracked, start) -> int:
+def _edge_pass(frame, out, pred, polished, similarity, tracked, start, check=None) -> int:
     """The frames an occluder's edge leaves in view but the WIN-wide patch cannot verify, for
     each point: narrow ``EDGE_WIN`` steps into each unverified stretch from the verified frame on
     either side, one frame at a time while they are accepted (seeded by the co-moving prediction,
     the point's own velocity, or standing still); then, on frames still unverified, the narrow
     patch of the nearest verified frame looked for within ``2 * EDGE_RADIUS`` of the best estimate
     there (a short stretch between two occluders), stepping on from what it finds. Updates
-    ``out``, ``polished`` and ``similarity`` in place; returns how many frames it verified."""
+    ``out``, ``polished`` and ``similarity`` in place; returns how many frames it verified.
+    ``check``, if given, is called before each point (a cancel raises there)."""
     from .redetect import best_match
 
     T, N = out.shape[:2]
     found = 0
     for n in range(N):
+        if check is not None:
+            check()
         if not (tracked[:, n] & ~polished[:, n]).any() or not polished[:, n].any():
             continue
         found += _step_into_gaps(frame, out, pred, polished, similarity, tracked, start, n)

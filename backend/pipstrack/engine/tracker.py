@@ -393,7 +393,13 @@ class Tracker:
             from .lead import lead
 
             self.stage = "classical lead"
-            led = lead(lambda i: self._working_image(source, cache, i, work), segments)
+
+            def check():  # a cancel is seen, and a service hears from the job, between frames
+                self._check_cancel(cancel)
+                if progress is not None:
+                    progress(0, network + refining)
+
+            led = lead(lambda i: self._working_image(source, cache, i, work), segments, check)
             led["seconds"] = time.perf_counter() - t0
             self.stage = "network"
         t1 = time.perf_counter()
