@@ -27,6 +27,7 @@ from ._pipstrack.wire import protocol as P
 from .clip_source import ClipFrames, ClipSourceError
 
 WRITE_BATCH = 32  # markers written between two looks at the clock
+JUDGE_BATCH = 16  # tracks of the final result judged (lost or not) between two looks at the clock
 UPLOAD_SHARE = 0.3  # of a tick's budget, for reading and sending frames; the rest writes markers
 ACTIVE: set = set()  # runs going on now: file load and undo stop them (operators.py handlers)
 _froze_collector = False
@@ -196,6 +197,8 @@ class TrackingRun:
         self._frames = None
         self._want = None
         self._todo: list = []
+        self._judging = None  # (scene frames, verified, tracks left) while the final result is judged
+        self._aimed = None
         self._final = None
         self._seen: dict = {}
 
@@ -333,7 +336,9 @@ class TrackingRun:
 
     def _aim(self, ev: dict, final: bool) -> None:
         """New trajectories to show: which markers differ from what is written (all tracks at
-        once, in numpy) go on the write queue; partials replace each other's queue."""
+        once, in numpy) go on the write queue; partials replace each other's queue. The final
+        result's tracks are judged first (lost or not), a few per tick in :meth:`_flush`: for a
+        16x16 grid that alone would hold the UI past a tick's budget."""
         frames = np.asarray(ev["frame_indices"]) + 1  # clip frames
         xy = np.asarray(ev["xy"], np.float64)
         conf = np.asarray(ev["confidence"], np.float64)
@@ -350,14 +355,34 @@ class TrackingRun:
             self._rows[at[hit], owner[hit]] = False
             self._have_xy = np.full((T, N, 2), np.nan)
             self._have_mute = np.zeros((T, N), bool)
-        lost = np.zeros((T, N), bool)
+        self._aimed = (frames, xy, conf, np.zeros((T, N), bool), final)
         verified = ev.get("verified") if final else None  # None from an older backend, or without refinement
-        if verified is not None:
-            # the backend counts the anchors it was sent (these keyframes) as verified
-            scene = np.array([cv.clip_to_scene_frame(f, self.clip.frame_start) for f in frames])
-            for n, p in enumerate(self.plans):
-                rows = (frames >= p.lo) & (frames <= p.hi)
-                lost[rows, n] = self._judge(p.track_name, scene[rows], xy[rows, n], verified[rows, n])
+        if verified is None:
+            self._judging = None
+            self._queue_changes()
+            return
+        # the backend counts the anchors it was sent (these keyframes) as verified
+        scene = np.array([cv.clip_to_scene_frame(f, self.clip.frame_start) for f in frames])
+        self._judging = (scene, verified, list(range(N)))
+        self._todo = []  # the final result replaces what a partial had left to write
+
+    def _judge_some(self, count: int) -> None:
+        """Judges the next ``count`` tracks of the final result; after the last one, queues its writes."""
+        scene, verified, left = self._judging
+        frames, xy, _conf, lost, _final = self._aimed
+        for n in left[:count]:
+            p = self.plans[n]
+            rows = (frames >= p.lo) & (frames <= p.hi)
+            lost[rows, n] = self._judge(p.track_name, scene[rows], xy[rows, n], verified[rows, n])
+        del left[:count]
+        if not left:
+            self._judging = None
+            self._queue_changes()
+
+    def _queue_changes(self) -> None:
+        """The write queue for the aimed-at trajectories: the markers that differ from what is
+        written, by track; for the final result, then each track's visibility store."""
+        frames, xy, conf, lost, final = self._aimed
         gone = mw.outside_frame(xy, self.shape) | lost  # disabled whatever the occlusion choice
         mute = gone.copy()
         if self.s.occlusion == "DISABLE":
@@ -380,6 +405,10 @@ class TrackingRun:
     def _flush(self, deadline: float | None) -> None:
         """Writes queued markers until ``deadline`` (a batch at a time); at the end of the final
         queue, stores visibility and ends the run "done"."""
+        while self._judging is not None:
+            if deadline is not None and time.monotonic() > deadline:
+                return
+            self._judge_some(JUDGE_BATCH)
         tracks = self.collection
         xy, conf, lost, mute = self._want if self._want is not None else (None,) * 4
         while self._todo:
@@ -410,7 +439,7 @@ class TrackingRun:
             )
             self._have_xy[batch, n] = xy[batch, n]
             self._have_mute[batch, n] = mute[batch, n]
-        if self._final is not None and not self._todo:
+        if self._final is not None and not self._todo and self._judging is None:
             self.state, self.progress = "done", 1.0
             self.message = f"pipstrack: tracked {len(self.plans)} track(s), {self.written} markers"
             if self.lost_tracks:
