@@ -105,7 +105,7 @@ def test_teach_writes_a_bank_of_verified_labels_from_real_footage(tmp_path):
     bank = teacher.load_bank(out)
     rgbs, xy, valid = bank["carphone"]
     assert rgbs.shape == (20, 144, 176, 3)  # frames 100..119 of 120
-    assert xy.shape[:2] == valid.shape and valid.mean(0).min() >= teacher.MIN_VERIFIED
+    assert xy.shape[:2] == valid.shape and valid.sum(0).min() >= teacher.MIN_VERIFIED
     assert 12 <= xy.shape[1] <= 30  # about 24 queries, most of them kept
     # the clip's frames are the source's, from frame 100 on
     from pipstrack.evaluation.real_footage import load_clip

@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=max((os.cpu_count() or 2) - 2, 1))
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--init", default=str(ROOT / "backend" / "pipstrack" / "data" / "default_model.pt"))
+    ap.add_argument("--teacher", default=None, help="a teacher bank (pipstrack teach) to mix in")
+    ap.add_argument("--teacher-share", type=float, default=0.3)
     args = ap.parse_args(argv)
     if args.device.startswith("cuda"):
         if not torch.cuda.is_available():
@@ -69,6 +71,8 @@ def main(argv=None) -> int:
         save_every=200,
         workers=args.workers,
         time_budget_s=60.0 * args.minutes,
+        teacher=args.teacher,
+        teacher_share=args.teacher_share,
     )
     t0 = time.time()
     best = train(opts, log=lambda m: print(m, file=sys.stderr, flush=True))

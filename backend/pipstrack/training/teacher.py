@@ -31,7 +31,8 @@ from ..datasets import synth
 
 TRAIN_FROM = 100  # eval --real scores frames 0..99; the bank starts after them
 BANK_LONG_SIDE = 320  # frames are stored at this long side: windows are cropped from them
-MIN_VERIFIED = 0.3  # a point verified on fewer of the clip's frames teaches too little: dropped
+MIN_VERIFIED = 8  # frames: a point verified on fewer than one window's worth teaches nothing
+QUERY_EVERY = 25  # frames between two query grids: points lost on fast footage are replaced
 MAX_STRIDE = 3  # windows skip up to this many source frames: fast motion
 
 
@@ -50,12 +51,12 @@ def build_bank(
     first_frame: int = TRAIN_FROM,
     long_side: int = BANK_LONG_SIDE,
     points: int = 256,
-    query_frames: int = 3,
     tracker=None,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
-    """Tracks each clip (frames ``first_frame`` on, long side ``long_side``) from grids of
-    ``points`` queries spread over ``query_frames`` frames, with the full pipeline, and writes
+    """Tracks each clip (frames ``first_frame`` on, long side ``long_side``) from grids of about
+    ``points / 3`` queries every :data:`QUERY_EVERY` frames (at least three grids), with the full
+    pipeline, and writes
     ``path`` (.npz): per clip its frames and, per point and frame, the position where the
     pipeline verified it. Returns {clip: (frames, points kept, labelled point-frames)}."""
     from ..conventions import resize_to_working, working_size
@@ -72,13 +73,13 @@ def build_bank(
         rgbs = np.stack([resize_to_working(src.read(i), size) for i in range(first_frame, len(src))])
         src.close()
         T, H, W = rgbs.shape[:3]
-        at = np.linspace(0, T - 1, query_frames).round().astype(int)
-        queries = np.concatenate([_query_grid(H, W, points // query_frames, int(f)) for f in at])
+        at = np.linspace(0, T - 1, max(3, int(np.ceil(T / QUERY_EVERY)))).round().astype(int)
+        queries = np.concatenate([_query_grid(H, W, points // 3, int(f)) for f in at])
         if progress:
             progress(f"{name}: tracking {len(queries)} points over {T} frames")
         result = tracker.track(rgbs, queries)
         valid = result.verified & result.tracked
-        keep = valid.mean(0) >= MIN_VERIFIED
+        keep = valid.sum(0) >= min(MIN_VERIFIED, T)
         arrays[f"{name}.rgbs"] = rgbs
         arrays[f"{name}.xy"] = np.nan_to_num(result.xy[:, keep]).astype(np.float32)
         arrays[f"{name}.valid"] = valid[:, keep]
