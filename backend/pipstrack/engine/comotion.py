@@ -54,51 +54,73 @@ def comoving_neighbours(xy: np.ndarray, trusted: np.ndarray, n: int, r: int, sid
     return ok[np.argsort(dist[ok], kind="stable")]
 
 
-def _predict_from(xy, trusted, n, r, frames, neighbours, residuals=None) -> tuple[np.ndarray, np.ndarray]:
+def _predict_from(xy, trusted, n, r, frames, neighbours, residuals=None, chain=False) -> tuple[np.ndarray, np.ndarray]:
     """(len(frames),2) position of point ``n`` on ``frames`` carried from frame ``r`` by the local
     motion of ``neighbours``: affine from three or more spread in two directions, similarity
     (zoom, rotation) from three or more near a line, translation from fewer; NaN where none is
     trusted. Also (len(frames),) which model it was: 3 affine, 2 similarity, 1 translation, 0 none.
     ``residuals``, a (len(frames),) array if given, receives how far the model misses the
-    neighbours' own motion (median, px): how well their motion is a model's at all."""
+    neighbours' own motion (median, px): how well their motion is a model's at all.
+    ``chain`` (``frames`` in order away from ``r``): where fewer neighbours are seen than on the
+    frame before, so that only a weaker model fits from ``r``, the point is carried on from its
+    position on the frame before instead, by the neighbours seen on both: a short step of a weak
+    model misses by less than a long one (a neighbour hidden halfway through a gap made the fill
+    jump by a pixel)."""
     out = np.full((len(frames), 2), np.nan)
     model = np.zeros(len(frames), int)
     if len(neighbours) == 0:
         return out, model
-    p_r = xy[r, n]
-    q_r = xy[r, neighbours]  # (K,2)
+    prev, strength = None, 0
+    for k, t in enumerate(frames):
+        # The nearest co-moving points trustworthy on this frame: the nearest of all may be
+        # hidden too (under the same occluder), farther ones still see the surface move.
+        use = _nearest_seen(trusted[t, neighbours])
+        if not use.any():
+            continue
+        p, m, miss = _carry(xy[r, n], xy[r, neighbours[use]], xy[t, neighbours[use]])
+        if chain and prev is not None and m < strength:
+            s_, p_s = prev
+            both = _nearest_seen(trusted[s_, neighbours] & trusted[t, neighbours])
+            if both.any():
+                nb = neighbours[both]
+                p, _m, miss = _carry(p_s, xy[s_, nb], xy[t, nb])
+                m = strength
+        strength = max(strength, m)
+        out[k], model[k] = p, m
+        prev = (t, p)
+        if residuals is not None:
+            residuals[k] = miss
+    return out, model
+
+
+def _nearest_seen(seen: np.ndarray) -> np.ndarray:
+    """The first :data:`NEIGHBOURS` of the (nearest first) neighbours ``seen`` on a frame."""
+    return seen & (np.cumsum(seen) <= NEIGHBOURS)
+
+
+def _carry(p_r, q_r, q_t) -> tuple[np.ndarray, int, float]:
+    """Where point ``p_r`` goes when points ``q_r`` (K,2) go to ``q_t``: the strongest model they
+    determine (3 affine, 2 similarity, 1 translation; see :func:`_predict_from`), and how far it
+    misses their own motion (median, px)."""
     d = q_r - p_r  # models are fitted about the point itself: its motion is their constant term
     scale = float(np.mean(np.linalg.norm(d, axis=1))) + 1.0  # keeps the normal equations well scaled
     d = d / scale
     w0 = 1.0 / (np.linalg.norm(d, axis=1) * scale + 8.0)
     zero, one = np.zeros(len(d)), np.ones(len(d))
+    motion = q_t - q_r  # (k,2)
     affine = (np.c_[d, one, zero, zero, zero], np.c_[zero, zero, zero, d, one], (2, 5), 3)
     similarity = (np.c_[d[:, 0], -d[:, 1], one, zero], np.c_[d[:, 1], d[:, 0], zero, one], (2, 3), 2)
-    for k, t in enumerate(frames):
-        # The nearest co-moving points trustworthy on this frame: the nearest of all may be
-        # hidden too (under the same occluder), farther ones still see the surface move.
-        use = trusted[t, neighbours]
-        use &= np.cumsum(use) <= NEIGHBOURS
-        if not use.any():
+    for rows_x, rows_y, const, rank in (affine, similarity):
+        if len(d) * 2 < rows_x.shape[1] + 1:  # at least one equation more than unknowns
             continue
-        motion = xy[t, neighbours[use]] - q_r[use]  # (k,2)
-        for rows_x, rows_y, const, rank in (affine, similarity):
-            if use.sum() * 2 < rows_x.shape[1] + 1:  # at least one equation more than unknowns
-                continue
-            if rank == 3 and not _spread(d[use]):  # points near a line say nothing across it
-                continue
-            params = _robust_fit(rows_x[use], rows_y[use], motion, w0[use])
-            if params is not None:
-                out[k], model[k] = p_r + params[list(const)], rank
-                if residuals is not None:
-                    miss = np.c_[rows_x[use] @ params, rows_y[use] @ params] - motion
-                    residuals[k] = float(np.median(np.hypot(miss[:, 0], miss[:, 1])))
-                break
-        else:
-            out[k], model[k] = p_r + (w0[use, None] * motion).sum(0) / w0[use].sum(), 1
-            if residuals is not None:
-                residuals[k] = float(np.median(np.linalg.norm(motion - (out[k] - p_r), axis=1)))
-    return out, model
+        if rank == 3 and not _spread(d):  # points near a line say nothing across it
+            continue
+        params = _robust_fit(rows_x, rows_y, motion, w0)
+        if params is not None:
+            miss = np.c_[rows_x @ params, rows_y @ params] - motion
+            return p_r + params[list(const)], rank, float(np.median(np.hypot(miss[:, 0], miss[:, 1])))
+    shift = (w0[:, None] * motion).sum(0) / w0.sum()
+    return p_r + shift, 1, float(np.median(np.linalg.norm(motion - shift, axis=1)))
 
 
 def _spread(d: np.ndarray) -> bool:
@@ -241,15 +263,27 @@ def comotion_fill(xy: np.ndarray, trusted: np.ndarray, check: Callable[[], None]
         for ref in np.unique(np.r_[a, b]):
             if ref < 0:
                 continue
-            frames = holes[(a == ref) | (b == ref)]
-            xy_ref, model_ref = _predict_from(xy, trusted, n, ref, frames, comoving_neighbours(xy, trusted, n, ref))
-            side[ref] = {t: (p, m) for t, p, m in zip(frames.tolist(), xy_ref, model_ref)}
+            # the hole frames this reference carries, in order away from it, and the gaps' other
+            # verified ends (where the prediction's miss is known)
+            ends = np.r_[b[(a == ref) & (b >= 0)], a[(b == ref) & (a >= 0)]]
+            span = np.unique(np.r_[holes[(a == ref) | (b == ref)], ends])
+            after, before = span[span > ref], span[span < ref][::-1]
+            for frames in (after, before):
+                if len(frames):
+                    nb = comoving_neighbours(xy, trusted, n, ref)
+                    xy_ref, model_ref = _predict_from(xy, trusted, n, ref, frames, nb, chain=True)
+                    side.setdefault(ref, {}).update(zip(frames.tolist(), zip(xy_ref, model_ref)))
         none = (np.full(2, np.nan), 0)
         for t, ra, rb in zip(holes.tolist(), a, b):
             (pa, ma), (pb, mb) = side[ra][t] if ra >= 0 else none, side[rb][t] if rb >= 0 else none
             if ma and ma == mb:
                 w = (t - ra) / (rb - ra)  # the nearer reference weighs more
                 pred[t, n] = (1 - w) * pa + w * pb
-            elif ma or mb:  # the side whose neighbours determine more of the motion
-                pred[t, n] = pa if ma > mb else pb
+            elif ma or mb:  # the side whose neighbours determine more of the motion ...
+                ref, other, p = (ra, rb, pa) if ma > mb else (rb, ra, pb)
+                if other >= 0:  # ... its miss on the gap's other, verified end closed in time
+                    q, mq = side[ref][int(other)]
+                    if mq:
+                        p = p + abs(t - ref) / abs(other - ref) * (xy[other, n] - q)
+                pred[t, n] = p
     return pred
