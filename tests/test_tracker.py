@@ -320,7 +320,10 @@ def test_the_sample_clip_tracked_alone_and_together_is_never_silently_wrong(defa
             back = np.arange(len(vis))[vis[:, n]]
             back = back[back > np.nonzero(~vis[:, n])[0].max()]
             assert np.median(err[back, n]) < 1.0, (label, n)
-        assert (worst < 3.1).sum() >= 9, label  # today one track (feature05 together, feature04 alone) is worse
+        if label == "together":  # issue 12's bar: every demo track within 2 px on every visible frame
+            assert (worst < 2.0).all(), np.round(worst, 2)
+        else:
+            assert (worst < 3.1).sum() >= 9, label  # alone, today one track (feature04) is worse
 
 
 def test_device_and_precision_choices():
