@@ -4,7 +4,7 @@ non-rigid deformation, layers, 240-frame shots, hand-held shake), 0.1 px of nois
 trustworthy frames, random gaps hidden from it (40 % of them open-ended, running to the clip's
 end), scored against the truth on the hidden frames.
 
-    .venv/bin/python benchmarks/bench_comotion_fill.py [--clips 3] [--points 48]
+    .venv/bin/python benchmarks/bench_comotion_fill.py [--clips 3] [--points 48] [--gaps 2]
 
 No network and no images are involved (the clips' frames are rendered but unused), so it runs in a
 minute and isolates the motion model: where the fill is wrong here, no polish can start from it.

@@ -268,9 +268,9 @@ def comotion_fill(xy: np.ndarray, trusted: np.ndarray, check: Callable[[], None]
             ends = np.r_[b[(a == ref) & (b >= 0)], a[(b == ref) & (a >= 0)]]
             span = np.unique(np.r_[holes[(a == ref) | (b == ref)], ends])
             after, before = span[span > ref], span[span < ref][::-1]
+            nb = comoving_neighbours(xy, trusted, n, ref)
             for frames in (after, before):
                 if len(frames):
-                    nb = comoving_neighbours(xy, trusted, n, ref)
                     xy_ref, model_ref = _predict_from(xy, trusted, n, ref, frames, nb, chain=True)
                     side.setdefault(ref, {}).update(zip(frames.tolist(), zip(xy_ref, model_ref)))
         none = (np.full(2, np.nan), 0)
