@@ -71,6 +71,41 @@ def test_train_command_runs_resumes_and_writes_loadable_weights(tmp_path, monkey
     assert steps == [2, 4, 6]  # resumed at 4, not restarted
 
 
+def test_a_run_from_init_weights_is_judged_against_them_on_the_same_windows(tmp_path, monkeypatch):
+    """Fine-tuning shipped weights: they are scored first (step 0) on the run's own held-out
+    windows, and best.pt is written only by a step that beats that score."""
+    import pipstrack.training.trainer as T
+    from pipstrack.engine.weights import save_model
+
+    monkeypatch.setitem(T.CONFIGS, "tiny", TINY)
+    torch.manual_seed(0)
+    init = tmp_path / "init.pt"
+    save_model(Pips(config=TINY), init, meta={"config_name": "tiny"})
+    opts = TrainOptions(
+        out=tmp_path / "run",
+        config="tiny",
+        steps=2,
+        batch=1,
+        points=8,
+        height=64,
+        width=80,
+        iters=2,
+        eval_every=2,
+        eval_clips=2,
+        save_every=2,
+        init=str(init),
+        lr=1e-9,
+    )
+    real_eval = T.evaluate_windows
+    scores = iter([0.5, 0.4])  # the init scores 0.5, the trained step 0.4: no improvement
+    monkeypatch.setattr(T, "evaluate_windows", lambda *a, **k: {**real_eval(*a, **k), "delta_avg": next(scores)})
+    best = train(opts, log=lambda m: None)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [0, 2]
+    assert metrics[0]["init"] == str(init)
+    assert best == init and not (tmp_path / "run" / "best.pt").exists()
+
+
 def test_worker_processes_render_the_same_batches_and_a_time_budget_stops_the_run(tmp_path, monkeypatch):
     """A GPU run renders clips in worker processes: the batches must be the ones the training loop
     renders itself (a resumed or moved run sees the same data). A time budget ends a run early
@@ -116,4 +151,4 @@ def test_the_prepared_gpu_training_script_runs_on_the_cpu(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] >= 1 and set(summary["heldout_delta_avg"]) == {"shipped", "new"}
     assert 0.0 < summary["heldout_delta_avg"]["shipped"] <= 1.0
-    load_model(out / "best.pt")
+    load_model(summary["best"])

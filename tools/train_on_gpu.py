@@ -90,6 +90,8 @@ def main(argv=None) -> int:
         "batch": args.batch,
         "workers": args.workers,
         "heldout_delta_avg": scores,
+        # the --init file itself when no evaluated step beat it (then there is no best.pt)
+        "best": str(best),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary, indent=1))

@@ -197,7 +197,8 @@ def _atomic_save(obj, path: Path):
 
 
 def train(opts: TrainOptions, log=print) -> Path:
-    """Runs (or resumes) a training run; returns the path of the best weights file."""
+    """Runs (or resumes) a training run; returns the path of the best weights file (the --init
+    file itself when no evaluated step beat it)."""
     from tqdm import tqdm
 
     from ..engine.weights import load_model, save_model
@@ -260,6 +261,17 @@ def train(opts: TrainOptions, log=print) -> Path:
             last,
         )
 
+    if step == 0 and opts.init:
+        # The weights a run starts from are its bar: score them on the same held-out windows
+        # first, so best.pt appears only when training beats them (a like-for-like comparison).
+        m = evaluate_windows(model, held_out, device=device)
+        m.update(step=0, init=str(opts.init))
+        metrics_log.write(json.dumps(m) + "\n")
+        metrics_log.flush()
+        log("step 0 (the --init weights): " + ", ".join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, float)))
+        best = m["delta_avg"]
+        save()
+
     t0 = time.time()
     bar = tqdm(total=opts.steps, initial=step, desc="train", unit="step", disable=None, dynamic_ncols=True)
     running = None
@@ -301,5 +313,8 @@ def train(opts: TrainOptions, log=print) -> Path:
     bar.close()
     best_path = out / "best.pt"
     if not best_path.exists():
+        if opts.init and step > 0:
+            log(f"no step beat the --init weights' held-out delta_avg {best:.4g}: no best.pt written")
+            return Path(opts.init)
         save_model(model, best_path, meta={**meta_base, "step": step})
     return best_path
