@@ -25,6 +25,7 @@ DRIFT_PX = 1.0  # offset change allowed between co-moving points (px) ...
 DRIFT_RATE = 0.015  # ... plus this fraction of their distance per frame (zoom, rotation, perspective)
 MIN_SPREAD = 0.2  # an affine fit needs neighbours this far from lying on a line (thinner / wider scatter)
 NEIGHBOURS = 12  # nearest co-moving points used on each frame (of those trustworthy there)
+CHAIN_BACK = 8  # frames back a chained fill may build on (the latest that carries it best)
 
 
 def comoving_neighbours(xy: np.ndarray, trusted: np.ndarray, n: int, r: int, side: int = 0) -> np.ndarray:
@@ -70,7 +71,7 @@ def _predict_from(xy, trusted, n, r, frames, neighbours, residuals=None, chain=F
     model = np.zeros(len(frames), int)
     if len(neighbours) == 0:
         return out, model
-    prev, strength = None, 0
+    done, strength = [], 0  # (frame, position, how well it was carried) so far, away from r
     for k, t in enumerate(frames):
         # The nearest co-moving points trustworthy on this frame: the nearest of all may be
         # hidden too (under the same occluder), farther ones still see the surface move.
@@ -78,16 +79,27 @@ def _predict_from(xy, trusted, n, r, frames, neighbours, residuals=None, chain=F
         if not use.any():
             continue
         p, m, miss = _carry(xy[r, n], xy[r, neighbours[use]], xy[t, neighbours[use]])
-        if chain and prev is not None and m < strength:
-            s_, p_s = prev
-            both = _nearest_seen(trusted[s_, neighbours] & trusted[t, neighbours])
-            if both.any():
-                nb = neighbours[both]
-                p, _m, miss = _carry(p_s, xy[s_, nb], xy[t, nb])
+        quality = m
+        if chain and done and m < strength:
+            # Carried on from a recent frame instead: the latest one from which the neighbours
+            # seen on both carry it best (a frame only a translation reached, most neighbours
+            # hidden there for a moment, is not what later frames build on).
+            best = None
+            for s_, p_s, q_s in reversed(done[-CHAIN_BACK:]):
+                if best is not None and q_s <= best[1]:
+                    continue  # an earlier frame carried no better than the one chosen
+                both = _nearest_seen(trusted[s_, neighbours] & trusted[t, neighbours])
+                if both.any():
+                    nb = neighbours[both]
+                    c_p, c_m, c_miss = _carry(p_s, xy[s_, nb], xy[t, nb])
+                    if best is None or min(c_m, q_s) > best[1]:
+                        best = (c_p, min(c_m, q_s), c_miss)
+            if best is not None:
+                p, quality, miss = best
                 m = strength
         strength = max(strength, m)
         out[k], model[k] = p, m
-        prev = (t, p)
+        done.append((t, p, quality))
         if residuals is not None:
             residuals[k] = miss
     return out, model
@@ -108,6 +120,21 @@ def _carry(p_r, q_r, q_t) -> tuple[np.ndarray, int, float]:
     w0 = 1.0 / (np.linalg.norm(d, axis=1) * scale + 8.0)
     zero, one = np.zeros(len(d)), np.ones(len(d))
     motion = q_t - q_r  # (k,2)
+    perspective = None
+    if HOMOGRAPHY and len(d) * 2 >= 9 and _spread(d):
+        # perspective (a camera turning, a plane receding): u = (h11 x + h12 y + h13) / (h31 x +
+        # h32 y + 1) about the point, written linearly in the h's (u, v: the neighbours' new
+        # offsets from the point's old position, px); the point itself goes to (h13, h23)
+        u = q_t - p_r
+        rows_x = np.c_[d, one, zero, zero, zero, -d[:, 0] * u[:, 0], -d[:, 1] * u[:, 0]]
+        rows_y = np.c_[zero, zero, zero, d, one, -d[:, 0] * u[:, 1], -d[:, 1] * u[:, 1]]
+        params = _robust_fit(rows_x, rows_y, u, w0)
+        if params is not None:
+            den = 1.0 + d @ params[6:8]
+            if (den > 0.5).all():  # no neighbour behind the horizon: a sane perspective
+                fit = np.c_[(d @ params[0:2] + params[2]) / den, (d @ params[3:5] + params[5]) / den]
+                miss = float(np.median(np.hypot(*(fit - u).T)))
+                perspective = (p_r + params[[2, 5]], 4, miss)
     affine = (np.c_[d, one, zero, zero, zero], np.c_[zero, zero, zero, d, one], (2, 5), 3)
     similarity = (np.c_[d[:, 0], -d[:, 1], one, zero], np.c_[d[:, 1], d[:, 0], zero, one], (2, 3), 2)
     for rows_x, rows_y, const, rank in (affine, similarity):
@@ -118,9 +145,18 @@ def _carry(p_r, q_r, q_t) -> tuple[np.ndarray, int, float]:
         params = _robust_fit(rows_x, rows_y, motion, w0)
         if params is not None:
             miss = np.c_[rows_x @ params, rows_y @ params] - motion
-            return p_r + params[list(const)], rank, float(np.median(np.hypot(miss[:, 0], miss[:, 1])))
+            fitted = (p_r + params[list(const)], rank, float(np.median(np.hypot(miss[:, 0], miss[:, 1]))))
+            # perspective only where it explains the neighbours clearly better: with noisy or
+            # non-rigid motion its two extra terms fit the noise and carry the point by it
+            if perspective is not None and perspective[2] < PERSPECTIVE_GAIN * fitted[2] - 0.05:
+                return perspective
+            return fitted
     shift = (w0[:, None] * motion).sum(0) / w0.sum()
     return p_r + shift, 1, float(np.median(np.linalg.norm(motion - shift, axis=1)))
+
+
+HOMOGRAPHY = True  # five or more spread neighbours: a perspective model (else affine, ...)
+PERSPECTIVE_GAIN = 0.5  # ... where it misses the neighbours by at most this share of the affine's miss
 
 
 def _spread(d: np.ndarray) -> bool:
