@@ -122,3 +122,19 @@ def test_lower_layers_load_without_the_service_or_the_command_line(module):
     assert not [m for m in loaded if m.startswith(("pipstrack.service", "pipstrack.cli"))]
     if module in ("pipstrack", "pipstrack.wire.client"):  # the public API is lazy; the client never needs torch
         assert "torch" not in loaded and not [m for m in loaded if m.startswith("pipstrack.engine")]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["track", "--help"], ["serve", "--help"], ["eval", "--help"]])
+def test_the_command_lines_help_loads_no_heavy_library(argv):
+    """``pipstrack --help`` starts in a fraction of a second (docs/performance.md, Start-up): the
+    commands import torch, OpenCV and the rest only when they run."""
+    code = (
+        "import json, sys\nfrom pipstrack.cli.main import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    loaded = json.loads(r.stderr.strip().splitlines()[-1])
+    assert "usage: pipstrack" in r.stdout
+    heavy = [m for m in loaded if m.split(".")[0] in ("torch", "cv2", "scipy", "skimage", "bpy", "OpenEXR", "tqdm")]
+    assert not heavy, heavy[:5]
