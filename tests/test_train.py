@@ -44,23 +44,17 @@ def test_a_few_steps_reduce_the_loss():
     assert after < 0.8 * before
 
 
+def tiny_run(out, **overrides) -> TrainOptions:
+    """A training run of the TINY network on small clips, evaluated and saved every 2 steps."""
+    kw = dict(config="tiny", batch=1, points=8, height=64, width=80, iters=2, eval_every=2, eval_clips=2, save_every=2)
+    return TrainOptions(out=out, **{**kw, **overrides})
+
+
 def test_train_command_runs_resumes_and_writes_loadable_weights(tmp_path, monkeypatch):
     import pipstrack.training.trainer as T
 
     monkeypatch.setitem(T.CONFIGS, "tiny", TINY)
-    opts = TrainOptions(
-        out=tmp_path,
-        config="tiny",
-        steps=4,
-        batch=1,
-        points=8,
-        height=64,
-        width=80,
-        iters=2,
-        eval_every=2,
-        eval_clips=2,
-        save_every=2,
-    )
+    opts = tiny_run(tmp_path, steps=4)
     best = train(opts, log=lambda m: None)
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [2, 4]
@@ -81,21 +75,7 @@ def test_a_run_from_init_weights_is_judged_against_them_on_the_same_windows(tmp_
     torch.manual_seed(0)
     init = tmp_path / "init.pt"
     save_model(Pips(config=TINY), init, meta={"config_name": "tiny"})
-    opts = TrainOptions(
-        out=tmp_path / "run",
-        config="tiny",
-        steps=2,
-        batch=1,
-        points=8,
-        height=64,
-        width=80,
-        iters=2,
-        eval_every=2,
-        eval_clips=2,
-        save_every=2,
-        init=str(init),
-        lr=1e-9,
-    )
+    opts = tiny_run(tmp_path / "run", steps=2, init=str(init), lr=1e-9)
     real_eval = T.evaluate_windows
     scores = iter([0.5, 0.4])  # the init scores 0.5, the trained step 0.4: no improvement
     monkeypatch.setattr(T, "evaluate_windows", lambda *a, **k: {**real_eval(*a, **k), "delta_avg": next(scores)})

@@ -26,6 +26,8 @@ DRIFT_RATE = 0.015  # ... plus this fraction of their distance per frame (zoom, 
 MIN_SPREAD = 0.2  # an affine fit needs neighbours this far from lying on a line (thinner / wider scatter)
 NEIGHBOURS = 12  # nearest co-moving points used on each frame (of those trustworthy there)
 CHAIN_BACK = 8  # frames back a chained fill may build on (the latest that carries it best)
+HOMOGRAPHY = True  # five or more spread neighbours: a perspective model (else affine, ...)
+PERSPECTIVE_GAIN = 0.5  # ... where it misses the neighbours by at most this share of the affine's miss
 
 
 def comoving_neighbours(xy: np.ndarray, trusted: np.ndarray, n: int, r: int, side: int = 0) -> np.ndarray:
@@ -120,8 +122,9 @@ def _carry(p_r, q_r, q_t) -> tuple[np.ndarray, int, float]:
     w0 = 1.0 / (np.linalg.norm(d, axis=1) * scale + 8.0)
     zero, one = np.zeros(len(d)), np.ones(len(d))
     motion = q_t - q_r  # (k,2)
+    spread = len(d) >= 4 and _spread(d)  # points near a line say nothing across it (affine needs 4)
     perspective = None
-    if HOMOGRAPHY and len(d) * 2 >= 9 and _spread(d):
+    if HOMOGRAPHY and len(d) * 2 >= 9 and spread:
         # perspective (a camera turning, a plane receding): u = (h11 x + h12 y + h13) / (h31 x +
         # h32 y + 1) about the point, written linearly in the h's (u, v: the neighbours' new
         # offsets from the point's old position, px); the point itself goes to (h13, h23)
@@ -140,7 +143,7 @@ def _carry(p_r, q_r, q_t) -> tuple[np.ndarray, int, float]:
     for rows_x, rows_y, const, rank in (affine, similarity):
         if len(d) * 2 < rows_x.shape[1] + 1:  # at least one equation more than unknowns
             continue
-        if rank == 3 and not _spread(d):  # points near a line say nothing across it
+        if rank == 3 and not spread:
             continue
         params = _robust_fit(rows_x, rows_y, motion, w0)
         if params is not None:
@@ -153,10 +156,6 @@ def _carry(p_r, q_r, q_t) -> tuple[np.ndarray, int, float]:
             return fitted
     shift = (w0[:, None] * motion).sum(0) / w0.sum()
     return p_r + shift, 1, float(np.median(np.linalg.norm(motion - shift, axis=1)))
-
-
-HOMOGRAPHY = True  # five or more spread neighbours: a perspective model (else affine, ...)
-PERSPECTIVE_GAIN = 0.5  # ... where it misses the neighbours by at most this share of the affine's miss
 
 
 def _spread(d: np.ndarray) -> bool:

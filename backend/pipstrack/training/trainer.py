@@ -261,14 +261,17 @@ def train(opts: TrainOptions, log=print) -> Path:
             last,
         )
 
+    def record(m: dict, label: str):  # one held-out evaluation: to metrics.jsonl and the log
+        metrics_log.write(json.dumps(m) + "\n")
+        metrics_log.flush()
+        log(f"{label}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, float)))
+
     if step == 0 and opts.init:
         # The weights a run starts from are its bar: score them on the same held-out windows
         # first, so best.pt appears only when training beats them (a like-for-like comparison).
         m = evaluate_windows(model, held_out, device=device)
         m.update(step=0, init=str(opts.init))
-        metrics_log.write(json.dumps(m) + "\n")
-        metrics_log.flush()
-        log("step 0 (the --init weights): " + ", ".join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, float)))
+        record(m, "step 0 (the --init weights)")
         best = m["delta_avg"]
         save()
 
@@ -302,9 +305,7 @@ def train(opts: TrainOptions, log=print) -> Path:
                 lr=sched.get_last_lr()[0],
                 **{f"train_{k}": v for k, v in running.items()},
             )
-            metrics_log.write(json.dumps(m) + "\n")
-            metrics_log.flush()
-            log(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, float)))
+            record(m, f"step {step}")
             if m["delta_avg"] > best:
                 best = m["delta_avg"]
                 save_model(model, out / "best.pt", meta={**meta_base, "step": step, "heldout": m})
