@@ -254,3 +254,56 @@ def test_a_repeating_texture_locked_a_period_off_is_not_reported_verified():
     out, found, _, _ = run()
     err = np.linalg.norm(out - truth, axis=2)[:, 0]
     assert not (found[:, 0] & (err > 3)).any()  # nothing a period off is called verified
+
+
+def zooming_plate_with_card(T=16, H=120, W=160, zoom=0.72, seed=4):
+    """A textured plate zooming out about its centre to ``zoom`` (linear) over the clip, and a
+    flat card that hides a point from frame 2 until four frames before the end; frames, the
+    point's true path, and the frames it is hidden on."""
+    rng = np.random.default_rng(seed)
+    tex = cv2.GaussianBlur(rng.random((H, W)).astype(np.float32), (0, 0), 1.5)
+    tex = (255 * (tex - tex.min()) / (tex.max() - tex.min())).astype(np.uint8)
+    c = np.array([W / 2, H / 2])
+    p0 = np.array([60.0, 50.0])
+    frames, truth = [], []
+    hidden = np.zeros(T, bool)
+    hidden[2 : T - 4] = True
+    for t in range(T):
+        s = 1 + (zoom - 1) * t / (T - 1)
+        m = np.float32([[s, 0, (1 - s) * c[0]], [0, s, (1 - s) * c[1]]])
+        img = cv2.warpAffine(tex, m, (W, H), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+        p = c + s * (p0 - c)
+        if hidden[t]:
+            img[int(p[1]) - 14 : int(p[1]) + 15, int(p[0]) - 14 : int(p[0]) + 15] = 128
+        frames.append(np.dstack([img] * 3))
+        truth.append(p)
+    return frames, np.array(truth)[:, None], hidden
+
+
+def test_a_lone_point_back_nearer_or_further_is_found_again_at_its_new_scale():
+    """Hidden while the camera zoomed out by a quarter, the point comes back too small for its
+    last patch to match as it was: re-detection also looks for the patch resized, and the point
+    is verified on every frame after the card. With the search at the patch's own scale only it
+    stays lost (the case the resized search is there for)."""
+    from pipstrack.engine import redetect
+
+    frames, truth, hidden = zooming_plate_with_card()
+    T = len(frames)
+    far = truth + np.array([30.0, 25.0])  # the network followed something else from frame 1 on
+    far[0] = truth[0]
+    after = np.arange(T) > np.flatnonzero(hidden)[-1]
+
+    def run():
+        return refine_trajectories(lambda i: frames[i], np.arange(T), far, np.ones((T, 1), bool), [[0]])
+
+    out, found, _, stats = run()
+    err = np.linalg.norm(out - truth, axis=2)[:, 0]
+    assert stats["redetected"] >= 1 and found[after, 0].all()
+    assert err[after].max() < 0.5, err[after]
+    redetect_scales = redetect.SCALES
+    try:
+        redetect.SCALES = (1.0,)
+        _, found_own_scale, _, _ = run()
+    finally:
+        redetect.SCALES = redetect_scales
+    assert not found_own_scale[after, 0].any()

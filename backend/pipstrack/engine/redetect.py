@@ -22,6 +22,7 @@ MIN_NCC = 0.9  # a match must look this much like the point's last verified patc
 MARGIN = 0.1  # ... and this much more than the best other place in the search window
 SEARCH_PX = 24  # search radius (px, working size) on the first frame after the point was verified
 GROWTH_PX = 12  # ... growing by this much per frame since then (the point may have moved on)
+SCALES = (1.0, 0.8, 1.25)  # the patch is looked for at its own size, then as if seen further and nearer
 
 
 def best_match(image: np.ndarray, template: np.ndarray, centre, radius: float):
@@ -93,18 +94,34 @@ def redetect_pass(frame, out, polished, similarity, todo, start, step_fn, looks_
 def _verified_match(frame, ref: int, p_ref, g1, centre, radius: float, step_fn, win: int):
     """The point's patch on frame ``ref`` (at ``p_ref``) looked for in ``g1`` within ``radius``
     of ``centre``: (sub-pixel position, NCC) when the match is strong, unique and verified by a
-    Lucas-Kanade step, else None."""
+    Lucas-Kanade step, else None. At the patch's own size first; only where nothing there is
+    strong and unique, resized by the other :data:`SCALES` (a point back after a zoom)."""
     g0 = frame(ref)
-    template = cv2.getRectSubPix(g0, (win, win), (float(p_ref[0]), float(p_ref[1])))
-    hit = best_match(g1, template, centre, radius)
-    if hit is None:
-        return None
-    at, peak, runner_up = hit
-    if peak < MIN_NCC or peak - runner_up < MARGIN:
-        return None
-    p1, ok, ncc = step_fn(g0, g1, np.asarray(p_ref, np.float64)[None], np.array([at], np.float64))
-    k = win // 2
-    inside = k <= p1[0, 0] <= g1.shape[1] - 1 - k and k <= p1[0, 1] <= g1.shape[0] - 1 - k
-    if ok[0] and ncc[0] >= MIN_NCC and inside:
-        return p1[0], float(ncc[0])
+    for scale in SCALES:
+        # Seen nearer or further than on ``ref`` (a point back after a long gap): the reference
+        # frame resized by ``scale``, so the patch, the match and the verifying step all compare
+        # like with like.
+        ps = np.asarray(p_ref, np.float64)
+        gs = g0 if scale == 1.0 else _scaled_about(g0, ps, scale)
+        template = cv2.getRectSubPix(gs, (win, win), (float(ps[0]), float(ps[1])))
+        hit = best_match(g1, template, centre, radius)
+        if hit is None:
+            continue
+        at, peak, runner_up = hit
+        if peak < MIN_NCC or peak - runner_up < MARGIN:
+            continue
+        p1, ok, ncc = step_fn(gs, g1, ps[None], np.array([at], np.float64))
+        k = win // 2
+        inside = k <= p1[0, 0] <= g1.shape[1] - 1 - k and k <= p1[0, 1] <= g1.shape[0] - 1 - k
+        if ok[0] and ncc[0] >= MIN_NCC and inside:
+            return p1[0], float(ncc[0])
+        if scale == 1.0:
+            return None  # it looks alike at its own scale but the step disagrees: not it
     return None
+
+
+def _scaled_about(image, p, scale: float):
+    """``image`` resized by ``scale`` about the point ``p`` (which stays where it is), same size."""
+    m = np.array([[scale, 0, (1 - scale) * p[0]], [0, scale, (1 - scale) * p[1]]], np.float64)
+    flags = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.warpAffine(image, m, (image.shape[1], image.shape[0]), flags=flags, borderMode=cv2.BORDER_REPLICATE)
