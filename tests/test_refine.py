@@ -6,11 +6,16 @@ import numpy as np
 from pipstrack.engine.refine import refine_trajectories
 
 
+def smooth_texture(rng, shape, sigma: float) -> np.ndarray:
+    """Blurred noise of ``shape`` stretched to the full 8-bit range: texture LK can lock on to."""
+    tex = cv2.GaussianBlur(rng.random(shape).astype(np.float32), (0, 0), sigma)
+    return (255 * (tex - tex.min()) / (tex.max() - tex.min())).astype(np.uint8)
+
+
 def textured_clip(T=12, H=96, W=128, seed=0):
     """A smooth texture translated by a known sub-pixel path; returns grey frames and the path."""
     rng = np.random.default_rng(seed)
-    tex = cv2.GaussianBlur(rng.random((H + 40, W + 40)).astype(np.float32), (0, 0), 2.0)
-    tex = (255 * (tex - tex.min()) / (tex.max() - tex.min())).astype(np.uint8)
+    tex = smooth_texture(rng, (H + 40, W + 40), 2.0)
     shift = np.cumsum(rng.uniform(-2.5, 2.5, (T, 2)), axis=0)
     shift[0] = 0
     frames = [
@@ -109,8 +114,7 @@ def plate_with_occluder(T=20, H=120, W=160, seed=0, grid=(5, 4)):
     """A textured plate under a slow zoom and pan, and a flat grey card crossing it left to
     right; frames, the true path of a grid of points on the plate, and their visibility."""
     rng = np.random.default_rng(seed)
-    tex = cv2.GaussianBlur(rng.random((H, W, 3)).astype(np.float32), (0, 0), 1.5)
-    tex = (255 * (tex - tex.min()) / (tex.max() - tex.min())).astype(np.uint8)
+    tex = smooth_texture(rng, (H, W, 3), 1.5)
     gx, gy = np.meshgrid(np.linspace(30, 130, grid[0]), np.linspace(30, 90, grid[1]))
     grid = np.c_[gx.ravel(), gy.ravel()]
     frames, truth, visible = [], [], []
@@ -261,8 +265,7 @@ def zooming_plate_with_card(T=16, H=120, W=160, zoom=0.72, seed=4):
     flat card that hides a point from frame 2 until four frames before the end; frames, the
     point's true path, and the frames it is hidden on."""
     rng = np.random.default_rng(seed)
-    tex = cv2.GaussianBlur(rng.random((H, W)).astype(np.float32), (0, 0), 1.5)
-    tex = (255 * (tex - tex.min()) / (tex.max() - tex.min())).astype(np.uint8)
+    tex = smooth_texture(rng, (H, W), 1.5)
     c = np.array([W / 2, H / 2])
     p0 = np.array([60.0, 50.0])
     frames, truth = [], []
@@ -280,7 +283,7 @@ def zooming_plate_with_card(T=16, H=120, W=160, zoom=0.72, seed=4):
     return frames, np.array(truth)[:, None], hidden
 
 
-def test_a_lone_point_back_nearer_or_further_is_found_again_at_its_new_scale():
+def test_a_lone_point_back_nearer_or_further_is_found_again_at_its_new_scale(monkeypatch):
     """Hidden while the camera zoomed out by a quarter, the point comes back too small for its
     last patch to match as it was: re-detection also looks for the patch resized, and the point
     is verified on every frame after the card. With the search at the patch's own scale only it
@@ -300,10 +303,6 @@ def test_a_lone_point_back_nearer_or_further_is_found_again_at_its_new_scale():
     err = np.linalg.norm(out - truth, axis=2)[:, 0]
     assert stats["redetected"] >= 1 and found[after, 0].all()
     assert err[after].max() < 0.5, err[after]
-    redetect_scales = redetect.SCALES
-    try:
-        redetect.SCALES = (1.0,)
-        _, found_own_scale, _, _ = run()
-    finally:
-        redetect.SCALES = redetect_scales
+    monkeypatch.setattr(redetect, "SCALES", (1.0,))
+    _, found_own_scale, _, _ = run()
     assert not found_own_scale[after, 0].any()

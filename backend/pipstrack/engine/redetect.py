@@ -97,11 +97,11 @@ def _verified_match(frame, ref: int, p_ref, g1, centre, radius: float, step_fn, 
     Lucas-Kanade step, else None. At the patch's own size first; only where nothing there is
     strong and unique, resized by the other :data:`SCALES` (a point back after a zoom)."""
     g0 = frame(ref)
+    ps = np.asarray(p_ref, np.float64)
     for scale in SCALES:
         # Seen nearer or further than on ``ref`` (a point back after a long gap): the reference
-        # frame resized by ``scale``, so the patch, the match and the verifying step all compare
-        # like with like.
-        ps = np.asarray(p_ref, np.float64)
+        # frame resized by ``scale`` about the point, so the patch, the match and the verifying
+        # step all compare like with like.
         gs = g0 if scale == 1.0 else _scaled_about(g0, ps, scale)
         template = cv2.getRectSubPix(gs, (win, win), (float(ps[0]), float(ps[1])))
         hit = best_match(g1, template, centre, radius)
