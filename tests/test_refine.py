@@ -306,3 +306,23 @@ def test_a_lone_point_back_nearer_or_further_is_found_again_at_its_new_scale(mon
     monkeypatch.setattr(redetect, "SCALES", (1.0,))
     _, found_own_scale, _, _ = run()
     assert not found_own_scale[after, 0].any()
+
+
+def test_a_frame_found_wrong_takes_the_frames_stepped_from_it_along():
+    """The company check drops a frame where a step slid a period off; the later frames were
+    stepped from it (their templates cut at the wrong place) and must go too, while frames
+    stepped from elsewhere, and other points, keep their verification."""
+    from pipstrack.engine.refine import stepped_from
+
+    T = 8
+    parent = np.full((T, 2), -1)
+    parent[1:4, 0] = [0, 1, 2]  # point 0: a chain 0 -> 1 -> 2 -> 3
+    parent[4:8, 0] = [3, 4, 5, 6]  # ... on to 7
+    parent[6, 0] = 0  # frame 6 was stepped again from the keyframe (a re-seeded pass)
+    parent[1:, 1] = np.arange(T - 1)  # point 1: one chain over the whole clip
+    bad = np.zeros((T, 2), bool)
+    bad[3, 0] = True  # the frame the company check found departing
+    out = stepped_from(bad, parent)
+    assert out[:, 0].tolist() == [False, False, False, True, True, True, False, False]
+    assert not out[:, 1].any()
+    assert not bad[4:, 0].any()  # the input is left as it was

@@ -68,6 +68,11 @@ EDGE_MATCH_MARGIN = 0.1  # ... and this much better than anywhere else in its wi
 COMPANY_CHECK = True
 COMPANY_REACH = np.inf  # ... judged by the neighbours within this share of the frame's long side
 COMPANY_NCC = 0.9  # ... and only where its patch looks less like its first anchor's than this
+# ... and where that frame was a step across a gap (the point taken up again after frames where
+# it was not verified), every frame stepped from it along the chain: they verified the same wrong
+# patch again. (A departure from the frame before is more often a deforming surface; what was
+# stepped from it keeps its own verification.)
+CHAINED_DROP = True
 
 
 def _ncc(g0, p0, g1, p1, win: int = WIN) -> np.ndarray:
@@ -128,6 +133,9 @@ def refine_trajectories(
             if f in row:
                 keyed[row[f], n] = True
     polished = keyed.copy()  # frames whose position is trustworthy: keyframes and accepted steps
+    # The frame each accepted step started from (its template was cut there; -1: none, a keyframe,
+    # a lead frame or a re-detection): a frame found wrong takes the frames stepped from it along.
+    parent = np.full((T, N), -1)
     tracked = np.isfinite(xy[..., 0])
     led = np.zeros((T, N), bool) if verified is None else np.isfinite(verified) & tracked & ~keyed
     stats = {"comotion": 0, "led": int(led.sum())}
@@ -169,6 +177,7 @@ def refine_trajectories(
             own_motion=OWN_MOTION,
             levels=SEEDED_LEVELS,
             tick=tick_fn,
+            parent=parent,
         )
 
     clock = [time.perf_counter()]
@@ -196,11 +205,16 @@ def refine_trajectories(
 
         reach = COMPANY_REACH * max(frame(0).shape[:2])
         bad = departures(out, polished, keyed, reach=reach, doubt=doubt, check=check, points=points)
+        if CHAINED_DROP:  # a point taken up again after a gap where it was not: what chained from it goes too
+            rows = np.arange(T)[:, None]
+            across = bad & (parent >= 0) & (np.abs(rows - parent) > 1)
+            bad |= stepped_from(across, parent)
         polished[bad], similarity[bad] = False, np.nan
         judged = polished.copy()
         stats["departed"] += int(bad.sum())
 
-    _lk_pass(frame, out, xy, visible, start, polished, similarity, tracked & ~keyed & ~led, radius, tick=sweep_tick(0))
+    todo = tracked & ~keyed & ~led
+    _lk_pass(frame, out, xy, visible, start, polished, similarity, todo, radius, tick=sweep_tick(0), parent=parent)
     drop_departures()
     lap("polish")
     pred = None
@@ -252,7 +266,7 @@ def refine_trajectories(
             if comotion and N > 1:
                 pred = comotion_fill(out, polished, check)
         lap("re-detection")
-    edge = _edge_pass(frame, out, pred, polished, similarity, tracked, start, check) if EDGE_PASS else 0
+    edge = _edge_pass(frame, out, pred, polished, similarity, tracked, start, check, parent) if EDGE_PASS else 0
     stats["edge"] = edge
     before = stats["departed"]
     drop_departures()
@@ -292,7 +306,7 @@ def refine_trajectories(
     return out.astype(np.float32), polished, similarity, stats
 
 
-def _edge_pass(frame, out, pred, polished, similarity, tracked, start, check=None) -> int:
+def _edge_pass(frame, out, pred, polished, similarity, tracked, start, check=None, parent=None) -> int:
     """The frames an occluder's edge leaves in view but the WIN-wide patch cannot verify, for
     each point: narrow ``EDGE_WIN`` steps into each unverified stretch from the verified frame on
     either side, one frame at a time while they are accepted (seeded by the co-moving prediction,
@@ -300,7 +314,8 @@ def _edge_pass(frame, out, pred, polished, similarity, tracked, start, check=Non
     patch of the nearest verified frame looked for within ``2 * EDGE_RADIUS`` of the best estimate
     there (a short stretch between two occluders), stepping on from what it finds. Updates
     ``out``, ``polished`` and ``similarity`` in place; returns how many frames it verified.
-    ``check``, if given, is called before each point (a cancel raises there)."""
+    ``check``, if given, is called before each point (a cancel raises there); ``parent``, if
+    given, records the frame each accepted step started from."""
     from .redetect import best_match
 
     T, N = out.shape[:2]
@@ -310,7 +325,7 @@ def _edge_pass(frame, out, pred, polished, similarity, tracked, start, check=Non
             check()
         if not (tracked[:, n] & ~polished[:, n]).any() or not polished[:, n].any():
             continue
-        found += _step_into_gaps(frame, out, pred, polished, similarity, tracked, start, n)
+        found += _step_into_gaps(frame, out, pred, polished, similarity, tracked, start, n, parent)
         for t in np.flatnonzero(tracked[:, n] & ~polished[:, n]):
             if polished[t, n]:
                 continue
@@ -325,11 +340,13 @@ def _edge_pass(frame, out, pred, polished, similarity, tracked, start, check=Non
             p1, ok, ncc = _narrow_step(g0, g1, out[ref, n], np.asarray(hit[0], np.float64))
             if ok and _looks_like_anchor(frame, out, start, n, g1, p1):
                 out[t, n], similarity[t, n], polished[t, n] = p1, ncc, True
-                found += 1 + _step_into_gaps(frame, out, pred, polished, similarity, tracked, start, n)
+                if parent is not None:
+                    parent[t, n] = ref
+                found += 1 + _step_into_gaps(frame, out, pred, polished, similarity, tracked, start, n, parent)
     return found
 
 
-def _step_into_gaps(frame, out, pred, polished, similarity, tracked, start, n) -> int:
+def _step_into_gaps(frame, out, pred, polished, similarity, tracked, start, n, parent=None) -> int:
     """Narrow steps into every unverified stretch of point ``n`` from both ends (see _edge_pass)."""
     T = out.shape[0]
     found = 0
@@ -347,6 +364,8 @@ def _step_into_gaps(frame, out, pred, polished, similarity, tracked, start, n) -
                 p1, ok, ncc = _narrow_step(frame(r), frame(t), out[r, n], np.asarray(seed, np.float64))
                 if ok and _looks_like_anchor(frame, out, start, n, frame(t), p1):
                     out[t, n], similarity[t, n], polished[t, n] = p1, ncc, True
+                    if parent is not None:
+                        parent[t, n] = r
                     found += 1
                     break
     return found
@@ -394,13 +413,25 @@ def _own_motion_fill(out, net, good) -> None:
 
 
 def _lk_pass(
-    frame, out, seeds, visible, start, polished, similarity, todo, radius, own_motion=False, levels=LEVELS, tick=None
+    frame,
+    out,
+    seeds,
+    visible,
+    start,
+    polished,
+    similarity,
+    todo,
+    radius,
+    own_motion=False,
+    levels=LEVELS,
+    tick=None,
+    parent=None,
 ) -> None:
     """One Lucas-Kanade sweep away from each point's first anchor, forward then backward, over
     the frames in ``todo``: each step starts at the point's last trustworthy position and is
     seeded by ``seeds`` (NaN: no step, or with ``own_motion`` the point's velocity between its
     last two trustworthy frames carried on); accepted steps update ``out``, ``polished`` and
-    ``similarity`` in place."""
+    ``similarity`` (and ``parent``, where given: the frame each step started from) in place."""
     T = out.shape[0]
     for half, (step, ts) in enumerate(((1, range(1, T)), (-1, range(T - 2, -1, -1)))):
         # Each point chains from its last trustworthy position (its anchor, a keyframe, or a
@@ -437,8 +468,24 @@ def _lk_pass(
                 out[t, idx[ok]] = p1[ok]
                 polished[t, idx[ok]] = True
                 similarity[t, idx[ok]] = ncc[ok]
+                if parent is not None:
+                    parent[t, idx[ok]] = lt
                 prev_t[idx[ok]] = last_t[idx[ok]]
                 last_t[idx[ok]] = t
+
+
+def stepped_from(bad: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """``bad`` (T,N bool) and every frame stepped from a bad one, directly or along a chain of
+    steps (``parent``: the frame each step started from, -1 for none). Why: a step compares with
+    the patch where its chain last was; from a wrong frame it verifies the wrong patch again (a
+    repeating texture a period off looks like the point's anchor as well as the point does)."""
+    bad = bad.copy()
+    cols = np.arange(bad.shape[1])[None]
+    while True:
+        inherit = (parent >= 0) & bad[np.maximum(parent, 0), cols] & ~bad
+        if not inherit.any():
+            return bad
+        bad |= inherit
 
 
 def lk_there_and_back(g0, g1, p0, seed, win: int, levels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
