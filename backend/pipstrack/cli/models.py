@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import EXIT_FAILURE, CliError, add_device_options
+from .common import EXIT_FAILURE, CliError, add_device_options, add_threads_option, resolve_threads
 
 
 def cmd_weights(args) -> int:
@@ -133,7 +133,7 @@ def cmd_teach(args) -> int:
     unknown = [c for c in clips if c not in CLIPS]
     if unknown:
         raise CliError(f"--clips: unknown clip(s) {', '.join(unknown)}; known: {', '.join(CLIPS)}")
-    tracker = Tracker(load_model(args.model), device=args.device, threads=args.threads)
+    tracker = Tracker(load_model(args.model), device=args.device, threads=resolve_threads(args.threads))
     try:
         summary = build_bank(
             args.out, clips, points=args.points, tracker=tracker, progress=lambda m: print(m, file=sys.stderr)
@@ -328,5 +328,5 @@ def add_parsers(sub) -> None:
     te.add_argument("--points", type=int, default=256, help="query points per clip (default 256)")
     te.add_argument("--model", default=None, help="the teacher's network weights (default: the shipped ones)")
     te.add_argument("--device", default="cpu")
-    te.add_argument("--threads", type=int, default=None)
+    add_threads_option(te)  # a teach run takes tens of minutes: it must not collapse when a core gets busy
     te.set_defaults(func=cmd_teach)
