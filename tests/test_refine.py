@@ -326,3 +326,34 @@ def test_a_frame_found_wrong_takes_the_frames_stepped_from_it_along():
     assert out[:, 0].tolist() == [False, False, False, True, True, True, False, False]
     assert not out[:, 1].any()
     assert not bad[4:, 0].any()  # the input is left as it was
+
+
+def test_a_re_detection_records_whose_patch_found_it():
+    """Re-detection is a search from the patch of a verified frame: it records that frame as the
+    match's parent, so that a frame later found wrong takes what was re-detected from it along."""
+    from pipstrack.engine.redetect import redetect_pass
+    from pipstrack.engine.refine import REDETECT_RADIUS, WIN, _lk_step, stepped_from
+
+    frames, shift = textured_clip(seed=3)
+    T = len(frames)
+    truth = np.array([50.0, 40.0]) + shift
+    out = truth[:, None].copy()
+    out[4:, 0] += 25.0  # lost from frame 4 on
+    polished = np.zeros((T, 1), bool)
+    polished[:4] = True
+    similarity = np.where(polished, 1.0, np.nan)
+    parent = np.full((T, 1), -1)
+
+    def verify(g0, g1, p0, seed):
+        return _lk_step(g0, g1, p0, seed, np.ones(len(p0), bool), REDETECT_RADIUS, levels=0)
+
+    found = redetect_pass(
+        lambda t: frames[t], out, polished, similarity, ~polished, np.array([0]), verify,
+        lambda n, g1, p: True, win=WIN, parent=parent,
+    )  # fmt: skip
+    assert found == T - 4 and polished.all()
+    assert np.linalg.norm(out[:, 0] - truth, axis=1).max() < 0.1
+    assert parent[4:, 0].tolist() == list(range(3, T - 1))  # each found by the patch of the frame before
+    bad = np.zeros((T, 1), bool)
+    bad[5] = True
+    assert np.flatnonzero(stepped_from(bad, parent)[:, 0]).tolist() == list(range(5, T))

@@ -45,12 +45,15 @@ def best_match(image: np.ndarray, template: np.ndarray, centre, radius: float):
     return (x0 + px + k, y0 + py + k), float(peak), float(others.max()) if others.size else -1.0
 
 
-def redetect_pass(frame, out, polished, similarity, todo, start, step_fn, looks_like, *, win: int, tick=None) -> int:
+def redetect_pass(
+    frame, out, polished, similarity, todo, start, step_fn, looks_like, *, win: int, tick=None, parent=None
+) -> int:
     """One sweep away from each point's first anchor (forward, then backward) over the frames in
     ``todo`` that are not polished: looks for the point's patch from its last polished frame on
     that side; accepted matches update ``out``, ``polished`` and ``similarity`` in place.
     ``step_fn(g0, g1, p0, seed)`` is the verifying Lucas-Kanade step: (positions, accepted, ncc);
-    ``looks_like(n, g1, p)`` whether point ``n`` at ``p`` in ``g1`` still looks like its anchor.
+    ``looks_like(n, g1, p)`` whether point ``n`` at ``p`` in ``g1`` still looks like its anchor;
+    ``parent``, if given, records the frame whose patch each match was found by.
     Returns how many frames were found."""
     T = out.shape[0]
     found = 0
@@ -85,6 +88,8 @@ def redetect_pass(frame, out, polished, similarity, todo, start, step_fn, looks_
                     if at is not None and looks_like(n, g1, at[0]):
                         out[t, n], similarity[t, n] = at
                         polished[t, n] = True
+                        if parent is not None:
+                            parent[t, n] = ref
                         advance(n, t)
                         found += 1
                         break

@@ -74,6 +74,9 @@ COMPANY_WIN = WIN  # ... (the patch this wide, px)
 # patch again. (A departure from the frame before is more often a deforming surface; what was
 # stepped from it keeps its own verification.)
 CHAINED_DROP = True
+# ... and so where it was a re-detection (a search, not a step), and through re-detections: a
+# point re-detected by the patch of a wrong frame was found at the wrong place again.
+CHAINED_SEARCH = True
 
 
 def _ncc(g0, p0, g1, p1, win: int = WIN) -> np.ndarray:
@@ -134,8 +137,9 @@ def refine_trajectories(
             if f in row:
                 keyed[row[f], n] = True
     polished = keyed.copy()  # frames whose position is trustworthy: keyframes and accepted steps
-    # The frame each accepted step started from (its template was cut there; -1: none, a keyframe,
-    # a lead frame or a re-detection): a frame found wrong takes the frames stepped from it along.
+    # The frame each accepted step started from, or each re-detection's patch came from (its
+    # template was cut there; -1: none, a keyframe or a lead frame): a frame found wrong takes the
+    # frames stepped from it along.
     parent = np.full((T, N), -1)
     tracked = np.isfinite(xy[..., 0])
     led = np.zeros((T, N), bool) if verified is None else np.isfinite(verified) & tracked & ~keyed
@@ -191,6 +195,7 @@ def refine_trajectories(
 
     stats["departed"] = 0
     judged = None  # the verified frames as the last check left them
+    searched = np.zeros((T, N), bool)  # the frames re-detection found (a search, not a step)
 
     def drop_departures():  # verified frames the company disagrees with are not verified
         nonlocal judged
@@ -206,9 +211,9 @@ def refine_trajectories(
 
         reach = COMPANY_REACH * max(frame(0).shape[:2])
         bad = departures(out, polished, keyed, reach=reach, doubt=doubt, check=check, points=points)
-        if CHAINED_DROP:  # a point taken up again after a gap where it was not: what chained from it goes too
+        if CHAINED_DROP:  # a point taken up again after a gap, or by a search: what chained from it goes too
             rows = np.arange(T)[:, None]
-            across = bad & (parent >= 0) & (np.abs(rows - parent) > 1)
+            across = bad & (parent >= 0) & ((np.abs(rows - parent) > 1) | searched)
             bad |= stepped_from(across, parent)
         polished[bad], similarity[bad] = False, np.nan
         judged = polished.copy()
@@ -248,6 +253,7 @@ def refine_trajectories(
         def looks_like(n, g1, p):
             return _looks_like_anchor(frame, out, start, n, g1, p)
 
+        before_search = polished.copy()
         found = redetect_pass(
             frame,
             out,
@@ -259,7 +265,9 @@ def refine_trajectories(
             looks_like,
             win=WIN,
             tick=sweep_tick(k, "re-detection"),
+            parent=parent if CHAINED_SEARCH else None,
         )
+        searched[:] = polished & (parent >= 0) & ~before_search & CHAINED_SEARCH
         stats["redetected"] = found
         if found:  # chain on from where points were found again
             no_seeds = np.full_like(xy, np.nan)
