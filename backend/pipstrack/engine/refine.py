@@ -68,7 +68,6 @@ EDGE_MATCH_MARGIN = 0.1  # ... and this much better than anywhere else in its wi
 COMPANY_CHECK = True
 COMPANY_REACH = np.inf  # ... judged by the neighbours within this share of the frame's long side
 COMPANY_NCC = 0.9  # ... and only where its patch looks less like its first anchor's than this
-COMPANY_WIN = WIN  # ... (the patch this wide, px)
 # ... and where that frame was a step across a gap (the point taken up again after frames where
 # it was not verified), every frame stepped from it along the chain: they verified the same wrong
 # patch again. (A departure from the frame before is more often a deforming surface; what was
@@ -207,7 +206,7 @@ def refine_trajectories(
 
         def doubt(t, n):  # the patch there no longer looks much like the point's on its first anchor
             s = start[n]
-            return _ncc(frame(s), out[[s], n], frame(t), out[[t], n], COMPANY_WIN)[0] < COMPANY_NCC
+            return _ncc(frame(s), out[[s], n], frame(t), out[[t], n])[0] < COMPANY_NCC
 
         reach = COMPANY_REACH * max(frame(0).shape[:2])
         bad = departures(out, polished, keyed, reach=reach, doubt=doubt, check=check, points=points)
