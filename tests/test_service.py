@@ -805,7 +805,9 @@ def test_cancel_within_a_second_in_every_stage(server):
     try:
         for stage in ("classical lead", "network", "refinement", "co-motion", "re-detection", "anchored polish"):
             job = stage_job(conn)
-            deadline = time.monotonic() + 60
+            # reaching a stage is not what is tested (this job loses every point, so re-detection
+            # and the edge pass take most of its ~80 s here); the cancel once it is there is
+            deadline = time.monotonic() + 240
             while job.stage != stage and not job.done and time.monotonic() < deadline:
                 job.poll()
                 time.sleep(0.005)
