@@ -21,21 +21,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 
-from pipstrack.evaluation.metrics import LOST_PX  # noqa: E402
-
-BASE = ("synthetic", "photo")
+from pipstrack.evaluation.metrics import LOST_PX, errors_where  # noqa: E402
 
 
 def clips(families, count, frames, size, points, seed):
-    from pipstrack.evaluation import harness
+    """``count`` clips of each of ``families`` ("synthetic", "photo" or an eval family)."""
+    from pipstrack.evaluation.harness import evaluation_clips
 
-    for fam in families:
-        if fam == "synthetic":
-            yield from harness.synthetic_clips(count, frames, size, points, seed)
-        elif fam == "photo":
-            yield from harness.photo_clips(count, frames, size, points, seed)
-        else:
-            yield from harness.family_clips(fam, count, frames, size, points, seed)
+    n = {fam: count if fam in families else 0 for fam in ("synthetic", "photo")}
+    others = [f for f in families if f not in n]
+    return evaluation_clips(n["synthetic"], n["photo"], others, count, frames, size, points, seed)
 
 
 def apply_settings(settings):
@@ -57,8 +52,8 @@ def track_rows(clip, xy, vis):
     evaluated = np.ones_like(clip.visible)
     evaluated[clip.query_frame, np.arange(dist.shape[1])] = False
     seen = clip.visible & evaluated
-    worst = np.where(seen, np.nan_to_num(dist, nan=np.inf), -np.inf).max(axis=0)
-    claimed = np.where(seen & vis, np.nan_to_num(dist, nan=np.inf), -np.inf)
+    worst = errors_where(dist, seen).max(axis=0)
+    claimed = errors_where(dist, seen & vis)
     return worst, claimed.max(axis=0), claimed.argmax(axis=0), seen.any(axis=0)
 
 

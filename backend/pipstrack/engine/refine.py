@@ -252,7 +252,7 @@ def refine_trajectories(
         def looks_like(n, g1, p):
             return _looks_like_anchor(frame, out, start, n, g1, p)
 
-        before_search = polished.copy()
+        before_search = polished.copy() if CHAINED_SEARCH else None
         found = redetect_pass(
             frame,
             out,
@@ -266,7 +266,8 @@ def refine_trajectories(
             tick=sweep_tick(k, "re-detection"),
             parent=parent if CHAINED_SEARCH else None,
         )
-        searched[:] = polished & (parent >= 0) & ~before_search & CHAINED_SEARCH
+        if CHAINED_SEARCH:  # what this pass verified (it records each match's parent)
+            searched |= polished & ~before_search
         stats["redetected"] = found
         if found:  # chain on from where points were found again
             no_seeds = np.full_like(xy, np.nan)

@@ -134,6 +134,15 @@ def family_clips(family: str, count: int, frames: int, size: tuple[int, int], po
         yield EvalClip(label, family, clip["rgbs"], clip["trajs"], clip["visible"], clip["query_frames"])
 
 
+def evaluation_clips(synthetic: int, photo: int, families, family_count: int, frames, size, points, seed):
+    """The evaluation's clips in its order: ``synthetic`` synthetic clips, ``photo`` photo clips,
+    then ``family_count`` clips of each of ``families``."""
+    yield from synthetic_clips(synthetic, frames, size, points, seed)
+    yield from photo_clips(photo, frames, size, points, seed)
+    for family in families:
+        yield from family_clips(family, family_count, frames, size, points, seed)
+
+
 # -- running ---------------------------------------------------------------------------------------------
 
 
@@ -395,13 +404,8 @@ def evaluate(
     if any(b.startswith("blender") for b in baselines):
         blender_available()  # import bpy now (~1 s), not inside the first clip's timing
 
-    def clips():
-        yield from synthetic_clips(synthetic, frames, size, points, seed)
-        yield from photo_clips(photo, frames, size, points, seed)
-        for family in families:
-            yield from family_clips(family, family_count, frames, size, points, seed)
-
-    runs = run_eval(methods, clips(), total=synthetic + photo + family_count * len(families), progress=progress)
+    clips = evaluation_clips(synthetic, photo, families, family_count, frames, size, points, seed)
+    runs = run_eval(methods, clips, total=synthetic + photo + family_count * len(families), progress=progress)
     H, W = size
     title = (
         f"pipstrack eval: {frames} frames of {H}x{W} (HxW), up to {points} points per clip, "

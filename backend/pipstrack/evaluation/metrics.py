@@ -56,7 +56,7 @@ def tapvid_metrics(pred_xy, pred_visible, gt_xy, gt_visible, size, query_frames=
     out.update(per_track_summary(dist, vis_eval))
     # Wrong while claiming to see it: tracks more than LOST_PX off on a frame the method reports
     # as visible (and the point is) -- the failure an artist cannot see in the tool.
-    d_claimed = np.where(claimed, np.nan_to_num(dist, nan=np.inf), -np.inf).max(axis=0)
+    d_claimed = errors_where(dist, claimed).max(axis=0)
     tracked_any = vis_eval.any(axis=0)
     out["silent_tracks"] = float(np.mean(d_claimed[tracked_any] > LOST_PX)) if tracked_any.any() else np.nan
     # Back after an occlusion: the error on visible frames after a point's first hidden in-frame
@@ -73,11 +73,16 @@ def tapvid_metrics(pred_xy, pred_visible, gt_xy, gt_visible, size, query_frames=
 LOST_PX = 8.0  # a track this far off on any visible frame is lost, whatever its median says
 
 
+def errors_where(dist: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """(T,N) errors on ``frames`` (an untracked position, NaN, counts as infinitely off) and -inf
+    elsewhere: a track's maximum over time is its worst error on those frames."""
+    return np.where(frames, np.nan_to_num(dist, nan=np.inf), -np.inf)
+
+
 def per_track_summary(dist: np.ndarray, visible: np.ndarray) -> dict:
     """Medians hide failures: the worst error of each track on its visible frames (median over
     tracks) and the share of tracks more than ``LOST_PX`` off on at least one visible frame."""
-    d = np.where(visible, np.nan_to_num(dist, nan=np.inf), -np.inf)
-    worst = d.max(axis=0)[visible.any(axis=0)]
+    worst = errors_where(dist, visible).max(axis=0)[visible.any(axis=0)]
     if not len(worst):
         return {"worst_err_visible": np.nan, "lost_tracks": np.nan}
     return {"worst_err_visible": float(np.median(worst)), "lost_tracks": float(np.mean(worst > LOST_PX))}
