@@ -120,7 +120,6 @@ def _carry(p_r, q_r, q_t) -> tuple[np.ndarray, int, float]:
     scale = float(np.mean(np.linalg.norm(d, axis=1))) + 1.0  # keeps the normal equations well scaled
     d = d / scale
     w0 = 1.0 / (np.linalg.norm(d, axis=1) * scale + 8.0)
-    zero, one = np.zeros(len(d)), np.ones(len(d))
     motion = q_t - q_r  # (k,2)
     spread = len(d) >= 4 and _spread(d)  # points near a line say nothing across it (affine needs 4)
     perspective = None
@@ -129,26 +128,33 @@ def _carry(p_r, q_r, q_t) -> tuple[np.ndarray, int, float]:
         # h32 y + 1) about the point, written linearly in the h's (u, v: the neighbours' new
         # offsets from the point's old position, px); the point itself goes to (h13, h23)
         u = q_t - p_r
-        rows_x = np.c_[d, one, zero, zero, zero, -d[:, 0] * u[:, 0], -d[:, 1] * u[:, 0]]
-        rows_y = np.c_[zero, zero, zero, d, one, -d[:, 0] * u[:, 1], -d[:, 1] * u[:, 1]]
+        rows_x, rows_y = _design(d, 8)
+        rows_x[:, 6:] = -d * u[:, :1]
+        rows_y[:, 6:] = -d * u[:, 1:]
         params = _robust_fit(rows_x, rows_y, u, w0)
         if params is not None:
             den = 1.0 + d @ params[6:8]
             if (den > 0.5).all():  # no neighbour behind the horizon: a sane perspective
-                fit = np.c_[(d @ params[0:2] + params[2]) / den, (d @ params[3:5] + params[5]) / den]
-                miss = float(np.median(np.hypot(*(fit - u).T)))
+                fit_x = (d @ params[0:2] + params[2]) / den
+                fit_y = (d @ params[3:5] + params[5]) / den
+                miss = float(np.median(np.hypot(fit_x - u[:, 0], fit_y - u[:, 1])))
                 perspective = (p_r + params[[2, 5]], 4, miss)
-    affine = (np.c_[d, one, zero, zero, zero], np.c_[zero, zero, zero, d, one], (2, 5), 3)
-    similarity = (np.c_[d[:, 0], -d[:, 1], one, zero], np.c_[d[:, 1], d[:, 0], zero, one], (2, 3), 2)
-    for rows_x, rows_y, const, rank in (affine, similarity):
-        if len(d) * 2 < rows_x.shape[1] + 1:  # at least one equation more than unknowns
+    for const, rank in (((2, 5), 3), ((2, 3), 2)):  # affine, then similarity
+        unknowns = 6 if rank == 3 else 4
+        if len(d) * 2 < unknowns + 1:  # at least one equation more than unknowns
             continue
         if rank == 3 and not spread:
             continue
+        if rank == 3:
+            rows_x, rows_y = _design(d, 6)
+        else:  # u = a x - b y + tx, v = b x + a y + ty
+            rows_x, rows_y = np.zeros((len(d), 4)), np.zeros((len(d), 4))
+            rows_x[:, 0], rows_x[:, 1], rows_x[:, 2] = d[:, 0], -d[:, 1], 1.0
+            rows_y[:, 0], rows_y[:, 1], rows_y[:, 3] = d[:, 1], d[:, 0], 1.0
         params = _robust_fit(rows_x, rows_y, motion, w0)
         if params is not None:
-            miss = np.c_[rows_x @ params, rows_y @ params] - motion
-            fitted = (p_r + params[list(const)], rank, float(np.median(np.hypot(miss[:, 0], miss[:, 1]))))
+            miss_x, miss_y = rows_x @ params - motion[:, 0], rows_y @ params - motion[:, 1]
+            fitted = (p_r + params[list(const)], rank, float(np.median(np.hypot(miss_x, miss_y))))
             # perspective only where it explains the neighbours clearly better: with noisy or
             # non-rigid motion its two extra terms fit the noise and carry the point by it
             if perspective is not None and perspective[2] < PERSPECTIVE_GAIN * fitted[2] - 0.05:
@@ -156,6 +162,15 @@ def _carry(p_r, q_r, q_t) -> tuple[np.ndarray, int, float]:
             return fitted
     shift = (w0[:, None] * motion).sum(0) / w0.sum()
     return p_r + shift, 1, float(np.median(np.linalg.norm(motion - shift, axis=1)))
+
+
+def _design(d: np.ndarray, unknowns: int) -> tuple[np.ndarray, np.ndarray]:
+    """The x and y rows of an affine fit about the point (u = a x + b y + tx, v = c x + d y + ty),
+    ``unknowns`` columns wide (the perspective's two extra ones left zero for the caller)."""
+    rows_x, rows_y = np.zeros((len(d), unknowns)), np.zeros((len(d), unknowns))
+    rows_x[:, 0:2], rows_x[:, 2] = d, 1.0
+    rows_y[:, 3:5], rows_y[:, 5] = d, 1.0
+    return rows_x, rows_y
 
 
 def _spread(d: np.ndarray) -> bool:
@@ -169,15 +184,16 @@ def _robust_fit(rows_x, rows_y, motion, w, rounds: int = 3):
     """Weighted least squares of ``motion`` (k,2) on a linear model whose x and y equations are
     ``rows_x`` and ``rows_y`` (k,p), a neighbour the fit does not explain (half covered, a wrong
     match) weighed down each round; None when the neighbours cannot determine it."""
-    D = np.r_[rows_x, rows_y]
-    y = np.r_[motion[:, 0], motion[:, 1]]
+    D = np.concatenate((rows_x, rows_y))
+    y = np.concatenate((motion[:, 0], motion[:, 1]))
     params = None
     for _ in range(rounds):
-        ww = np.r_[w, w]
-        A = (D * ww[:, None]).T @ D
-        if np.linalg.cond(A) > 1e8:
+        Dw = D * np.concatenate((w, w))[:, None]
+        A = Dw.T @ D
+        s = np.linalg.svd(A, compute_uv=False)  # what np.linalg.cond computes, without its overhead
+        if not s[-1] > 0 or s[0] / s[-1] > 1e8:
             return params
-        params = np.linalg.solve(A, (D * ww[:, None]).T @ y)
+        params = np.linalg.solve(A, Dw.T @ y)
         r = (D @ params - y).reshape(2, -1)
         w = w / (1.0 + (np.hypot(r[0], r[1]) / 0.5) ** 2)
     return params

@@ -37,12 +37,15 @@ def best_match(image: np.ndarray, template: np.ndarray, centre, radius: float):
     if x1 - x0 <= 2 * k or y1 - y0 <= 2 * k:
         return None
     score = cv2.matchTemplate(image[y0:y1, x0:x1], template, cv2.TM_CCOEFF_NORMED)
-    score = np.nan_to_num(score, nan=-1.0)  # flat windows
+    if np.isnan(score).any():
+        np.nan_to_num(score, copy=False, nan=-1.0)  # flat windows
     _, peak, _, (px, py) = cv2.minMaxLoc(score)
-    others = score.copy()
     s = 2 * k + 1  # anything within a template's width of the peak is the same match
-    others[max(py - s + 1, 0) : py + s, max(px - s + 1, 0) : px + s] = -1.0
-    return (x0 + px + k, y0 + py + k), float(peak), float(others.max()) if others.size else -1.0
+    ya, yb, xa, xb = max(py - s + 1, 0), py + s, max(px - s + 1, 0), px + s
+    # the best score outside that box: the rows above and below it, and left and right of it
+    parts = (score[:ya], score[yb:], score[ya:yb, :xa], score[ya:yb, xb:])
+    runner_up = max((float(part.max()) for part in parts if part.size), default=-1.0)
+    return (x0 + px + k, y0 + py + k), float(peak), runner_up
 
 
 def redetect_pass(
@@ -57,6 +60,7 @@ def redetect_pass(
     Returns how many frames were found."""
     T = out.shape[0]
     found = 0
+    templates = {}  # per point: a lost one is looked for on every later frame with the same few patches
     for half, ts in enumerate((range(1, T), range(T - 2, -1, -1))):
         forward = half == 0
         last_t = start.copy()  # the point's last verified frame on this side
@@ -83,8 +87,12 @@ def redetect_pass(
                 # The patch of the last verified frame looks most like the point now, but right
                 # after an occluder it may still hold the occluder's edge: the last verified
                 # patch before that gap, and the first keyframe's, are the other candidates.
-                for ref in dict.fromkeys(r for r in (int(lt), int(before_gap[n]), int(start[n])) if r >= 0):
-                    at = _verified_match(frame, ref, out[ref, n], g1, out[lt, n], radius, step_fn, win)
+                refs = dict.fromkeys(r for r in (int(lt), int(before_gap[n]), int(start[n])) if r >= 0)
+                cut = templates.setdefault(n, {})
+                for key in [key for key in cut if key[0] not in refs]:  # patches no longer looked for
+                    del cut[key]
+                for ref in refs:
+                    at = _verified_match(frame, ref, out[ref, n], g1, out[lt, n], radius, step_fn, win, cut)
                     if at is not None and looks_like(n, g1, at[0]):
                         out[t, n], similarity[t, n] = at
                         polished[t, n] = True
@@ -96,25 +104,33 @@ def redetect_pass(
     return found
 
 
-def _verified_match(frame, ref: int, p_ref, g1, centre, radius: float, step_fn, win: int):
+def _verified_match(frame, ref: int, p_ref, g1, centre, radius: float, step_fn, win: int, templates=None):
     """The point's patch on frame ``ref`` (at ``p_ref``) looked for in ``g1`` within ``radius``
     of ``centre``: (sub-pixel position, NCC) when the match is strong, unique and verified by a
     Lucas-Kanade step, else None. At the patch's own size first; only where nothing there is
-    strong and unique, resized by the other :data:`SCALES` (a point back after a zoom)."""
-    g0 = frame(ref)
+    strong and unique, resized by the other :data:`SCALES` (a point back after a zoom).
+    ``templates``, a dict if given, keeps the patches cut for later calls."""
     ps = np.asarray(p_ref, np.float64)
-    for scale in SCALES:
+    templates = {} if templates is None else templates
+
+    def reference(scale):
         # Seen nearer or further than on ``ref`` (a point back after a long gap): the reference
         # frame resized by ``scale`` about the point, so the patch, the match and the verifying
         # step all compare like with like.
-        gs = g0 if scale == 1.0 else _scaled_about(g0, ps, scale)
-        template = cv2.getRectSubPix(gs, (win, win), (float(ps[0]), float(ps[1])))
-        hit = best_match(g1, template, centre, radius)
+        g0 = frame(ref)
+        return g0 if scale == 1.0 else _scaled_about(g0, ps, scale)
+
+    for scale in SCALES:
+        key = (ref, float(ps[0]), float(ps[1]), scale, win)
+        if key not in templates:
+            templates[key] = cv2.getRectSubPix(reference(scale), (win, win), (float(ps[0]), float(ps[1])))
+        hit = best_match(g1, templates[key], centre, radius)
         if hit is None:
             continue
         at, peak, runner_up = hit
         if peak < MIN_NCC or peak - runner_up < MARGIN:
             continue
+        gs = reference(scale)
         p1, ok, ncc = step_fn(gs, g1, ps[None], np.array([at], np.float64))
         k = win // 2
         inside = k <= p1[0, 0] <= g1.shape[1] - 1 - k and k <= p1[0, 1] <= g1.shape[0] - 1 - k
