@@ -1,5 +1,6 @@
 """The thread budget: a fixed count is kept; 'auto' gives up the cores another process uses."""
 
+import json
 import subprocess
 import sys
 import time
@@ -40,3 +41,20 @@ def test_auto_leaves_a_core_to_a_process_that_keeps_it_busy(restore_threads):
     finally:
         hog.kill()
         hog.wait()
+
+
+def test_the_budget_also_narrows_numpys_blas_pool():
+    # In a child process: the limit holds for the rest of the process it is set in.
+    code = (
+        "import json, numpy, threadpoolctl\n"
+        "from pipstrack.engine.threads import ThreadBudget, BLAS_THREADS\n"
+        "def pool():\n"
+        "    return [d['num_threads'] for d in threadpoolctl.threadpool_info()\n"
+        "            if d['user_api'] == 'blas' and 'numpy' in d['filepath']]\n"
+        "before = pool()\n"
+        "ThreadBudget(None)\n"
+        "print(json.dumps([before, pool(), BLAS_THREADS]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    before, after, want = json.loads(out)
+    assert before and after == [want] * len(before)

@@ -7,6 +7,12 @@ sample clip took 17.1 s with one core busy against 5.2 s idle, while one thread 
 way (docs/performance.md). So the tracker uses as many threads as there are cores that no other
 process is using, measured from /proc/stat (Linux) minus this process's own CPU time, re-checked
 between network calls. Elsewhere, or when asked for a fixed count, the count is fixed.
+
+numpy's BLAS (OpenBLAS: the refinement's and co-motion's small matrix products and fits) has a
+pool of its own, as wide as the machine, whose threads hand work to each other on every call:
+beside another process, even a niced one, each hand-over waits for the scheduler, and the clean
+benchmark clip's polish took 39 s instead of 1.2 s (docs/performance.md). Those products are too
+small to gain from threads, so wherever the budget is used the BLAS pool gets :data:`BLAS_THREADS`.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import time
 
 CHECK_EVERY_S = 0.5  # how often the free cores are measured again
 BUSY_SHARE = 0.5  # another process using at least half a core takes that core
+BLAS_THREADS = 1  # numpy's BLAS pool: its work here is small products (see above)
 
 
 def _cpu_jiffies() -> tuple[int, int] | None:
@@ -41,6 +48,7 @@ class ThreadBudget:
         self.fixed = None if threads is None else max(1, int(threads))
         self.current = None
         self._last = None  # (wall time, busy jiffies, total jiffies, own CPU seconds)
+        limit_blas(BLAS_THREADS)
         self.adjust(force=True)
 
     def free_cores(self) -> int | None:
@@ -75,3 +83,11 @@ class ThreadBudget:
                 pass
             self.current = want
         return want
+
+
+def limit_blas(threads: int) -> None:
+    """Sets the thread count of numpy's BLAS pool for the rest of the process (OMP_NUM_THREADS,
+    OPENBLAS_NUM_THREADS and the like only act before numpy is imported)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads, user_api="blas")

@@ -186,8 +186,11 @@ def _batches(opts: "TrainOptions", scfg, first_step: int):
 def _quiet_worker():
     import cv2
 
+    from ..engine.threads import limit_blas
+
     cv2.setNumThreads(1)  # one core per worker: the pool is the parallelism
     torch.set_num_threads(1)
+    limit_blas(1)
 
 
 def _atomic_save(obj, path: Path):
@@ -201,8 +204,10 @@ def train(opts: TrainOptions, log=print) -> Path:
     file itself when no evaluated step beat it)."""
     from tqdm import tqdm
 
+    from ..engine.threads import BLAS_THREADS, limit_blas
     from ..engine.weights import load_model, save_model
 
+    limit_blas(BLAS_THREADS)  # numpy's small products gain nothing from threads (engine/threads.py)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     device = torch.device(opts.device)
