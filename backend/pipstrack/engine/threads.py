@@ -70,7 +70,11 @@ class ThreadBudget:
             return self.current
         else:
             free = self.free_cores()
-            want = self.cores if free is None else free
+            # Until a first interval has been measured: one thread. On a loaded machine a pool
+            # as wide as the machine stalls from the first operation on (the reading and the
+            # classical lead run before any network call), while an idle one loses at most
+            # CHECK_EVERY_S of single-threaded work before the next check widens it.
+            want = 1 if free is None else free
         if want != self.current:
             import torch
 

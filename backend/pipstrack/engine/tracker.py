@@ -396,6 +396,7 @@ class Tracker:
 
             def check():  # a cancel is seen, and a service hears from the job, between frames
                 self._check_cancel(cancel)
+                self._follow_load()
                 if progress is not None:
                     progress(0, network + refining)
 
@@ -423,6 +424,7 @@ class Tracker:
             def tick(fraction, stage="refinement"):
                 self.stage = stage
                 self._check_cancel(cancel)
+                self._follow_load()
                 if progress is not None:
                     progress(network + int(fraction * refining), network + refining)
 
@@ -519,8 +521,7 @@ class Tracker:
             active = [s for s in segments if s.step == step and s.cur < s.length]
             while active:
                 self._check_cancel(cancel)
-                if self.threads is not None:
-                    self.threads.adjust()
+                self._follow_load()
                 lead = min(active, key=lambda s: step * s.absolute(s.cur))
                 key = lead.window(self.S)
                 group = [s for s in active if s.window(self.S) == key]
@@ -539,6 +540,12 @@ class Tracker:
         if progress is not None:
             progress(total, total + extra)
         return stats
+
+    def _follow_load(self):
+        """Re-checks the free cores (at most every threads.CHECK_EVERY_S) where threads
+        follow the load: between network windows, the lead's frames and the refinement's steps."""
+        if self.threads is not None:
+            self.threads.adjust()
 
     @staticmethod
     def _check_cancel(cancel):
