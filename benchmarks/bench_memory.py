@@ -81,7 +81,9 @@ def main(argv=None) -> int:
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT / "backend")}
     t1 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    log = folder / "track.log"  # the command's progress as it runs: which stage a long run is in
+    with open(log, "w") as err:
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
     seconds = time.perf_counter() - t1
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     doc = {
@@ -96,7 +98,7 @@ def main(argv=None) -> int:
     }
     print(json.dumps(doc, indent=1))
     if proc.returncode:
-        print(proc.stderr[-2000:], file=sys.stderr)
+        print(log.read_text()[-2000:], file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
     return proc.returncode
