@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from pipstrack import Pips, PipsConfig, load_model
@@ -25,12 +26,15 @@ def test_losses_weight_later_iterations_and_balance_visibility():
     assert balanced_vis_loss(-logits, vis, valid) > 4
 
 
-def test_a_few_steps_reduce_the_loss():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_few_steps_reduce_the_loss(precision):
+    """Also with the encoder under bfloat16 autocast (train --precision bf16): the weights it
+    updates stay float32."""
     torch.manual_seed(0)
     cfg = synth.SynthConfig(frames=8, height=64, width=80, points=16)
     clips = [synth.make_clip(np.random.default_rng([1, k]), cfg) for k in range(2)]
     model = Pips(config=TINY)
-    opts = TrainOptions(out=None, iters=2)
+    opts = TrainOptions(out=None, iters=2, precision=precision)
     optim = torch.optim.Adam(model.parameters(), lr=1e-3)
     with torch.no_grad():
         before = float(train_step(model, clips, opts, "cpu")["loss"])
@@ -42,6 +46,20 @@ def test_a_few_steps_reduce_the_loss():
     with torch.no_grad():
         after = float(train_step(model, clips, opts, "cpu")["loss"])
     assert after < 0.8 * before
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_bf16_runs_the_encoder_in_bfloat16_and_stays_near_float32():
+    torch.manual_seed(0)
+    cfg = synth.SynthConfig(frames=8, height=64, width=80, points=16)
+    clips = [synth.make_clip(np.random.default_rng([2, k]), cfg) for k in range(2)]
+    model = Pips(config=TINY)
+    with torch.no_grad():
+        full, half = (float(train_step(model, clips, TrainOptions(out=None, iters=2, precision=p), "cpu")["loss"])
+                      for p in ("fp32", "bf16"))  # fmt: skip
+    assert full != half and abs(half - full) < 0.05 * full
+    with pytest.raises(ValueError, match="precision"):
+        train(TrainOptions(out=None, precision="fp16"), log=lambda m: None)
 
 
 def tiny_run(out, **overrides) -> TrainOptions:

@@ -44,6 +44,9 @@ def main(argv=None) -> int:
     ap.add_argument("--init", default=str(ROOT / "backend" / "pipstrack" / "data" / "default_model.pt"))
     ap.add_argument("--teacher", default=None, help="a teacher bank (pipstrack teach) to mix in")
     ap.add_argument("--teacher-share", type=float, default=0.3)
+    ap.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: the encoder under bfloat16 autocast"
+    )
     args = ap.parse_args(argv)
     if args.device.startswith("cuda"):
         if not torch.cuda.is_available():
@@ -73,6 +76,7 @@ def main(argv=None) -> int:
         time_budget_s=60.0 * args.minutes,
         teacher=args.teacher,
         teacher_share=args.teacher_share,
+        precision=args.precision,
     )
     t0 = time.time()
     best = train(opts, log=lambda m: print(m, file=sys.stderr, flush=True))

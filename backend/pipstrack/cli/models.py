@@ -98,6 +98,7 @@ def cmd_train(args) -> int:
         time_budget_s=None if args.minutes is None else 60.0 * args.minutes,
         teacher=args.teacher,
         teacher_share=args.teacher_share,
+        precision=args.precision,
     )
     for name in (*TRAINING_MIX, "teacher_share"):
         if not 0.0 <= getattr(args, name) <= 1.0:
@@ -314,6 +315,13 @@ def add_parsers(sub) -> None:
     )
     tr.add_argument(
         "--teacher-share", type=float, default=0.3, metavar="P", help="share of clips from the teacher bank (0..1)"
+    )
+    tr.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: the encoder under bfloat16 autocast (faster where the CPU or GPU has bfloat16; "
+        "the updates, weights and evaluation stay float32)",
     )
     tr.set_defaults(func=cmd_train)
 
