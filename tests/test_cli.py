@@ -64,6 +64,7 @@ def test_track_writes_json_csv_and_preview(plate, tmp_path):
         ("1001,10,10\n", ["--device", "tpu"], "unknown device 'tpu'"),
         ("1001,10,10\n", ["--frames", "1001:2000"], "no frame 2000"),
         ("1001,10,10\n", ["--model", "/nonexistent/weights.pth"], "/nonexistent/weights.pth: no such file"),
+        ("1001,10,10\n", ["--threads", "0"], "--threads must be a positive number or auto, got '0'"),
     ],
 )
 def test_bad_input_gets_one_clear_line(plate, tmp_path, points, extra, message):

@@ -175,6 +175,7 @@ def cmd_eval(args) -> int:
         raise CliError(f"--families: unknown {', '.join(unknown)}; known: {', '.join(FAMILIES)} (or all)")
     if args.family_clips < 1:
         raise CliError("--family-clips must be at least 1")
+    threads = resolve_threads(args.threads)
     model = load_model(args.model)
     text, doc = (
         ("", {})
@@ -191,6 +192,7 @@ def cmd_eval(args) -> int:
             lone=args.lone,
             device=args.device,
             precision=args.precision,
+            threads=threads,
             seed=args.seed,
             families=families,
             family_count=args.family_clips,
@@ -202,7 +204,7 @@ def cmd_eval(args) -> int:
         from ..evaluation.real_footage import CLIPS, evaluate_footage, footage_table
 
         results = evaluate_footage(
-            _footage_methods(model, args.device),
+            _footage_methods(model, args.device, threads),
             clips=list(CLIPS)[: args.real],
             frames=args.real_frames,
             points=args.real_points,
@@ -231,12 +233,12 @@ def _check_footage(baselines) -> None:
         raise CliError(f"--real needs Blender's tracker for its pseudo ground truth: {why}")
 
 
-def _footage_methods(model, device) -> dict:
+def _footage_methods(model, device, threads=None) -> dict:
     from ..evaluation.baselines import BASELINES, pipstrack_method
 
     return {
-        "pipstrack": pipstrack_method(model, device),
-        "pipstrack-raw": pipstrack_method(model, device, refine=False),
+        "pipstrack": pipstrack_method(model, device, threads=threads),
+        "pipstrack-raw": pipstrack_method(model, device, refine=False, threads=threads),
         "lk": BASELINES["lk"][1],
         "blender-perspective": BASELINES["blender-perspective"][1],
     }
@@ -260,6 +262,7 @@ def add_parsers(sub) -> None:
         help="comma-separated: zero, lk, blender-loc, blender-perspective ('' for none)",
     )
     add_device_options(ev)
+    add_threads_option(ev)  # an evaluation takes minutes to hours, often beside other work
     ev.add_argument(
         "--seed",
         type=int,

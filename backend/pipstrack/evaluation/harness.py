@@ -368,10 +368,12 @@ def evaluate(
     families: list[str] = (),
     family_count: int = 2,
     precision: str = "auto",
+    threads: int | str | None = None,
 ) -> tuple[str, dict]:
     """The whole evaluation: (Markdown report, JSON-able document). ``model`` None skips pipstrack;
     ``lone`` adds pipstrack with every point tracked alone (one call per point: slow); ``families``
-    adds ``family_count`` clips of each of :data:`pipstrack.datasets.families.FAMILIES` named."""
+    adds ``family_count`` clips of each of :data:`pipstrack.datasets.families.FAMILIES` named;
+    ``threads`` as the Tracker takes it (None: torch's setting as it is)."""
     from ..datasets.families import FAMILIES, LONG_FRAMES
     from .baselines import pipstrack_method
 
@@ -386,7 +388,7 @@ def evaluate(
     methods: dict[str, Method] = {}
     descriptions: dict[str, str] = {}
     if model is not None:
-        methods["pipstrack"] = pipstrack_method(model, device, precision=precision)
+        methods["pipstrack"] = pipstrack_method(model, device, precision=precision, threads=threads)
         meta = getattr(model, "meta", None) or {}
         about = ", ".join(f"{k} {meta[k]}" for k in ("step", "note") if k in meta)
         descriptions["pipstrack"] = (
@@ -394,10 +396,10 @@ def evaluate(
             f"precision {precision}, "
             "with sub-pixel refinement and co-motion (the default)"
         )
-        methods["pipstrack-raw"] = pipstrack_method(model, device, refine=False, precision=precision)
+        methods["pipstrack-raw"] = pipstrack_method(model, device, refine=False, precision=precision, threads=threads)
         descriptions["pipstrack-raw"] = "the same network's own positions, without refinement or co-motion"
         if lone:
-            methods["pipstrack-lone"] = pipstrack_method(model, device, lone=True, precision=precision)
+            methods["pipstrack-lone"] = pipstrack_method(model, device, lone=True, precision=precision, threads=threads)
             descriptions["pipstrack-lone"] = "pipstrack with every point tracked alone (no co-moving company)"
     for b in baselines:
         descriptions[b], methods[b] = BASELINES[b]
