@@ -77,9 +77,9 @@ class TrainOptions:
     teacher_share: float = 0.3
     # "bf16": the encoder's forward pass under bfloat16 autocast, as inference's bf16 does; the
     # iterative updates, the weights, the optimiser and the held-out evaluation stay float32. On a
-    # CPU with native bfloat16 a step of the small network took 0.83x the float32 time, and its
-    # gradient pointed the same way (cosine 0.98); the whole network under autocast was 0.61x but
-    # its gradient was another one (cosine 0.53, loss +17 %): benchmarks/bench_train_step.py.
+    # CPU with native bfloat16 a step of the small network took 0.87x the float32 time, and its
+    # gradient pointed the same way (cosine 0.97-0.99); the whole network under autocast was 0.62x
+    # but on one batch its gradient was another one (cosine 0.53, loss +17 %): docs/model.md.
     precision: str = "fp32"
 
 
