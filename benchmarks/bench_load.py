@@ -54,8 +54,8 @@ def main(argv=None) -> int:
             busy = min(one_run(threads, args.busy, Path(tmp) / "t.json") for _ in range(args.repeat))
             rows.append((threads, idle, busy))
     print(f"# {os.cpu_count()} cores; whole `pipstrack track` process on the sample clip (10 points x 48 frames)")
-    busy = "one core busy" if args.busy == 1 else f"{args.busy} busy processes"
-    print(f"| --threads | idle s | {busy} s | busy / idle |")
+    beside = "one core busy" if args.busy == 1 else f"{args.busy} busy processes"
+    print(f"| --threads | idle s | {beside} s | busy / idle |")
     print("|---|---:|---:|---:|")
     for threads, idle, busy in rows:
         print(f"| {threads} | {idle:.2f} | {busy:.2f} | {busy / idle:.2f}x |")

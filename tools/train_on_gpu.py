@@ -31,7 +31,7 @@ def main(argv=None) -> int:
 
     from pipstrack.datasets import synth
     from pipstrack.engine.weights import load_model
-    from pipstrack.training.trainer import TrainOptions, evaluate_windows, train
+    from pipstrack.training.trainer import PRECISIONS, TrainOptions, evaluate_windows, train
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
@@ -44,9 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--init", default=str(ROOT / "backend" / "pipstrack" / "data" / "default_model.pt"))
     ap.add_argument("--teacher", default=None, help="a teacher bank (pipstrack teach) to mix in")
     ap.add_argument("--teacher-share", type=float, default=0.3)
-    ap.add_argument(
-        "--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: the encoder under bfloat16 autocast"
-    )
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: the encoder under bfloat16 autocast")
     args = ap.parse_args(argv)
     if args.device.startswith("cuda"):
         if not torch.cuda.is_available():

@@ -321,7 +321,7 @@ def add_parsers(sub) -> None:
     )
     tr.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),
+        choices=("fp32", "bf16"),  # training.trainer.PRECISIONS (not imported here: it loads torch)
         default="fp32",
         help="bf16: the encoder under bfloat16 autocast (faster where the CPU or GPU has bfloat16; "
         "the updates, weights and evaluation stay float32)",

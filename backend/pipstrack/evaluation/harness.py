@@ -388,7 +388,8 @@ def evaluate(
     methods: dict[str, Method] = {}
     descriptions: dict[str, str] = {}
     if model is not None:
-        methods["pipstrack"] = pipstrack_method(model, device, precision=precision, threads=threads)
+        options = dict(precision=precision, threads=threads)  # every pipstrack row runs alike
+        methods["pipstrack"] = pipstrack_method(model, device, **options)
         meta = getattr(model, "meta", None) or {}
         about = ", ".join(f"{k} {meta[k]}" for k in ("step", "note") if k in meta)
         descriptions["pipstrack"] = (
@@ -396,10 +397,10 @@ def evaluate(
             f"precision {precision}, "
             "with sub-pixel refinement and co-motion (the default)"
         )
-        methods["pipstrack-raw"] = pipstrack_method(model, device, refine=False, precision=precision, threads=threads)
+        methods["pipstrack-raw"] = pipstrack_method(model, device, refine=False, **options)
         descriptions["pipstrack-raw"] = "the same network's own positions, without refinement or co-motion"
         if lone:
-            methods["pipstrack-lone"] = pipstrack_method(model, device, lone=True, precision=precision, threads=threads)
+            methods["pipstrack-lone"] = pipstrack_method(model, device, lone=True, **options)
             descriptions["pipstrack-lone"] = "pipstrack with every point tracked alone (no co-moving company)"
     for b in baselines:
         descriptions[b], methods[b] = BASELINES[b]

@@ -37,6 +37,9 @@ SMALL = PipsConfig(
 CONFIGS = {"small": SMALL, "official": PipsConfig()}
 
 
+PRECISIONS = ("fp32", "bf16")  # TrainOptions.precision
+
+
 @dataclass
 class TrainOptions:
     out: Path
@@ -201,11 +204,11 @@ def _batches(opts: "TrainOptions", scfg, first_step: int):
 def _quiet_worker():
     import cv2
 
-    from ..engine.threads import limit_blas
+    from ..engine.threads import BLAS_THREADS, limit_blas
 
     cv2.setNumThreads(1)  # one core per worker: the pool is the parallelism
     torch.set_num_threads(1)
-    limit_blas(1)
+    limit_blas(BLAS_THREADS)
 
 
 def _atomic_save(obj, path: Path):
@@ -222,8 +225,8 @@ def train(opts: TrainOptions, log=print) -> Path:
     from ..engine.threads import BLAS_THREADS, limit_blas
     from ..engine.weights import load_model, save_model
 
-    if opts.precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be fp32 or bf16, not {opts.precision!r}")
+    if opts.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {opts.precision!r}")
     limit_blas(BLAS_THREADS)  # numpy's small products gain nothing from threads (engine/threads.py)
     if opts.threads:
         torch.set_num_threads(opts.threads)
