@@ -75,6 +75,22 @@ def test_points_batched_together_are_computed_independently(default_model, sampl
             np.testing.assert_allclose(vis_together[0, :, n], vis_alone[0, :, 0], atol=1e-9)
 
 
+def test_a_pyramid_pooled_frame_by_frame_gives_the_same_numbers(default_model, sample_clip):
+    """The tracker pools each frame's correlation pyramid once and reuses it in every window
+    that frame is in; the network must then compute exactly what it computes when it pools the
+    window's maps itself."""
+    clip, trajs, _ = small_clip(sample_clip, frames=8)
+    with torch.no_grad():
+        frames = torch.from_numpy(clip).float().permute(0, 3, 1, 2)
+        per_frame = [[level[0] for level in default_model.pyramid(default_model.encode(f[None]))] for f in frames]
+        pyramid = [torch.stack(level) for level in zip(*per_frame)]
+        xy = torch.from_numpy(trajs[0][None]).float()
+        own, vis_own, _ = default_model.refine(pyramid[0][None], xy, iters=2)
+        given, vis_given, _ = default_model.refine(pyramid[0][None], xy, iters=2, pyramid=pyramid)
+    assert len(pyramid) == default_model.config.corr_levels
+    assert torch.equal(own[-1], given[-1]) and torch.equal(vis_own, vis_given)
+
+
 def test_batched_tracking_matches_per_point_tracking_closely(default_model, sample_clip):
     """The default, batched engine against the per-point procedure in float32: the same
     tracks within the network's rounding sensitivity."""

@@ -122,6 +122,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=20000)
     ap.add_argument("--lone", action="store_true", help="every point tracked alone")
     ap.add_argument("--model", default="default")
+    ap.add_argument("--precision", default="auto", help="the tracker's precision (fp32, bf16, int8, auto)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (results move by tenths of a pixel with it)")
     ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE")
     ap.add_argument("--save", help="write every track's numbers to this .npz")
     ap.add_argument("--show", action="append", default=[], metavar="CLIP#N", help="track N of CLIP, frame by frame")
@@ -138,7 +140,13 @@ def main(argv=None) -> int:
         show.setdefault(name, []).append(int(n))
     if show:
         record_stages()
-    method = pipstrack_method(load_model(None if args.model == "default" else args.model), "cpu", lone=args.lone)
+    method = pipstrack_method(
+        load_model(None if args.model == "default" else args.model),
+        "cpu",
+        lone=args.lone,
+        precision=args.precision,
+        threads=args.threads,
+    )
     families = [f for f in args.families.split(",") if f]
     saved, totals = {}, {}
     for clip in clips(families, args.clips, args.frames, (256, 320), args.points, args.seed):

@@ -232,11 +232,22 @@ class Pips(nn.Module):
         """Target features (B,N,C) sampled at xys (B,N,2, pixels) on frame maps (B,C,h,w)."""
         return sample_features(fmap0, xys / float(self.stride))
 
-    def refine(self, fmaps, xys, iters=6, feat_init=None, coords_init=None, lock_first=True):
+    def pyramid(self, fmaps: torch.Tensor) -> list[torch.Tensor]:
+        """The correlation pyramid of maps (F,C,h,w): the maps, then each level pooled 2x from
+        the one before. Each frame's levels depend on that frame alone, so a caller that sees a
+        frame in many windows can pool it once (the tracker keeps them with the maps)."""
+        levels = [fmaps]
+        for _ in range(self.config.corr_levels - 1):
+            levels.append(F.avg_pool2d(levels[-1], 2, stride=2))
+        return levels
+
+    def refine(self, fmaps, xys, iters=6, feat_init=None, coords_init=None, lock_first=True, pyramid=None):
         """Iterative refinement on pre-encoded maps.
 
-        fmaps (B,S,C,h,w); xys (B,N,2) pixels on frame 0. Returns (list of per-iteration
-        coords (B,S,N,2) in pixels, visibility logits (B,S,N), the target feature (B,N,C)).
+        fmaps (B,S,C,h,w); xys (B,N,2) pixels on frame 0. ``pyramid``, if given, is
+        :meth:`pyramid` of the maps with its levels shaped (B*S,C,h_i,w_i) (else it is pooled
+        here). Returns (list of per-iteration coords (B,S,N,2) in pixels, visibility logits
+        (B,S,N), the target feature (B,N,C)).
         """
         B, S, C, h, w = fmaps.shape
         N = xys.shape[1]
@@ -248,9 +259,8 @@ class Pips(nn.Module):
         ffeat = sample_features(fmaps[:, 0], coords0) if feat_init is None else feat_init
         ffeats = ffeat.unsqueeze(1).repeat(1, S, 1, 1)  # B,S,N,C
 
-        pyramid = [fmaps.reshape(B * S, C, h, w)]
-        for _ in range(self.config.corr_levels - 1):
-            pyramid.append(F.avg_pool2d(pyramid[-1], 2, stride=2))
+        if pyramid is None:
+            pyramid = self.pyramid(fmaps.reshape(B * S, C, h, w))
         offsets = _grid_offsets(self.config.corr_radius, fmaps.device, fmaps.dtype)
         times = torch.linspace(0, S, S, device=fmaps.device, dtype=fmaps.dtype).reshape(1, S, 1).repeat(B * N, 1, 1)
         scale = 1.0 / math.sqrt(C)

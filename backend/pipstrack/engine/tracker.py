@@ -193,12 +193,14 @@ class _Segment:
 class _FeatureCache:
     """Encoded frames by frame index, kept within a byte budget. Beyond it, frames no unfinished
     run will reach again go first (a shot tracked forward never needs a frame once its windows
-    have passed it), then the least recently used."""
+    have passed it), then the least recently used. Each frame is kept as its correlation pyramid
+    (``Pips.pyramid``: the map, then its pooled levels): a frame is seen by several windows, and
+    pooling it once per window was a fifth of the updates' time."""
 
     def __init__(self, budget_bytes: int, keep_images: bool = False):
         self.budget = budget_bytes
         self.images: dict[int, np.ndarray] | None = {} if keep_images else None  # working-size RGB frames, for refine
-        self.maps: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self.maps: OrderedDict[int, list[torch.Tensor]] = OrderedDict()  # frame -> pyramid levels
         self.bytes = 0
         self.encoded = 0
         self.read_s = 0.0  # time spent reading and resizing frames, and encoding them (profile)
@@ -211,9 +213,13 @@ class _FeatureCache:
             self.maps.move_to_end(frame)
         return fmap
 
-    def put(self, frame: int, fmap: torch.Tensor, keep: set[int]):
-        self.maps[frame] = fmap
-        self.bytes += fmap.numel() * fmap.element_size()
+    @staticmethod
+    def _size(levels) -> int:
+        return sum(t.numel() * t.element_size() for t in levels)
+
+    def put(self, frame: int, levels: list[torch.Tensor], keep: set[int]):
+        self.maps[frame] = levels
+        self.bytes += self._size(levels)
         self.encoded += 1
         if self.bytes <= self.budget:
             return
@@ -224,7 +230,7 @@ class _FeatureCache:
                 victim = next((f for f in self.maps if f not in keep), None)
             if victim is None:
                 break
-            self.bytes -= self.maps.pop(victim).numel() * fmap.element_size()
+            self.bytes -= self._size(self.maps.pop(victim))
 
     def _ahead(self):
         """Whether a frame lies on the way of an unfinished run (from its current window on)."""
@@ -589,14 +595,17 @@ class Tracker:
                     # happened to be encoded together (batched convolutions differ in
                     # the last bits), so results are reproducible run to run.
                     batch = torch.from_numpy(img).to(self.device, self.dtype).permute(2, 0, 1).unsqueeze(0)
-                    cache.put(f, self.model.encode(batch)[0].to(self.dtype), keep)
+                    fmap = self.model.encode(batch).to(self.dtype)
+                    cache.put(f, [level[0] for level in self.model.pyramid(fmap)], keep)
             cache.encode_s += time.perf_counter() - t1
-        return torch.stack([cache.get(f) for f in frames]).unsqueeze(0)
+        per_frame = [cache.get(f) for f in frames]
+        return [torch.stack(level) for level in zip(*per_frame)]  # each level (S,C,h_i,w_i)
 
     @torch.no_grad()
     def _run_window(self, source, cache, key, group, work, cancel=None) -> int:
         """Runs one window for every segment in ``group`` and moves each to its next window."""
-        fmaps = self._encode(source, cache, key, work)
+        pyramid = self._encode(source, cache, key, work)
+        fmaps = pyramid[0].unsqueeze(0)  # 1,S,C,h,w
         S, calls = self.S, 0
         for lo in range(0, len(group), self.max_points_per_call):
             if lo:  # a window of many points is many network calls: cancel between them
@@ -609,7 +618,7 @@ class Tracker:
                 for j, i in enumerate(fresh):
                     chunk[i].feat = sampled[j]
             feat = torch.stack([s.feat for s in chunk]).unsqueeze(0)
-            preds, vis_logits, _ = self.model.refine(fmaps, xys, self.iters, feat_init=feat)
+            preds, vis_logits, _ = self.model.refine(fmaps, xys, self.iters, feat_init=feat, pyramid=pyramid)
             calls += 1
             xy = preds[-1][0].to(self.dtype).cpu().numpy()  # S,n,2 (autocast gives half precision)
             vis = torch.sigmoid(vis_logits[0].to(self.dtype)).cpu().numpy()  # S,n
