@@ -181,6 +181,14 @@ def test_weights_command_reports_the_default_model(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "default model" in r.stdout and "loads: yes" in r.stdout and "sha256" in r.stdout
     assert "not installed" in r.stdout
+    assert "--precision auto: encoder " in r.stdout  # which arithmetic auto picks here
+
+
+def test_output_piped_into_a_reader_that_stops_is_no_traceback():
+    r = subprocess.run(
+        f"{sys.executable} -m pipstrack weights | head -c 10", shell=True, capture_output=True, text=True
+    )
+    assert len(r.stdout) == 10 and "Traceback" not in r.stderr, r.stderr
 
 
 def test_track_a_movie(plate, tmp_path):

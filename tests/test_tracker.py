@@ -44,9 +44,9 @@ def test_engine_follows_the_per_point_procedure_exactly(default_model, sample_cl
     clip, trajs, _ = small_clip(sample_clip, frames=20)
     starts = [0, 0, 6, 19]
     queries = np.array([[f, *trajs[f, i]] for i, f in enumerate(starts)])
-    result = Tracker(model, device="cpu", working_long_side=None, max_points_per_call=1, refine=False).track(
-        clip, queries
-    )
+    result = Tracker(
+        model, device="cpu", working_long_side=None, max_points_per_call=1, refine=False, precision="fp32"
+    ).track(clip, queries)
     assert result.stats["frames_encoded"] == len(clip)
     for i, f in enumerate(starts):
         if f < len(clip) - 1:
@@ -96,7 +96,9 @@ def test_batched_tracking_matches_per_point_tracking_closely(default_model, samp
     tracks within the network's rounding sensitivity."""
     clip, trajs, _ = small_clip(sample_clip, frames=16)
     queries = np.array([[0, *trajs[0, i]] for i in range(6)])
-    batched = Tracker(default_model, device="cpu", working_long_side=None, refine=False).track(clip, queries)
+    batched = Tracker(default_model, device="cpu", working_long_side=None, refine=False, precision="fp32").track(
+        clip, queries
+    )
     for i in range(len(queries)):
         ref, _ = track_point_reference(default_model, clip, queries[i, 1:])
         assert np.median(np.abs(batched.xy[:, i] - ref)) < 0.5
@@ -356,7 +358,11 @@ def test_device_and_precision_choices():
                 resolve_device(missing)
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device("tpu")
-    assert resolve_precision("auto", torch.device("cpu")) is None  # the CPU path stays float32
+    from pipstrack.engine.tracker import cpu_has_bf16
+
+    # auto on the CPU: the encoder in bfloat16 only where the CPU computes it natively
+    assert resolve_precision("auto", torch.device("cpu")) == (torch.bfloat16 if cpu_has_bf16() else None)
+    assert resolve_precision("fp32", torch.device("cpu")) is None
     assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ValueError):
         resolve_precision("int4", torch.device("cpu"))
@@ -412,7 +418,7 @@ def test_int8_precision_on_the_cpu_keeps_the_tracks(default_model, sample_clip):
     frames, truth = sample_clip
     q = np.c_[np.zeros(10), truth["trajs"][0]]
     before = {k: v.clone() for k, v in default_model.state_dict().items()}
-    exact = Tracker(default_model, device="cpu").track(frames[:24], q)
+    exact = Tracker(default_model, device="cpu", precision="fp32").track(frames[:24], q)
     fast = Tracker(default_model, device="cpu", precision="int8").track(frames[:24], q)
     diff = np.linalg.norm(fast.xy - exact.xy, axis=-1)
     assert np.median(diff) < 0.05 and np.percentile(diff, 90) < 0.5

@@ -45,8 +45,9 @@ def add_device_options(parser) -> None:
         "--precision",
         default="auto",
         choices=("auto", "fp32", "bf16", "fp16", "int8"),  # engine.tracker.PRECISIONS (torch not imported here)
-        help="network arithmetic: auto = bfloat16 on a CUDA GPU, float32 elsewhere; int8 (CPU): the "
-        "mixer in int8 and the encoder in bfloat16 where the CPU has it (faster, docs/performance.md)",
+        help="network arithmetic: auto = the encoder in bfloat16 on a CUDA GPU and on a CPU that "
+        "has it natively, float32 elsewhere; fp32: exact everywhere; int8 (CPU): the mixer in int8 too "
+        "(faster, docs/performance.md)",
     )
 
 

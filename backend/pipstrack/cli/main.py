@@ -57,6 +57,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("pipstrack: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into `head` and the like, which stopped reading
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ from .common import EXIT_FAILURE, CliError, add_device_options, add_threads_opti
 
 
 def cmd_weights(args) -> int:
-    from ..engine.tracker import resolve_device, torch_build
+    from ..engine.tracker import describe_precision, resolve_device, torch_build
     from ..engine.weights import DEFAULT_MODEL, KNOWN_SHA256, WeightsError, official_candidates, read_checkpoint, sha256
 
-    print(f"{torch_build()}; --device auto uses {resolve_device('auto')}")
+    device = resolve_device("auto")
+    print(f"{torch_build()}; --device auto uses {device}, --precision auto: {describe_precision('auto', device)}")
 
     def describe(label, path):
         print(f"{label}: {path}")

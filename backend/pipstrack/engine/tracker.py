@@ -143,20 +143,33 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     frames), or None for float32. The iterative updates stay float32: they carry pixel
     coordinates, and bfloat16 there moved the network's positions by a median 1.2 px (90 % within
     5.1 px) against 0.13 px (0.62 px) for the encoder alone (tests/test_tracker.py, on the CPU).
-    ``auto``: bfloat16 on a CUDA GPU that has it (float16 on older ones), float32 elsewhere (the
-    CPU path stays exact). ``int8`` (the CPU only): the encoder in bfloat16 where the CPU has it,
-    and the mixer quantised to int8 by the tracker."""
+    ``auto``: bfloat16 on a CUDA GPU that has it (float16 on older ones) and on a CPU that
+    computes it natively (:func:`cpu_has_bf16`: the encoder 1.7-1.9x faster, the refined tracks
+    as good, judged per track in docs/performance.md), float32 elsewhere (Apple's GPU, older
+    CPUs). ``fp32`` keeps the network exact everywhere (the equivalence tests with the authors'
+    procedure use it). ``int8`` (the CPU only): the encoder in bfloat16 where the CPU has it, and
+    the mixer quantised to int8 by the tracker."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "int8":
         if device.type != "cpu":
             raise ValueError("precision int8 is for the CPU; on a GPU use auto (bfloat16)")
         return torch.bfloat16 if cpu_has_bf16() else None
+    if precision == "auto" and device.type == "cpu":
+        return torch.bfloat16 if cpu_has_bf16() else None
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def describe_precision(precision: str, device: torch.device) -> str:
+    """What ``precision`` means on ``device``, in words (``pipstrack weights`` prints it)."""
+    dtype = resolve_precision(precision, device)
+    encoder = {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+    mixer = "int8" if precision == "int8" else "float32"
+    return f"encoder {encoder}, updates {mixer}"
 
 
 @dataclass
@@ -578,7 +591,7 @@ class Tracker:
         return img
 
     def _mixed(self):
-        """Autocast for the encoder where ``precision`` asks for it (a GPU), else nothing."""
+        """Autocast for the encoder where ``precision`` asks for it, else nothing."""
         if self.autocast is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast)
