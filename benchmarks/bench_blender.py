@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--threads", default="auto", help="torch threads: a number, or auto (the CLI's default)")
     ap.add_argument("--json", help="also write the numbers here")
+    ap.add_argument("--precision", default="auto", help="the tracker's arithmetic (auto, fp32, bf16, int8)")
     ap.add_argument("--cases", default="1,2,3", help="which clips (1-based, comma-separated)")
     args = ap.parse_args(argv)
     threads = args.threads if args.threads == "auto" else int(args.threads)
@@ -50,9 +51,9 @@ def main(argv=None) -> int:
         return 2
     model = load_model()
     trackers = {
-        "pipstrack": Tracker(model, device="cpu", threads=threads),
+        "pipstrack": Tracker(model, device="cpu", threads=threads, precision=args.precision),
         # the network over every frame of every point (before the classical lead, engine/lead.py)
-        "no-lead": Tracker(model, device="cpu", threads=threads, lead=False),
+        "no-lead": Tracker(model, device="cpu", threads=threads, lead=False, precision=args.precision),
     }
     rows = []
     for k, (label, frames, size, points, bar) in enumerate(CASES, 1):
