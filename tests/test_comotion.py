@@ -95,6 +95,37 @@ def test_a_verified_point_that_slides_onto_an_occluder_is_told_by_its_company():
     assert not departures(xy[:, [n]], trusted[:, [n]], fixed[:, [n]]).any()  # alone: nothing to compare with
 
 
+def test_a_slide_that_still_looks_like_the_point_is_dropped_where_the_point_is_lost_next():
+    """A point slides onto an occluder on frames 10-12 and is lost from frame 13 (its patch
+    covered); a looks test spares the slid frames (the half-covered patch still looks like the
+    point). The company check reports them as spared, and the refinement's rule drops them since
+    the point is lost right after them; frames a looks test spares with the point still found on
+    the next frame stay."""
+    from pipstrack.engine.refine import _lost_after
+
+    xy, _ = two_layers()
+    n = 0
+    xy[10:13, n, 0] -= np.array([4.0, 8.0, 12.0])
+    trusted = np.ones((T, 40), bool)
+    trusted[13:18, n] = False  # hidden: not verified
+    fixed = np.zeros((T, 40), bool)
+    fixed[0] = True
+    spared = np.zeros((T, 40), bool)
+    bad = departures(xy, trusted, fixed, doubt=lambda t, m: False, spared=spared)
+    assert not bad.any() and np.array_equal(np.flatnonzero(spared[:, n]), [10, 11, 12])
+    start = np.zeros(40, int)
+    drop = _lost_after(spared, trusted & ~bad, trusted | True, start)
+    assert np.array_equal(np.flatnonzero(drop[:, n]), [10, 11, 12]) and drop.sum() == 3
+    trusted[13:18, n] = True  # found again on the next frame: the spared frames stay
+    assert not _lost_after(spared, trusted, trusted, start).any()
+    # along a chain run backwards from a later anchor, "next" is the frame before
+    back = np.zeros((T, 40), bool)
+    back[[5, 6], n] = True
+    kept = np.ones((T, 40), bool)
+    kept[4, n] = False
+    assert np.array_equal(np.flatnonzero(_lost_after(back, kept, kept | True, np.full(40, 20))[:, n]), [5, 6])
+
+
 def perspective(points, t, tilt=0.0012, shift=(2.0, 0.6)):
     """Points of a plane turning away from the camera at frame ``t`` (a homography): no affine
     fit of far neighbours' motion is exact for it."""

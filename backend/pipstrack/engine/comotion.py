@@ -238,6 +238,7 @@ def departures(
     doubt=None,
     check=None,
     points=None,
+    spared=None,
 ) -> np.ndarray:
     """(T,N) bool: the ``trusted`` frames (other than the ``fixed`` ones, keyframes) where a point
     is not where the points that moved with it carry it.
@@ -253,7 +254,8 @@ def departures(
     whether the patch there still looks much like the point's on its keyframe: a deforming surface
     departs from any fit of its neighbours' motion, yet its patch still looks like the point).
     ``check()``, if given, is called before each point (it may raise to stop the work);
-    ``points``, if given, are the only ones judged (the others still count as company)."""
+    ``points``, if given, are the only ones judged (the others still count as company).
+    ``spared``, a (T,N) bool array if given, is set where a frame departed but ``doubt`` spared it."""
     T, N = trusted.shape
     xy = np.asarray(xy, np.float64)
     bad = np.zeros((T, N), bool)
@@ -278,9 +280,12 @@ def departures(
                 if fixed[t, n]:  # a keyframe is where the point is: the new reference
                     r, nb = t, company(t, -step)
                     continue
-                if len(nb) and _departs(xy, ok, n, r, t, nb) and (doubt is None or doubt(t, n)):
-                    bad[t, n], ok[t, n] = True, False
-                    continue
+                if len(nb) and _departs(xy, ok, n, r, t, nb):
+                    if doubt is None or doubt(t, n):
+                        bad[t, n], ok[t, n] = True, False
+                        continue
+                    if spared is not None:
+                        spared[t, n] = True
                 if abs(t - r) >= AGREE_HOP or not len(nb):
                     # an agreeing frame becomes the reference, where its company can be told
                     near = company(t, -step)

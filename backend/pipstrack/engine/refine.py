@@ -68,6 +68,10 @@ EDGE_MATCH_MARGIN = 0.1  # ... and this much better than anywhere else in its wi
 COMPANY_CHECK = True
 COMPANY_REACH = np.inf  # ... judged by the neighbours within this share of the frame's long side
 COMPANY_NCC = 0.9  # ... and only where its patch looks less like its first anchor's than this
+# ... except where the point is lost on the next frame along its chain (an occluder's arrival: the
+# half-covered patch slides onto the occluder and still looks like the point), and so on back
+# through departing frames: there a departure is dropped whatever the patch looks like
+ONSET_STRICT = True
 # ... and where that frame was a step across a gap (the point taken up again after frames where
 # it was not verified), every frame stepped from it along the chain: they verified the same wrong
 # patch again. (A departure from the frame before is more often a deforming surface; what was
@@ -209,7 +213,10 @@ def refine_trajectories(
             return _ncc(frame(s), out[[s], n], frame(t), out[[t], n])[0] < COMPANY_NCC
 
         reach = COMPANY_REACH * max(frame(0).shape[:2])
-        bad = departures(out, polished, keyed, reach=reach, doubt=doubt, check=check, points=points)
+        spared = np.zeros((T, N), bool)
+        bad = departures(out, polished, keyed, reach=reach, doubt=doubt, check=check, points=points, spared=spared)
+        if ONSET_STRICT:
+            bad |= _lost_after(spared, polished & ~bad, tracked, start)
         if CHAINED_DROP:  # a point taken up again after a gap, or by a search: what chained from it goes too
             rows = np.arange(T)[:, None]
             across = bad & (parent >= 0) & ((np.abs(rows - parent) > 1) | searched)
@@ -559,3 +566,21 @@ def _rival_matches(g0, p0, g1, p1, win: int = WIN) -> np.ndarray:
     rival = peaks & ((xx - cx) ** 2 + (yy - cy) ** 2 >= AMBIGUOUS_PX**2) & (score >= here - AMBIGUOUS_NCC)
     ys, xs = np.nonzero(rival)
     return np.c_[xs + x0 + k, ys + y0 + k].astype(np.float64)
+
+
+def _lost_after(spared: np.ndarray, kept: np.ndarray, tracked: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """(T,N) the ``spared`` frames (they departed from the company, their looks kept them) after
+    which, along the point's chain away from its first anchor ``start``, the point is not ``kept``:
+    the frame before a loss, and back through the spared frames before it."""
+    T, N = kept.shape
+    rows = np.arange(T)[:, None]
+    drop = np.zeros((T, N), bool)
+    while True:
+        lost = tracked & ~(kept & ~drop)
+        nxt = np.zeros((T, N), bool)  # lost on the next frame away from the anchor
+        nxt[:-1] = lost[1:] & (rows[:-1] > start)
+        nxt[1:] |= lost[:-1] & (rows[1:] < start)
+        new = spared & ~drop & nxt
+        if not new.any():
+            return drop
+        drop |= new
