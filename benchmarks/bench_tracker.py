@@ -81,6 +81,7 @@ def run_one(points: int, frames: int, weights: str | None, device: str) -> dict:
 def compare(points: int, frames: int, weights: str | None, device: str) -> dict:
     """The engine against the authors' per-point chaining on the same clip and points."""
     import cv2
+    import torch
 
     from pipstrack import Tracker
     from pipstrack.conventions import working_size
@@ -94,8 +95,13 @@ def compare(points: int, frames: int, weights: str | None, device: str) -> dict:
     q = np.c_[np.zeros(points), rng.uniform(0, work[1] - 1, points), rng.uniform(0, work[0] - 1, points)]
     model = full_model(weights)
     t0 = time.perf_counter()
-    result = Tracker(model, device=device, working_long_side=None).track(small, q)
+    # the engine with the command line's default threads (auto: the cores other work leaves free)
+    result = Tracker(model, device=device, working_long_side=None, threads="auto").track(small, q)
     engine_s = time.perf_counter() - t0
+    threads_used = torch.get_num_threads()
+    # the per-point procedure on as many threads as auto gave the engine: beside other work a
+    # fixed 2 would collapse (docs/performance.md) and flatter the engine
+    torch.set_num_threads(threads_used)
     t0 = time.perf_counter()
     ref = [track_point_reference(model, small, q[i, 1:])[0] for i in range(points)]
     reference_s = time.perf_counter() - t0
@@ -106,6 +112,7 @@ def compare(points: int, frames: int, weights: str | None, device: str) -> dict:
         "engine_s": round(engine_s, 2),
         "per_point_s": round(reference_s, 2),
         "speedup": round(reference_s / engine_s, 1),
+        "threads": threads_used,
         "max_diff_px": float(diff.max()),
         "median_diff_px": float(np.median(diff)),
     }
