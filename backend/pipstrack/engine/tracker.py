@@ -314,12 +314,13 @@ class Tracker:
         ``anchored_at`` (with ``refine``): where the last polish matches each verified frame to its
         keyframe's pattern (:mod:`pipstrack.engine.anchored`): "source" (the frames as read, a larger
         source read again), "working" (the working-size frames, as a service that keeps only those
-        does), or "off". ``precision``: the network's arithmetic (:func:`resolve_precision`;
-        mixed precision on a GPU, float32 on the CPU). ``min_advance``: the fewest frames a window
-        moves on (1, the written procedure, or 2, the authors' code: fewer windows where visibility
-        is low; docs/performance.md measures both). ``lead`` (with ``refine``): strict KLT steps
-        follow each point first and the network runs only from the last frame they verified
-        (:mod:`pipstrack.engine.lead`); False runs the network over every frame of every point."""
+        does), or "off". ``precision``: the network's arithmetic (:func:`resolve_precision`; by
+        default the encoder in bfloat16 on a GPU and on a CPU that has it natively, else float32).
+        ``min_advance``: the fewest frames a window moves on (1, the written procedure, or 2, the
+        authors' code: fewer windows where visibility is low; docs/performance.md measures both).
+        ``lead`` (with ``refine``): strict KLT steps follow each point first and the network runs
+        only from the last frame they verified (:mod:`pipstrack.engine.lead`); False runs the
+        network over every frame of every point."""
         if int(min_advance) not in (1, 2):
             raise ValueError(f"min_advance must be 1 or 2, not {min_advance!r}")
         self.min_advance = int(min_advance)
