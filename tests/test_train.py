@@ -150,3 +150,23 @@ def test_the_prepared_gpu_training_script_runs_on_the_cpu(tmp_path):
     assert summary["steps"] >= 1 and set(summary["heldout_delta_avg"]) == {"shipped", "new"}
     assert 0.0 < summary["heldout_delta_avg"]["shipped"] <= 1.0
     load_model(summary["best"])
+
+
+def test_held_out_windows_from_another_clip_mix_are_named_when_a_run_starts(tmp_path, monkeypatch):
+    """Windows copied in from a run without the mix flags are other clips: the run says so,
+    naming what differs, and says nothing when they match (their config survives the file)."""
+    import shutil
+
+    import pipstrack.training.trainer as T
+
+    monkeypatch.setitem(T.CONFIGS, "tiny", TINY)
+    train(tiny_run(tmp_path / "plain", steps=2), log=lambda m: None)
+    for name, mix, expect in (("same", {}, False), ("shaken", {"shake_prob": 0.3}, True)):
+        (tmp_path / name).mkdir()
+        shutil.copy(tmp_path / "plain" / "heldout.npz", tmp_path / name / "heldout.npz")
+        lines = []
+        train(tiny_run(tmp_path / name, steps=2, **mix), log=lines.append)
+        notes = [line for line in lines if "another clip mix" in line]
+        assert bool(notes) == expect, lines
+        if expect:
+            assert "shake_prob 0.0 (this run 0.3)" in notes[0]

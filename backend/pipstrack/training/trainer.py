@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -217,6 +217,21 @@ def _atomic_save(obj, path: Path):
     os.replace(tmp, path)
 
 
+def held_out_mismatch(drawn: synth.SynthConfig, run: synth.SynthConfig) -> list[str]:
+    """A notice (one line, or none) where held-out windows were drawn from another clip mix than
+    the run trains on. Why: a run is judged against its own step 0 on those windows, but windows
+    made by a run without the mix flags are other clips, and their scores do not compare with
+    runs on the mix's windows (docs/model.md, ft15)."""
+    differ = [
+        f"{f.name} {getattr(drawn, f.name)} (this run {getattr(run, f.name)})"
+        for f in fields(run)
+        if getattr(drawn, f.name) != getattr(run, f.name)
+    ]
+    if not differ:
+        return []
+    return ["note: the held-out windows were drawn from another clip mix: " + ", ".join(differ)]
+
+
 def train(opts: TrainOptions, log=print) -> Path:
     """Runs (or resumes) a training run; returns the path of the best weights file (the --init
     file itself when no evaluated step beat it)."""
@@ -265,6 +280,9 @@ def train(opts: TrainOptions, log=print) -> Path:
     held_out_path = out / "heldout.npz"
     if not held_out_path.exists():
         synth.write_test_set(held_out_path, opts.eval_clips, seed=10_000 + opts.seed, cfg=scfg)
+    else:  # windows copied in from another run, so that scores compare: say what they are
+        for line in held_out_mismatch(synth.load_test_config(held_out_path), scfg):
+            log(line)
     held_out = synth.load_test_set(held_out_path)
     metrics_log = open(out / "metrics.jsonl", "a")
     meta_base = {
