@@ -170,3 +170,39 @@ def test_held_out_windows_from_another_clip_mix_are_named_when_a_run_starts(tmp_
         assert bool(notes) == expect, lines
         if expect:
             assert "shake_prob 0.0 (this run 0.3)" in notes[0]
+
+
+def test_averaged_weights_follow_training_are_scored_beside_it_and_survive_a_resume(tmp_path, monkeypatch):
+    """--ema keeps a running average of the weights: it moves from the start towards the trained
+    weights, each evaluation scores both, best.pt takes the better, and a resumed run carries on
+    with the average it had (not a fresh copy of the weights)."""
+    import pipstrack.training.trainer as T
+
+    monkeypatch.setitem(T.CONFIGS, "tiny", TINY)
+    torch.manual_seed(0)
+    model = Pips(config=TINY)
+    avg = T.WeightAverage(model, 0.9)
+    start = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    avg.update(model)  # first update: decay (1+1)/(10+1), so it moves 9/11 of the way
+    moved = next(avg.model.parameters()) - start[0]
+    assert torch.allclose(moved, torch.full_like(moved, 9 / 11), atol=1e-6)
+    with pytest.raises(ValueError, match="decay"):
+        T.WeightAverage(model, 1.0)
+
+    opts = tiny_run(tmp_path, steps=2, ema=0.99)
+    real_eval = T.evaluate_windows
+    scores = iter([0.3, 0.6, 0.2, 0.1])  # step 2: trained 0.3, averaged 0.6; step 4: 0.2, 0.1
+    monkeypatch.setattr(T, "evaluate_windows", lambda *a, **k: {**real_eval(*a, **k), "delta_avg": next(scores)})
+    best = train(opts, log=lambda m: None)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("weights")) for r in rows] == [(2, None), (2, "ema")]
+    assert load_model(best).meta["ema"] == 0.99  # the average won
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["ema"]["updates"] == 2
+    opts.steps = 4
+    train(opts, log=lambda m: None)
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["ema"]["updates"] == 4
+    assert load_model(best).meta["step"] == 2  # neither score at step 4 beat 0.6

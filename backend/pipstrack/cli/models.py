@@ -100,7 +100,10 @@ def cmd_train(args) -> int:
         teacher=args.teacher,
         teacher_share=args.teacher_share,
         precision=args.precision,
+        ema=args.ema,
     )
+    if args.ema is not None and not 0.0 < args.ema < 1.0:
+        raise CliError(f"--ema must be a decay between 0 and 1 (for example 0.998), got {args.ema}")
     for name in (*TRAINING_MIX, "teacher_share"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise CliError(f"--{name.replace('_', '-')} must be a share between 0 and 1, got {getattr(args, name)}")
@@ -326,6 +329,14 @@ def add_parsers(sub) -> None:
         default="fp32",
         help="bf16: the encoder under bfloat16 autocast (faster where the CPU or GPU has bfloat16; "
         "the updates, weights and evaluation stay float32)",
+    )
+    tr.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        metavar="DECAY",
+        help="also keep a running average of the weights (for example 0.998); both are scored "
+        "at each evaluation and best.pt is the better",
     )
     tr.set_defaults(func=cmd_train)
 
