@@ -143,13 +143,27 @@ def test_the_prepared_gpu_training_script_runs_on_the_cpu(tmp_path):
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "gpu-run"
     cmd = [sys.executable, str(root / "tools" / "train_on_gpu.py"), "--device", "cpu", "--minutes", "0.05"]
-    cmd += ["--batch", "1", "--workers", "1", "--heldout-clips", "2", "--out", str(out)]
+    cmd += ["--batch", "1", "--workers", "1", "--heldout-clips", "2", "--size", "128x160", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] >= 1 and set(summary["heldout_delta_avg"]) == {"shipped", "new"}
+    assert summary["size"] == "128x160"  # the size asked for, not the GPU default (256x320)
     assert 0.0 < summary["heldout_delta_avg"]["shipped"] <= 1.0
     load_model(summary["best"])
+
+
+def test_the_gpu_script_names_a_malformed_size_before_it_starts(tmp_path):
+    """A typo in --size costs no GPU time: the script stops at once with what it expected."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "tools" / "train_on_gpu.py"), "--device", "cpu", "--size", "256by320"]
+    proc = subprocess.run(cmd + ["--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--size must be HxW" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_held_out_windows_from_another_clip_mix_are_named_when_a_run_starts(tmp_path, monkeypatch):
