@@ -475,3 +475,49 @@ def test_the_classical_lead_spares_the_network_where_klt_holds(default_model):
         r.after, r.hidden = _errors_around_occlusion(barred["trajs"], barred["visible"], r.xy, (256, 320))
     print(f"\nafter the bar: lead {np.median(led.after):.2f} px, network everywhere {np.median(full.after):.2f} px")
     assert np.median(led.after) < 1.0 and np.median(led.hidden) < 3.0
+
+
+def test_points_the_lead_loses_at_the_frame_edge_are_carried_by_company_without_the_network(default_model):
+    """A clean pan that goes left and comes back: the points near the left edge leave the frame
+    for a while and the strict steps lose them there, while the others stay verified. Their
+    company carries them (no frame is encoded, no window runs), they are not reported seen while
+    out of the frame, and once back they are verified on their own patch again, as precise as
+    with the network over their frames."""
+    import cv2
+
+    from pipstrack.evaluation.harness import load_photo
+
+    photo = load_photo("astronaut")
+    T = 24
+    pan = np.minimum(np.arange(T), T - 1 - np.arange(T)) * 4.0  # 0 -> 44 -> 0 px: out and back
+    frames = np.stack(
+        [
+            cv2.warpAffine(photo, np.float32([[1, 0, -pan[t] - 100], [0, 1, -40 - 0.5 * t]]), (320, 256))
+            for t in range(T)
+        ]
+    )
+    motion = np.stack([-pan, -0.5 * np.arange(T)], axis=1)  # how the scene moves in the frame
+    corners = cv2.goodFeaturesToTrack(cv2.cvtColor(frames[0], cv2.COLOR_RGB2GRAY), 120, 0.05, 14)[:, 0]
+    inside = (corners[:, 1] > 20) & (corners[:, 1] < 200) & (corners[:, 0] < 300)
+    edge = corners[inside & (corners[:, 0] > 20) & (corners[:, 0] < 40)][:4]
+    rest = corners[inside & (corners[:, 0] > 70)][:16]
+    assert len(edge) >= 2 and len(rest) >= 12
+    pts = np.concatenate([edge, rest])
+    truth = pts[None] + motion[:, None]
+    in_frame = (truth[..., 0] >= 0) & (truth[..., 0] <= 319)
+    assert not in_frame[:, : len(edge)].all(axis=0).any()  # every edge point leaves the frame
+    q = np.c_[np.zeros(len(pts)), pts]
+    led = Tracker(default_model, device="cpu").track(frames, q, direction="forward")
+    net = Tracker(default_model, device="cpu", company_lead=False).track(frames, q, direction="forward")
+    assert led.stats["company_carried"] >= len(edge)
+    assert led.stats["frames_encoded"] == 0 and led.stats["windows"] == 0
+    assert net.stats["frames_encoded"] > 0
+    err = np.linalg.norm(led.xy - truth, axis=2)
+    err_net = np.linalg.norm(net.xy - truth, axis=2)
+    print(
+        f"\nedge points: worst in frame {err[in_frame][:, None].max():.3f} px carried by company, "
+        f"{err_net[in_frame][:, None].max():.3f} px with the network"
+    )
+    assert not (led.visible & ~in_frame).any()  # never reported seen outside the frame
+    assert led.verified[T - 3 :, : len(edge)].all()  # back on their own patch once well inside again
+    assert err[in_frame].max() < 1.0 and err[in_frame].max() <= err_net[in_frame].max() + 0.1

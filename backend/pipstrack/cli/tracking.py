@@ -100,6 +100,7 @@ def cmd_track(args) -> int:
         refine=not getattr(args, "no_refine", False),
         comotion=not getattr(args, "no_comotion", False),
         lead=not getattr(args, "no_lead", False),
+        company_lead=not getattr(args, "no_company_lead", False),
         threads=resolve_threads(getattr(args, "threads", "auto")),
     )
     log = logging.getLogger("pipstrack")
@@ -250,6 +251,12 @@ def add_parsers(sub) -> None:
         action="store_true",
         help="run the network over every frame of every point (default: strict KLT steps go first, "
         "the network runs from where they fail)",
+    )
+    t.add_argument(
+        "--no-company-lead",
+        action="store_true",
+        help="run the network for every point the KLT steps lose (default: a point the points they "
+        "kept carry to the end needs no network)",
     )
     t.add_argument(
         "--exposure", type=float, default=0.0, help="stops applied to linear (EXR) plates before the display transform"

@@ -111,3 +111,54 @@ def _steps(g0, g1, p0, seed) -> tuple[np.ndarray, np.ndarray]:
     ok &= np.isfinite(p1).all(axis=1)
     ok[ok] &= refine._ncc(g0, p0[ok], g1, p1[ok]) >= NCC_STEP
     return p1, ok
+
+
+# A run the strict steps lost is carried on by its company instead of the network when at least
+# this many points that moved with it (verified by the steps themselves) carry it to the run's end,
+COMPANY_MIN = 4
+# ... by a model at least this strong on every frame (2: similarity; see comotion._predict_from) ...
+COMPANY_MODEL = 2
+# ... that misses its neighbours' own motion by at most this (px, median) on every frame.
+COMPANY_MISS = 0.5
+
+
+def carry_by_company(segments, first: int, last: int, n_points: int) -> dict:
+    """Hands the network none of the open runs whose point the points the strict steps kept can
+    carry to the end: their positions after the lead's last frame are the co-motion prediction
+    (visibility 0: unverified), and the refinement polishes, checks and fills them as it does the
+    network's (:mod:`pipstrack.engine.refine`: its co-motion rounds seed steps there, its search
+    finds the point again where it comes back).
+
+    Why: on a clean shot the few points the classical steps lose (they leave the frame, or meet a
+    repeating texture) made the network encode nearly every frame, most of the time of such a shot,
+    for points whose surface the steps still follow through dozens of others. The network is kept
+    wherever the company cannot carry a point all the way (too few of them, a motion no rigid model
+    explains, the company lost too) and for every run between two keyframes.
+    Returns the count of runs carried (``company_carried``)."""
+    from . import comotion
+
+    T = last - first + 1
+    xy = np.full((T, n_points, 2), np.nan)
+    trusted = np.zeros((T, n_points), bool)
+    for s in segments:  # the anchors and every frame the steps verified
+        rows = np.array([s.absolute(k) for k in range(s.led + 1)]) - first
+        xy[rows, s.point] = s.out_xy[: s.led + 1]
+        trusted[rows, s.point] = True
+    carried = 0
+    for s in segments:
+        if s.kind != "open" or s.cur >= s.length:
+            continue
+        r = s.absolute(s.led) - first
+        frames = np.array([s.absolute(k) for k in range(s.led + 1, s.length)]) - first
+        nb = comotion.comoving_neighbours(xy, trusted, s.point, r, side=-s.step)
+        if len(nb) < COMPANY_MIN:
+            continue
+        miss = np.full(len(frames), np.inf)
+        pred, model = comotion._predict_from(xy, trusted, s.point, r, frames, nb, residuals=miss, chain=True)
+        if (model < COMPANY_MODEL).any() or not (miss <= COMPANY_MISS).all():
+            continue
+        s.out_xy[s.led + 1 :] = pred
+        s.out_vis[s.led + 1 :] = 0.0
+        s.filled, s.cur = s.length, s.length
+        carried += 1
+    return {"company_carried": carried}

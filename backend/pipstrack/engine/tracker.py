@@ -304,6 +304,7 @@ class Tracker:
         precision: str = "auto",
         min_advance: int = 1,
         lead: bool = True,
+        company_lead: bool = True,
     ):
         """``refine``: polish visible frames with sub-pixel Lucas-Kanade steps seeded by PIPs
         (:mod:`pipstrack.engine.refine`); False gives the network's own trajectories. ``comotion``
@@ -320,7 +321,9 @@ class Tracker:
         authors' code: fewer windows where visibility is low; docs/performance.md measures both).
         ``lead`` (with ``refine``): strict KLT steps follow each point first and the network runs
         only from the last frame they verified (:mod:`pipstrack.engine.lead`); False runs the
-        network over every frame of every point."""
+        network over every frame of every point. ``company_lead`` (with ``lead`` and ``comotion``):
+        a point the steps lost that the points they kept carry to the end of its run needs no
+        network window (:func:`pipstrack.engine.lead.carry_by_company`)."""
         if int(min_advance) not in (1, 2):
             raise ValueError(f"min_advance must be 1 or 2, not {min_advance!r}")
         self.min_advance = int(min_advance)
@@ -338,6 +341,7 @@ class Tracker:
         self.refine = bool(refine)
         self.comotion = bool(comotion)
         self.lead = bool(lead) and self.refine
+        self.company_lead = bool(company_lead)
         self.threads = None
         if threads is not None:
             from .threads import ThreadBudget
@@ -421,6 +425,10 @@ class Tracker:
                     progress(0, network + refining)
 
             led = lead(lambda i: self._working_image(source, cache, i, work), segments, check)
+            if self.comotion and self.company_lead:
+                from .lead import carry_by_company
+
+                led.update(carry_by_company(segments, first, last, len(points)))
             led["seconds"] = time.perf_counter() - t0
             self.stage = "network"
         t1 = time.perf_counter()
