@@ -8,7 +8,8 @@ Blender 5.0's tracker through bpy (Perspective, pattern 21, search 71, match key
 artist would pick), alternating, best of ``--repeat``, all in one run. Reports seconds, the
 ratio, and for both the median error on the frames each reports as tracked and the share of
 visible point-frames it tracks. pipstrack runs twice: with its defaults, and with the network
-over every frame of every point (``lead=False``).
+over every frame of every point (``lead=False``), and with the network for every point the
+lead lost (``company_lead=False``).
 
     .venv/bin/python benchmarks/bench_blender.py --repeat 2
 """
@@ -54,6 +55,8 @@ def main(argv=None) -> int:
         "pipstrack": Tracker(model, device="cpu", threads=threads, precision=args.precision),
         # the network over every frame of every point (before the classical lead, engine/lead.py)
         "no-lead": Tracker(model, device="cpu", threads=threads, lead=False, precision=args.precision),
+        # the network for every point the lead lost (the lead without its company, engine.lead)
+        "no-company": Tracker(model, device="cpu", threads=threads, company_lead=False, precision=args.precision),
     }
     rows = []
     for k, (label, frames, size, points, bar) in enumerate(CASES, 1):
@@ -64,7 +67,7 @@ def main(argv=None) -> int:
         q = np.c_[np.zeros(gt.shape[1]), gt[0]]
         best = {}
         for _ in range(args.repeat):
-            for name in ("pipstrack", "no-lead", "blender"):
+            for name in ("pipstrack", "no-lead", "no-company", "blender"):
                 t0 = time.perf_counter()
                 if name in trackers:
                     r = trackers[name].track(rgbs, q)
@@ -82,12 +85,14 @@ def main(argv=None) -> int:
                         "tracked_share": float(ok.sum() / max(vis[1:].sum(), 1)),
                     }
         rows.append({"case": label, **{f"{k}_{m}": v for k, d in best.items() for m, v in d.items()}})
-        p, n, b = best["pipstrack"], best["no-lead"], best["blender"]
+        p, n, c, b = best["pipstrack"], best["no-lead"], best["no-company"], best["blender"]
         print(
-            f"| {label} | {p['seconds']:.1f} | {n['seconds']:.1f} | {b['seconds']:.1f} | "
+            f"| {label} | {p['seconds']:.1f} | {n['seconds']:.1f} | {c['seconds']:.1f} | {b['seconds']:.1f} | "
             f"{p['seconds'] / b['seconds']:.1f}x | {n['seconds'] / b['seconds']:.1f}x | "
+            f"{c['seconds'] / b['seconds']:.1f}x | "
             f"{p['err_tracked_px']:.3f} / {100 * p['tracked_share']:.0f} % | "
             f"{n['err_tracked_px']:.3f} / {100 * n['tracked_share']:.0f} % | "
+            f"{c['err_tracked_px']:.3f} / {100 * c['tracked_share']:.0f} % | "
             f"{b['err_tracked_px']:.3f} / {100 * b['tracked_share']:.0f} % |",
             flush=True,
         )

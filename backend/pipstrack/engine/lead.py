@@ -14,8 +14,13 @@ A step counts only when it is stricter than the refinement's own: forward-backwa
 :data:`FB_MAX`, the patch like the previous frame's (:data:`NCC_STEP`) and the anchor's
 (:data:`NCC_ANCHOR`), the whole window inside the image, and no rival match of a repeating
 texture near it (unless it is the one nearest to where the point's own motion puts it). One
-failure ends the lead of that run, so a point the classical tracker lost is never trusted beyond
-that frame.
+failure ends the steps of that run, so a point the classical tracker lost is never trusted beyond
+that frame unless a strict step finds its own patch again.
+
+Its company, where it has one, carries it from there (``company``): the points that moved with it
+still show its surface moving, so the network is needed only where they cannot carry it. Where
+it comes back (into the frame, out from behind the occluder) a strict step at their prediction
+finds it again and the steps go on.
 """
 
 from __future__ import annotations
@@ -30,73 +35,195 @@ NCC_ANCHOR = 0.8  # ... and to the anchor's patch
 LEVELS = 2  # pyramid levels above the working size (frame-to-frame motion of up to ~30 px)
 
 
-def lead(image, segments, check=None) -> dict:
+def lead(image, segments, check=None, company: bool = False) -> dict:
     """Advances each segment (in place) along the frames strict KLT steps verify from its anchor:
     its ``out_xy`` and ``out_vis`` (1.0) are filled there, ``led`` is the last such frame and
-    ``led_ncc`` the patch similarity to the anchor's on each, ``cur`` and ``pos`` are set to the
-    last verified frame (where the network takes over) or to the segment's end. ``image(i)``: the
-    working-size RGB frame of absolute index ``i``. Returns counts: point-frames verified here and
-    segments verified to their end. ``check``, if given, is called before each frame's steps (a
-    cancel raises there; a service hears from the job)."""
+    ``led_ncc`` the patch similarity to the anchor's on each (NaN on frames not verified), ``cur``
+    and ``pos`` are set to the last verified frame (where the network takes over) or to the
+    segment's end. ``image(i)``: the working-size RGB frame of absolute index ``i``. Returns
+    counts: point-frames verified here, segments verified to their end, and (``company``) runs
+    carried by their company over frames the steps lost, and frames found again after such a
+    stretch. ``check``, if given, is called before each frame's steps (a cancel raises there; a
+    service hears from the job).
+
+    ``company``: an open run whose step fails is not handed to the network at once. Where points
+    that moved with it (verified by these steps on the frames before) carry it on (see
+    :class:`_Company`), it takes their prediction, unverified, and on each frame a strict step
+    from its last verified patch to the prediction may find it again (within :data:`FOUND_PX` of
+    it); the lead then goes on from there. Only where the company can no longer carry it does the
+    network take over, from its last verified frame."""
     half = refine.WIN // 2
     for s in segments:
         s.led = 0  # local index of the last frame verified here
         s.led_ncc = np.full(s.length, np.nan)  # the similarity to the anchor's patch there
     stats = {"lead_frames": 0, "lead_whole": 0}
+    board = _Company(segments) if company else None
+    if company:
+        stats.update(company_carried=0, company_found=0)
     for step in (1, -1):
         alive = [s for s in segments if s.step == step and s.length > 1]
-        k = {id(s): 0 for s in alive}  # local index of each run's last verified frame
+        k = {id(s): 0 for s in alive}  # local index of each run's current frame
         prev = {id(s): None for s in alive}  # the position before it (for the own-motion seed)
+        carried = {}  # id -> the co-moving neighbours of a run its company carries now
         while alive:
             if check is not None:
                 check()
             t = min((s.absolute(k[id(s)]) for s in alive), key=lambda f: step * f)
             group = [s for s in alive if s.absolute(k[id(s)]) == t]
-            g0, g1 = image(t), image(t + step)
+            stepping = [s for s in group if id(s) not in carried]
+            g1 = image(t + step)
             h, w = g1.shape[:2]
-            p0 = np.array([s.out_xy[k[id(s)]] for s in group], np.float64)
-            seed = np.array([p if prev[id(s)] is None else 2 * p - prev[id(s)] for s, p in zip(group, p0)], np.float64)
-            p1, ok = _steps(g0, g1, p0, seed)
-            inside = (p1[:, 0] >= half) & (p1[:, 0] <= w - 1 - half) & (p1[:, 1] >= half) & (p1[:, 1] <= h - 1 - half)
-            ok &= inside
-            for j in np.flatnonzero(ok):
-                s = group[j]
-                anchor = image(s.start)
-                like = refine._ncc(anchor, s.xy[None], g1, p1[[j]])[0]
-                s.led_ncc[k[id(s)] + 1] = like
-                if like < NCC_ANCHOR:
-                    ok[j] = False
-                elif AMBIGUOUS:
-                    # a rival of a repeating texture: only the match nearest to where the point's own
-                    # motion puts it counts (as in the refinement; on the first step, where it was)
-                    others = refine._rival_matches(g0, p0[j], g1, p1[j])
-                    if len(others):
-                        ok[j] = refine.nearest_of_rivals(p1[j], others, seed[j])
+            ok = np.zeros(len(stepping), bool)
+            if stepping:
+                g0 = image(t)
+                p0 = np.array([s.out_xy[k[id(s)]] for s in stepping], np.float64)
+                seed = np.array(
+                    [p if prev[id(s)] is None else 2 * p - prev[id(s)] for s, p in zip(stepping, p0)], np.float64
+                )
+                p1, ok = _steps(g0, g1, p0, seed)
+                ok &= _inside(p1, w, h, half)
+                likes = [None] * len(stepping)
+                for j in np.flatnonzero(ok):
+                    likes[j] = _like_the_point(image, stepping[j], g0, p0[j], g1, p1[j], seed[j])
+                    ok[j] = likes[j] is not None
             done = []
-            for j, s in enumerate(group):
+            for j, s in enumerate(stepping):
                 key = id(s)
-                if not ok[j]:
+                if ok[j]:
+                    _verify(s, k[key] + 1, p1[j], likes[j], board, stats)
+                    k[key] += 1
+                    prev[key] = p0[j]
+                    if k[key] == s.length - 1:
+                        done.append(s)
+                    continue
+                nb = board.neighbours(s) if board is not None and s.kind == "open" else ()
+                if len(nb) < COMPANY_MIN:
                     done.append(s)
                     continue
-                k[key] += 1
-                prev[key] = p0[j]
-                s.out_xy[k[key]] = p1[j]
-                s.out_vis[k[key]] = 1.0
-                stats["lead_frames"] += 1
-                if k[key] == s.length - 1:
+                carried[key] = nb
+                stats["company_carried"] += 1
+            for s in [s for s in group if id(s) in carried and s not in done]:
+                key = id(s)
+                local = k[key] + 1
+                p = board.predict(s, t + step, carried[key])
+                if p is None:  # the company cannot carry it on: the network takes over
+                    done.append(s)
+                    continue
+                k[key] = local
+                s.out_xy[local], s.out_vis[local] = p, 0.0
+                found = _find_again(image, s, g1, p, w, h, half)
+                if found is not None:
+                    _verify(s, local, *found, board, stats)
+                    stats["company_found"] += 1
+                    prev[key] = None if local < 2 else s.out_xy[local - 1].copy()
+                    del carried[key]
+                if local == s.length - 1:
                     done.append(s)
             for s in done:
                 key = id(s)
-                s.led = k[key]
-                s.led_ncc[k[key] + 1 :] = np.nan
-                s.filled = max(s.filled, k[key] + 1)
+                carried.pop(key, None)
+                s.led_ncc[s.led + 1 :] = np.nan
                 if k[key] == s.length - 1:
-                    s.cur = s.length  # verified to its end: no network window
-                    stats["lead_whole"] += 1
-                else:
-                    s.cur, s.pos = k[key], s.out_xy[k[key]].copy()
+                    s.filled = s.length
+                    s.cur = s.length  # verified, or carried, to its end: no network window
+                    stats["lead_whole"] += s.led == s.length - 1
+                else:  # the network takes over from the last verified frame
+                    s.filled = max(s.filled, s.led + 1)
+                    s.cur, s.pos = s.led, s.out_xy[s.led].copy()
             alive = [s for s in alive if s not in done]
     return stats
+
+
+def _inside(p1, w, h, half) -> np.ndarray:
+    """Whether each position's whole step window lies inside the image."""
+    return (p1[:, 0] >= half) & (p1[:, 0] <= w - 1 - half) & (p1[:, 1] >= half) & (p1[:, 1] <= h - 1 - half)
+
+
+def _like_the_point(image, s, g0, p0, g1, p1, seed) -> float | None:
+    """A step's patch similarity to the anchor's where it still looks like the point there
+    (:data:`NCC_ANCHOR`) and is not a rival match of a repeating texture (unless the match
+    nearest to ``seed``, where the point's own motion puts it), else None."""
+    like = refine._ncc(image(s.start), s.xy[None], g1, p1[None])[0]
+    if like < NCC_ANCHOR:
+        return None
+    if AMBIGUOUS:
+        others = refine._rival_matches(g0, p0, g1, p1)
+        if len(others) and not refine.nearest_of_rivals(p1, others, seed):
+            return None
+    return float(like)
+
+
+def _verify(s, local, p, like, board, stats) -> None:
+    """Frame ``local`` of run ``s`` verified at ``p``: its position, visibility, similarity."""
+    s.out_xy[local], s.out_vis[local], s.led_ncc[local] = p, 1.0, like
+    s.led = local
+    stats["lead_frames"] += 1
+    if board is not None:
+        board.trust(s, local)
+
+
+def _find_again(image, s, g1, pred, w, h, half):
+    """A strict step from the run's last verified patch to the company's prediction ``pred`` on
+    ``g1``: (position, similarity to the anchor) where it lands within :data:`FOUND_PX` of it and
+    passes every check a lead step passes, else None."""
+    last = s.absolute(s.led)
+    p0 = s.out_xy[s.led][None]
+    p1, ok = _steps(image(last), g1, p0, pred[None])
+    ok &= _inside(p1, w, h, half) & (np.linalg.norm(p1 - pred, axis=1) <= FOUND_PX)
+    if not ok[0]:
+        return None
+    like = _like_the_point(image, s, image(last), p0[0], g1, p1[0], pred)
+    return None if like is None else (p1[0], like)
+
+
+class _Company:
+    """Every frame the strict steps verified, of every point (the anchors too), so that a run
+    they lose can be carried by the points that moved with it (:mod:`pipstrack.engine.comotion`)."""
+
+    def __init__(self, segments):
+        frames = [f for s in segments for f in (s.start, s.end)]
+        self.lo = min(frames)
+        T, N = max(frames) - self.lo + 1, max(s.point for s in segments) + 1
+        self.xy = np.full((T, N, 2), np.nan)
+        self.trusted = np.zeros((T, N), bool)
+        for s in segments:
+            self.trust(s, 0)
+
+    def trust(self, s, local: int) -> None:
+        row = s.absolute(local) - self.lo
+        self.xy[row, s.point], self.trusted[row, s.point] = s.out_xy[local], True
+
+    def neighbours(self, s) -> np.ndarray:
+        """The points that moved with run ``s``'s point on the verified frames behind its last one."""
+        from . import comotion
+
+        return comotion.comoving_neighbours(self.xy, self.trusted, s.point, s.absolute(s.led) - self.lo, -s.step)
+
+    def predict(self, s, frame: int, nb):
+        """Where ``nb`` carry the point from its last verified frame to ``frame``, or None where
+        fewer than :data:`COMPANY_MIN` of them are verified there, or they determine less than a
+        similarity, or their own motion is no such model's (they miss it by more than
+        :data:`COMPANY_MISS`)."""
+        from . import comotion
+
+        row = frame - self.lo
+        if self.trusted[row, nb].sum() < COMPANY_MIN:
+            return None
+        miss = np.full(1, np.inf)
+        p, model = comotion._predict_from(self.xy, self.trusted, s.point, s.absolute(s.led) - self.lo, [row], nb, miss)
+        if model[0] < COMPANY_MODEL or not miss[0] <= COMPANY_MISS:
+            return None
+        return p[0]
+
+
+# A run the strict steps lost is carried on by its company instead of the network while at least
+# this many points that moved with it (verified by the steps themselves) are verified ...
+COMPANY_MIN = 4
+# ... and determine a model at least this strong (2: similarity; see comotion._predict_from) ...
+COMPANY_MODEL = 2
+# ... that misses their own motion by at most this (px, median).
+COMPANY_MISS = 1.0
+FOUND_PX = 1.5  # a strict step from the last verified patch finds it again this close to the prediction (px)
 
 
 AMBIGUOUS = True  # a step with a rival match (a repeating texture) ends the lead
@@ -111,54 +238,3 @@ def _steps(g0, g1, p0, seed) -> tuple[np.ndarray, np.ndarray]:
     ok &= np.isfinite(p1).all(axis=1)
     ok[ok] &= refine._ncc(g0, p0[ok], g1, p1[ok]) >= NCC_STEP
     return p1, ok
-
-
-# A run the strict steps lost is carried on by its company instead of the network when at least
-# this many points that moved with it (verified by the steps themselves) carry it to the run's end,
-COMPANY_MIN = 4
-# ... by a model at least this strong on every frame (2: similarity; see comotion._predict_from) ...
-COMPANY_MODEL = 2
-# ... that misses its neighbours' own motion by at most this (px, median) on every frame.
-COMPANY_MISS = 0.5
-
-
-def carry_by_company(segments, first: int, last: int, n_points: int) -> dict:
-    """Hands the network none of the open runs whose point the points the strict steps kept can
-    carry to the end: their positions after the lead's last frame are the co-motion prediction
-    (visibility 0: unverified), and the refinement polishes, checks and fills them as it does the
-    network's (:mod:`pipstrack.engine.refine`: its co-motion rounds seed steps there, its search
-    finds the point again where it comes back).
-
-    Why: on a clean shot the few points the classical steps lose (they leave the frame, or meet a
-    repeating texture) made the network encode nearly every frame, most of the time of such a shot,
-    for points whose surface the steps still follow through dozens of others. The network is kept
-    wherever the company cannot carry a point all the way (too few of them, a motion no rigid model
-    explains, the company lost too) and for every run between two keyframes.
-    Returns the count of runs carried (``company_carried``)."""
-    from . import comotion
-
-    T = last - first + 1
-    xy = np.full((T, n_points, 2), np.nan)
-    trusted = np.zeros((T, n_points), bool)
-    for s in segments:  # the anchors and every frame the steps verified
-        rows = np.array([s.absolute(k) for k in range(s.led + 1)]) - first
-        xy[rows, s.point] = s.out_xy[: s.led + 1]
-        trusted[rows, s.point] = True
-    carried = 0
-    for s in segments:
-        if s.kind != "open" or s.cur >= s.length:
-            continue
-        r = s.absolute(s.led) - first
-        frames = np.array([s.absolute(k) for k in range(s.led + 1, s.length)]) - first
-        nb = comotion.comoving_neighbours(xy, trusted, s.point, r, side=-s.step)
-        if len(nb) < COMPANY_MIN:
-            continue
-        miss = np.full(len(frames), np.inf)
-        pred, model = comotion._predict_from(xy, trusted, s.point, r, frames, nb, residuals=miss, chain=True)
-        if (model < COMPANY_MODEL).any() or not (miss <= COMPANY_MISS).all():
-            continue
-        s.out_xy[s.led + 1 :] = pred
-        s.out_vis[s.led + 1 :] = 0.0
-        s.filled, s.cur = s.length, s.length
-        carried += 1
-    return {"company_carried": carried}

@@ -322,8 +322,9 @@ class Tracker:
         ``lead`` (with ``refine``): strict KLT steps follow each point first and the network runs
         only from the last frame they verified (:mod:`pipstrack.engine.lead`); False runs the
         network over every frame of every point. ``company_lead`` (with ``lead`` and ``comotion``):
-        a point the steps lost that the points they kept carry to the end of its run needs no
-        network window (:func:`pipstrack.engine.lead.carry_by_company`)."""
+        a point the steps lose is carried by the points they keep that moved with it, and found
+        again by a strict step where it comes back; the network runs only where they cannot carry
+        it (:func:`pipstrack.engine.lead.lead`)."""
         if int(min_advance) not in (1, 2):
             raise ValueError(f"min_advance must be 1 or 2, not {min_advance!r}")
         self.min_advance = int(min_advance)
@@ -424,11 +425,8 @@ class Tracker:
                 if progress is not None:
                     progress(0, network + refining)
 
-            led = lead(lambda i: self._working_image(source, cache, i, work), segments, check)
-            if self.comotion and self.company_lead:
-                from .lead import carry_by_company
-
-                led.update(carry_by_company(segments, first, last, len(points)))
+            company = self.comotion and self.company_lead
+            led = lead(lambda i: self._working_image(source, cache, i, work), segments, check, company=company)
             led["seconds"] = time.perf_counter() - t0
             self.stage = "network"
         t1 = time.perf_counter()
