@@ -41,10 +41,10 @@ def lead(image, segments, check=None, company: bool = False) -> dict:
     ``led_ncc`` the patch similarity to the anchor's on each (NaN on frames not verified), ``cur``
     and ``pos`` are set to the last verified frame (where the network takes over) or to the
     segment's end. ``image(i)``: the working-size RGB frame of absolute index ``i``. Returns
-    counts: point-frames verified here, segments verified to their end, and (``company``) runs
-    carried by their company over frames the steps lost, and frames found again after such a
-    stretch. ``check``, if given, is called before each frame's steps (a cancel raises there; a
-    service hears from the job).
+    counts: point-frames verified here, segments verified to their end, and (``company``) the
+    stretches over which a run was carried by its company, and those ended by finding it again.
+    ``check``, if given, is called before each frame's steps (a cancel raises there; a service
+    hears from the job).
 
     ``company``: an open run whose step fails is not handed to the network at once. Where points
     that moved with it (verified by these steps on the frames before) carry it on (see
