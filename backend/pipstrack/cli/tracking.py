@@ -255,8 +255,8 @@ def add_parsers(sub) -> None:
     t.add_argument(
         "--no-company-lead",
         action="store_true",
-        help="run the network for every point the KLT steps lose (default: a point the points they "
-        "kept carry to the end needs no network)",
+        help="run the network for every point the KLT steps lose (default: the points they keep that "
+        "moved with it carry it, and the network runs only where they cannot)",
     )
     t.add_argument(
         "--exposure", type=float, default=0.0, help="stops applied to linear (EXR) plates before the display transform"
