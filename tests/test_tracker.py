@@ -515,8 +515,8 @@ def test_points_the_lead_loses_at_the_frame_edge_are_carried_by_company_without_
     err = np.linalg.norm(led.xy - truth, axis=2)
     err_net = np.linalg.norm(net.xy - truth, axis=2)
     print(
-        f"\nedge points: worst in frame {err[in_frame][:, None].max():.3f} px carried by company, "
-        f"{err_net[in_frame][:, None].max():.3f} px with the network"
+        f"\nedge points: worst in frame {err[in_frame].max():.3f} px carried by company, "
+        f"{err_net[in_frame].max():.3f} px with the network"
     )
     assert not (led.visible & ~in_frame).any()  # never reported seen outside the frame
     assert led.verified[T - 3 :, : len(edge)].all()  # back on their own patch once well inside again

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import refine
+from . import comotion, refine
 
 FB_MAX = 0.25  # px: forward-backward disagreement a step may have
 NCC_STEP = 0.9  # patch similarity to the previous frame's
@@ -166,13 +166,12 @@ def _find_again(image, s, g1, pred, w, h, half):
     """A strict step from the run's last verified patch to the company's prediction ``pred`` on
     ``g1``: (position, similarity to the anchor) where it lands within :data:`FOUND_PX` of it and
     passes every check a lead step passes, else None."""
-    last = s.absolute(s.led)
-    p0 = s.out_xy[s.led][None]
-    p1, ok = _steps(image(last), g1, p0, pred[None])
+    g0, p0 = image(s.absolute(s.led)), s.out_xy[s.led][None]
+    p1, ok = _steps(g0, g1, p0, pred[None])
     ok &= _inside(p1, w, h, half) & (np.linalg.norm(p1 - pred, axis=1) <= FOUND_PX)
     if not ok[0]:
         return None
-    like = _like_the_point(image, s, image(last), p0[0], g1, p1[0], pred)
+    like = _like_the_point(image, s, g0, p0[0], g1, p1[0], pred)
     return None if like is None else (p1[0], like)
 
 
@@ -195,8 +194,6 @@ class _Company:
 
     def neighbours(self, s) -> np.ndarray:
         """The points that moved with run ``s``'s point on the verified frames behind its last one."""
-        from . import comotion
-
         return comotion.comoving_neighbours(self.xy, self.trusted, s.point, s.absolute(s.led) - self.lo, -s.step)
 
     def predict(self, s, frame: int, nb):
@@ -204,8 +201,6 @@ class _Company:
         fewer than :data:`COMPANY_MIN` of them are verified there, or they determine less than a
         similarity, or their own motion is no such model's (they miss it by more than
         :data:`COMPANY_MISS`)."""
-        from . import comotion
-
         row = frame - self.lo
         if self.trusted[row, nb].sum() < COMPANY_MIN:
             return None
