@@ -302,3 +302,35 @@ def test_hard_augmentations_keep_ground_truth_exact_and_old_streams():
     finally:
         synth._tex_photo = real
     assert used and not set(used) & set(synth.EVAL_PHOTOS)
+
+
+def test_lingering_occluders_hide_points_for_most_of_the_clip_and_keep_old_streams():
+    """A lingering occluder slides in early and stays: the rest of the clip is the one the seed
+    gives without it, more points seen on the query frame are hidden on most later frames, ground
+    truth stays exact where a point is visible, and with it off nothing changes."""
+    lingering = dataclasses.replace(CFG, linger_prob=1.0)
+    long_plain, long_lingering = [], []
+    for k in range(16):
+        a = synth.make_clip(np.random.default_rng([3, k]), CFG, debug=True)
+        b = synth.make_clip(np.random.default_rng([3, k]), lingering, debug=True)
+        assert len(b["layers"]) == len(a["layers"]) + 1
+        for la, lb in zip(a["layers"], b["layers"]):
+            np.testing.assert_array_equal(la["H"], lb["H"])
+        long_plain.append(((~a["visible"][1:]).sum(0) >= 4).mean())
+        long_lingering.append(((~b["visible"][1:]).sum(0) >= 4).mean())
+    print(f"hidden on 4+ of 7 later frames: {np.mean(long_plain):.2f} -> {np.mean(long_lingering):.2f}")
+    assert np.mean(long_lingering) > np.mean(long_plain) + 0.05
+    np.testing.assert_array_equal(
+        synth.make_clip(np.random.default_rng(11), CFG)["rgbs"],
+        synth.make_clip(np.random.default_rng(11), dataclasses.replace(CFG, linger_prob=0.0))["rgbs"],
+    )
+    # Where a point is visible the frame shows its texture (photometric looks off: clean()).
+    c = synth.make_clip(np.random.default_rng(12), lingering.clean(), debug=True)
+    t, n = np.nonzero(c["visible"])
+    errs = []
+    for f, k in zip(t, n):
+        tex = c["layers"][c["point_layer"][k]]
+        want = bilinear(tex["tex"], c["tex_xy"][k : k + 1, 0], c["tex_xy"][k : k + 1, 1])[0]
+        got = bilinear(c["rgbs"][f], [c["trajs"][f, k, 0]], [c["trajs"][f, k, 1]])[0]
+        errs.append(np.abs(want - got).mean())
+    assert len(errs) > 50 and np.median(errs) < 3

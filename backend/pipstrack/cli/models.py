@@ -65,6 +65,7 @@ TRAINING_MIX = {
     "fast": "share of fast clips (motion 1.5-2.5x faster, 0..1)",
     "flicker": "share of clips with exposure and white-balance flicker (0..1)",
     "poles": "chance that a sprite is a thin pole (0..1)",
+    "linger": "share of clips with a large occluder that slides in and stays (long occlusions, 0..1)",
 }
 
 
@@ -95,6 +96,7 @@ def cmd_train(args) -> int:
         fast_prob=args.fast,
         flicker_prob=args.flicker,
         pole_prob=args.poles,
+        linger_prob=args.linger,
         workers=args.workers,
         time_budget_s=None if args.minutes is None else 60.0 * args.minutes,
         teacher=args.teacher,

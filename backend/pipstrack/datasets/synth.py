@@ -94,6 +94,11 @@ class SynthConfig:
     # Poles: a sprite drawn as a thin bar (4-14 % of its side wide, its full length), the occluder
     # that hides a point for a few frames and drags a tracker along its edge.
     pole_prob: float = 0.0
+    # Lingering occluders: a large shape that slides in over the frame early and stays (or leaves
+    # again near the end), so that points seen on the query frame are hidden for most of the clip,
+    # as a passer-by or a parked car hides a marker; crossing sprites hide a point for a few frames.
+    linger_prob: float = 0.0
+    linger_size: tuple[float, float] = (0.5, 0.9)
     # Photographs never used as textures (the evaluation's, so that its photo clips are unseen).
     exclude_photos: tuple[str, ...] = ()
     # Point sampling.
@@ -524,7 +529,42 @@ def _sprites(rng, cfg: SynthConfig, u: np.ndarray, jitter=0.0, fast=1.0) -> list
         pole = cfg.pole_prob > 0 and rng.random() < cfg.pole_prob  # draws nothing when off
         alpha = _pole_mask(rng, side) if pole else _mask(rng, side)
         out.append(_Layer(rgb=rgb, alpha=alpha, H=Hs, centre=pos))
+    if cfg.linger_prob > 0:
+        # Drawn from a generator jumped far ahead, so the rest of the clip (sprites, looks, points)
+        # is the one the seed gives without it, and nothing is drawn when it is off.
+        own = np.random.Generator(rng.bit_generator.jumped())
+        if own.random() < cfg.linger_prob:
+            out.append(_lingering(own, cfg, len(u), jitter))
     return out
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3 - 2 * x)
+
+
+def _lingering(rng, cfg: SynthConfig, T: int, jitter) -> _Layer:
+    """The top layer: slides in from outside the frame over the first 5-25 % of the clip and rests over
+    the frame's middle; in a third of the clips it slides out again over the last 10-25 %. It follows
+    frame time, not the clip's motion timeline, so a slow clip still has a long occlusion."""
+    H, W = cfg.height, cfg.width
+    size = rng.uniform(*cfg.linger_size) * min(H, W)
+    side = int(np.clip(round(size * 1.2), 12, 256))
+    s = np.linspace(0.0, 1.0, T) if T > 1 else np.zeros(1)
+    rest = rng.uniform([0.2 * W, 0.2 * H], [0.8 * W, 0.8 * H])
+    d = _rand_dir(rng)  # it starts just outside the frame in this direction
+    with np.errstate(divide="ignore"):
+        exits = np.where(d > 0, (np.array([W, H]) - rest) / d, np.where(d < 0, -rest / d, np.inf))
+    away = d * (exits.min() + 0.75 * size)
+    pos = rest + np.outer(1.0 - _smoothstep(s / rng.uniform(0.05, 0.25)), away)
+    if rng.random() < 1 / 3:
+        leave = rng.uniform(0.1, 0.25)
+        pos = pos + np.outer(_smoothstep((s - (1.0 - leave)) / leave), _rand_dir(rng) * 1.5 * size)
+    pos = pos + jitter
+    c = (side - 1) / 2.0
+    theta = np.full(T, rng.uniform(-np.pi, np.pi))
+    Hs = _homographies(pos, theta, size / side, 1.0, 0.0, np.zeros((T, 2)), (c, c))
+    return _Layer(rgb=_texture(rng, side, side, cfg), alpha=_mask(rng, side), H=Hs, centre=pos)
 
 
 # --------------------------------------------------------------------------

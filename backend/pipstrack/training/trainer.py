@@ -66,6 +66,7 @@ class TrainOptions:
     fast_prob: float = 0.0  # share of fast clips (synth.SynthConfig.fast_prob)
     flicker_prob: float = 0.0  # share of clips with exposure / white-balance flicker
     pole_prob: float = 0.0  # chance that a sprite is a thin pole
+    linger_prob: float = 0.0  # share of clips with a lingering occluder (long occlusions)
     # The evaluation's photographs stay out of training, so its photo clips measure unseen content.
     exclude_photos: tuple[str, ...] = synth.EVAL_PHOTOS
     # Clip generation in this many worker processes (0: in the training loop). A GPU steps far
@@ -316,6 +317,7 @@ def train(opts: TrainOptions, log=print) -> Path:
         fast_prob=opts.fast_prob,
         flicker_prob=opts.flicker_prob,
         pole_prob=opts.pole_prob,
+        linger_prob=opts.linger_prob,
         exclude_photos=tuple(opts.exclude_photos),
     )
     held_out_path = out / "heldout.npz"
