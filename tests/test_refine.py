@@ -357,3 +357,103 @@ def test_a_re_detection_records_whose_patch_found_it():
     bad = np.zeros((T, 1), bool)
     bad[5] = True
     assert np.flatnonzero(stepped_from(bad, parent)[:, 0]).tolist() == list(range(5, T))
+
+
+def test_a_step_that_jumps_from_the_points_own_motion_onto_a_look_alike_is_not_verified(monkeypatch):
+    """A point on a card moving over the plate (no other point moves with it) is covered from
+    frame 6 on, and a copy of its patch shows 12 px away (the far side of an occluder, a repeating
+    part, a patch cut off by the frame edge); the network follows the copy. A step there passes
+    every patch check, and no co-moving point can judge it, but it breaks from the point's own
+    motion by far more than the plate's points' motion did: not verified, nor what was stepped
+    from it, while the plate's points keep every frame. Without the jump check (negative control) the copy is
+    verified. (Re-detection is off: a search is not judged by the point's motion, and would find
+    an exact copy, unique in its window, on its own: docs/tracking.md.)"""
+    import pipstrack.engine.refine as R
+
+    T, H, W = 12, 96, 128
+    rng = np.random.default_rng(5)
+    tex = smooth_texture(rng, (H + 40, W + 40), 1.5)
+    card = smooth_texture(rng, (41, 41), 1.5)
+    shift = np.c_[np.arange(T) * 1.0, np.arange(T) * 0.5]  # the plate
+    path = np.c_[30 + np.arange(T) * 2.0, 30 + np.arange(T) * 1.0]  # the card's corner: its own motion
+    start = np.array([[20.0, 20.0], [100.0, 20.0], [20.0, 75.0], [100.0, 75.0]])
+    truth = np.concatenate([(path + 20)[:, None], start[None] + shift[:, None]], axis=1)
+    offset = np.array([12, 3])
+    frames = []
+    for t, (dx, dy) in enumerate(shift):
+        img = cv2.warpAffine(
+            tex, np.float32([[1, 0, 20 - dx], [0, 1, 20 - dy]]), (W, H), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP
+        )
+        x0, y0 = path[t].astype(int)
+        img[y0 : y0 + 41, x0 : x0 + 41] = card
+        if t >= 6:  # the point's patch copied beside it, and the point itself covered
+            x, y = (truth[t, 0] + 0.5).astype(int)
+            patch = img[y - 9 : y + 10, x - 9 : x + 10].copy()
+            img[y - 9 : y + 10, x - 9 : x + 10] = 128
+            img[y + offset[1] - 9 : y + offset[1] + 10, x + offset[0] - 9 : x + offset[0] + 10] = patch
+        frames.append(np.dstack([img] * 3))
+    rough = truth.copy()
+    rough[6:, 0] += offset  # the network took the copy
+    after = np.arange(T) >= 6
+
+    def run():
+        return refine_trajectories(
+            lambda i: frames[i], np.arange(T), rough, np.ones((T, 5), bool), [[0]] * 5, redetect=False
+        )
+
+    monkeypatch.setattr(R, "JUMP_CHECK", False)
+    out, found, _, _ = run()
+    err = np.linalg.norm(out - truth, axis=2)
+    assert (found[after, 0] & (err[after, 0] > 8)).any()  # the copy verified: silently wrong
+    monkeypatch.setattr(R, "JUMP_CHECK", True)
+    out, found, _, stats = run()
+    err = np.linalg.norm(out - truth, axis=2)
+    assert found[1:6, 0].all() and err[1:6, 0].max() < 0.2  # the frames before stay verified
+    assert not (found & (err > 3)).any(), err[found]  # nothing wrong is called verified
+    assert found[:, 1:].all() and stats["jumped"] >= 1
+
+
+def test_the_jump_check_judges_a_step_by_the_points_own_motion_beside_the_cameras():
+    """A step is judged by the velocity before it (times the frames it spans, across a gap) after
+    taking out how the other points' motion broke on the same frames (a camera shake moves them
+    all); the slack grows with the speed; a step the co-moving prediction backs is kept; a
+    frame without two verified frames behind its step, found by a search, or with too few other
+    points to judge the camera by, is not judged."""
+    from pipstrack.engine.refine import _jumped
+
+    T, N = 8, 7
+    out = np.zeros((T, N, 2))
+    out[:, :, 0] = np.arange(T)[:, None] * np.array([1.0, 10.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # one at 10 px a frame
+    out[5:, :, 1] += 9.0  # the camera shakes: every point 9 px down from frame 5 on
+    polished = np.ones((T, N), bool)
+    parent = np.tile(np.arange(-1, T - 1)[:, None], (1, N))
+    searched = np.zeros((T, N), bool)
+    out[5, 0, 0] += 10.0  # point 0 also jumps 10 px on frame 5 (slack 8 + 1 px)
+    out[5, 1, 0] += 8.0  # point 1 moves at 10 px a frame: 8 px is well within 8 + 10 px
+    polished[2:5, 2] = False  # point 2 steps from frame 1 to 5, across a gap, as the plate moved
+    parent[5, 2] = 1
+    out[3, 3, 0] += 11.0  # point 3 jumps 11 px on frame 3, but its company goes there too
+    pred = np.full((T, N, 2), np.nan)
+    pred[3:, 3] = out[3:, 3]
+    bad = _jumped(out, polished, parent, pred, searched)
+    assert bad[5, 0] and not bad[[1, 2, 3, 4, 7], 0].any()  # frame 6 stepped from it: stepped_from's job
+    assert not bad[:, 1:].any()  # the shake alone, the fast point, the gap, the backed jump
+    assert _jumped(out, polished, parent, None, searched)[3, 3]  # without the company it is a jump
+    searched[5, 0] = True
+    assert not _jumped(out, polished, parent, pred, searched)[5, 0]
+    few = polished.copy()
+    few[5, 2:] = False  # only one other point verified on frame 5
+    assert not _jumped(out, few, parent, pred, np.zeros((T, N), bool))[5, 0]
+    polished[3, 0] = False  # frame 5's step has no verified frame before its start
+    parent[4, 0] = -1
+    assert not _jumped(out, polished, parent, pred, np.zeros((T, N), bool))[5, 0]
+
+
+def test_the_cameras_break_is_the_median_of_the_other_points():
+    from pipstrack.engine.refine import _median_without
+
+    rng = np.random.default_rng(1)
+    for m in (2, 3, 4, 7, 10):
+        values = rng.normal(size=(m, 2))
+        want = np.array([np.median(np.delete(values, i, axis=0), axis=0) for i in range(m)])
+        np.testing.assert_allclose(_median_without(values), want)

@@ -80,6 +80,19 @@ CHAINED_DROP = True
 # ... and so where it was a re-detection (a search, not a step), and through re-detections: a
 # point re-detected by the patch of a wrong frame was found at the wrong place again.
 CHAINED_SEARCH = True
+# A step that breaks from the point's own motion (the two verified frames before it) by more than
+# JUMP_PX plus JUMP_SHARE of its speed (a fast point is blurred, its steps noisier), after taking
+# out what the camera did meanwhile (the median of the same break over the other points verified
+# on those frames, at least JUMP_COMPANY of them: a hand-held camera's shake breaks every point's
+# motion alike), and that the co-moving points' prediction (if any) does not back within JUMP_PX
+# either, found a look-alike (a repeating texture, the far side of an occluder, a patch cut off by
+# the frame's edge): it is not verified, nor what was stepped from it. A point without that many
+# others is not judged (its own motion alone cannot tell a jump from a shake), nor is a search
+# (re-detection: a jump by design).
+JUMP_CHECK = True
+JUMP_PX = 8.0
+JUMP_SHARE = 1.0
+JUMP_COMPANY = 3
 
 
 def _ncc(g0, p0, g1, p1, win: int = WIN) -> np.ndarray:
@@ -225,9 +238,19 @@ def refine_trajectories(
         judged = polished.copy()
         stats["departed"] += int(bad.sum())
 
+    stats["jumped"] = 0
+
+    def drop_jumps(pred):  # steps that broke from the point's own motion, and what chained from them
+        if not JUMP_CHECK:
+            return
+        bad = stepped_from(_jumped(out, polished, parent, pred, searched), parent)
+        polished[bad], similarity[bad] = False, np.nan
+        stats["jumped"] += int(bad.sum())
+
     todo = tracked & ~keyed & ~led
     _lk_pass(frame, out, xy, visible, start, polished, similarity, todo, radius, tick=sweep_tick(0), parent=parent)
     drop_departures()
+    drop_jumps(None)
     lap("polish")
     pred = None
     if comotion and N > 1:
@@ -284,9 +307,10 @@ def refine_trajectories(
         lap("re-detection")
     edge = _edge_pass(frame, out, pred, polished, similarity, tracked, start, check, parent) if EDGE_PASS else 0
     stats["edge"] = edge
-    before = stats["departed"]
+    before = stats["departed"] + stats["jumped"]
     drop_departures()
-    if (edge or stats["departed"] > before) and comotion and N > 1:
+    drop_jumps(pred)  # the co-moving prediction from before the edge pass
+    if (edge or stats["departed"] + stats["jumped"] > before) and comotion and N > 1:
         pred = comotion_fill(out, polished, check)
     lap("edge")
     stats["refined"] = int((polished & ~keyed & ~led).sum())
@@ -488,6 +512,60 @@ def _lk_pass(
                     parent[t, idx[ok]] = lt
                 prev_t[idx[ok]] = last_t[idx[ok]]
                 last_t[idx[ok]] = t
+
+
+def _jumped(out, polished, parent, pred, searched) -> np.ndarray:
+    """(T,N) bool: the verified frames reached by a step (``parent``: where it started, ``k``
+    frames away; not a search) whose displacement misses the point's own motion (``k`` times the
+    velocity from the verified frame before the step's start) by more than ``JUMP_PX +
+    JUMP_SHARE * k * speed`` once the median miss of the other points verified on the same three
+    frames (the camera's shake) is taken out, where the co-moving prediction ``pred`` (T,N,2, NaN
+    where none; or None) is no nearer than ``JUMP_PX`` either. Not judged: frames without two
+    verified frames behind their step, or fewer than ``JUMP_COMPANY`` such other points."""
+    T, N = polished.shape
+    rows = np.arange(T)[:, None]
+    cols = np.broadcast_to(np.arange(N)[None], (T, N))
+    r = parent
+    rr = r - np.sign(rows - r)  # the frame before the step's start, on the far side
+    judged = polished & (r >= 0) & (r != rows) & ~searched & (rr >= 0) & (rr < T)
+    judged[judged] &= polished[rr[judged], cols[judged]] & polished[r[judged], cols[judged]]
+    bad = np.zeros((T, N), bool)
+    t_all, n_all = np.nonzero(judged)
+    a_all, b_all = r[t_all, n_all], rr[t_all, n_all]
+    # One group per (frame, step start, the frame before it): the camera's break is the same there.
+    keys = np.stack([t_all, a_all, b_all], axis=1)
+    groups, which = np.unique(keys, axis=0, return_inverse=True)
+    for g, (t, a, b) in enumerate(groups):
+        seen = np.flatnonzero(polished[t] & polished[a] & polished[b])  # the judged ones are among them
+        if len(seen) <= JUMP_COMPANY:
+            continue
+        members = n_all[which.ravel() == g]
+        k = abs(int(t) - int(a))
+        miss = out[t, seen] - out[a, seen] - k * (out[a, seen] - out[b, seen])  # breaks from own motion
+        camera = _median_without(miss)  # each point's: the others' median
+        at = np.searchsorted(seen, members)
+        speed = np.linalg.norm(out[a, members] - out[b, members], axis=1)  # in the frame: blur grows with it
+        far = np.linalg.norm(miss[at] - camera[at], axis=1) > JUMP_PX + JUMP_SHARE * k * speed
+        if pred is not None:
+            far &= ~(np.linalg.norm(out[t, members] - pred[t, members], axis=1) <= JUMP_PX)  # NaN: none
+        bad[t, members[far]] = True
+    return bad
+
+
+def _median_without(values: np.ndarray) -> np.ndarray:
+    """(m,D): for each row, the per-column median of the other m-1 rows (m >= 2)."""
+    m = len(values)
+    order = np.argsort(values, axis=0, kind="stable")
+    ranks = np.empty_like(order)
+    cols = np.arange(values.shape[1])
+    ranks[order, cols] = np.arange(m)[:, None]
+    ordered = np.take_along_axis(values, order, axis=0)
+    lo, hi = (m - 2) // 2, (m - 1) // 2  # the middle of m-1 values (the same index when m-1 is odd)
+
+    def pick(i):  # the i-th smallest of the others: skip the row's own rank
+        return ordered[np.where(i < ranks, i, i + 1), cols]
+
+    return 0.5 * (pick(lo) + pick(hi))
 
 
 def stepped_from(bad: np.ndarray, parent: np.ndarray) -> np.ndarray:
