@@ -457,3 +457,45 @@ def test_the_cameras_break_is_the_median_of_the_other_points():
         values = rng.normal(size=(m, 2))
         want = np.array([np.median(np.delete(values, i, axis=0), axis=0) for i in range(m)])
         np.testing.assert_allclose(_median_without(values), want)
+
+
+def test_a_point_leaving_the_frame_is_verified_until_its_window_reaches_the_border(monkeypatch):
+    """Past the border a step's window holds replicated pixels, which match along the edge: a
+    point leaving the frame is verified while its 15 px window is inside, may be verified by the
+    7 px edge window closer to the border, and is not verified once that is cut off too."""
+    import pipstrack.engine.refine as R
+
+    T, H, W = 14, 96, 128
+    rng = np.random.default_rng(2)
+    tex = smooth_texture(rng, (H + 80, W + 40), 1.5)
+    shift = np.c_[np.arange(T) * 0.3, -np.arange(T) * 2.5]  # up and out at the top
+    frames = [
+        np.dstack(
+            [
+                cv2.warpAffine(
+                    tex,
+                    np.float32([[1, 0, 20 - dx], [0, 1, 20 - dy]]),
+                    (W, H),
+                    flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                    borderMode=cv2.BORDER_REFLECT,
+                )
+            ]
+            * 3
+        )
+        for dx, dy in shift
+    ]
+    truth = np.array([[64.0, 30.0]])[None] + shift[:, None]
+    inside = truth[:, 0, 1] >= 7  # the 15 px window is inside the frame
+    cut_off = truth[:, 0, 1] < 3  # ... and the 7 px one is not
+
+    def run():
+        return refine_trajectories(lambda i: frames[i], np.arange(T), truth.copy(), np.ones((T, 1), bool), [[0]])
+
+    monkeypatch.setattr(R, "BORDER_CHECK", False)
+    _, found_anywhere, _, _ = run()
+    assert found_anywhere[cut_off, 0].any()  # without the check, steps "verify" the cut-off window
+    monkeypatch.setattr(R, "BORDER_CHECK", True)
+    out, found, _, _ = run()
+    assert found[inside, 0].all() and not found[cut_off, 0].any()
+    err = np.linalg.norm(out - truth, axis=2)[:, 0]
+    assert err[inside].max() < 0.1

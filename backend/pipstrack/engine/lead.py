@@ -81,7 +81,7 @@ def lead(image, segments, check=None, company: bool = False) -> dict:
                     [p if prev[id(s)] is None else 2 * p - prev[id(s)] for s, p in zip(stepping, p0)], np.float64
                 )
                 p1, ok = _steps(g0, g1, p0, seed)
-                ok &= _inside(p1, w, h, half)
+                ok &= refine.window_inside(p1, w, h, half)
                 likes = [None] * len(stepping)
                 for j in np.flatnonzero(ok):
                     likes[j] = _like_the_point(image, stepping[j], g0, p0[j], g1, p1[j], seed[j])
@@ -134,11 +134,6 @@ def lead(image, segments, check=None, company: bool = False) -> dict:
     return stats
 
 
-def _inside(p1, w, h, half) -> np.ndarray:
-    """Whether each position's whole step window lies inside the image."""
-    return (p1[:, 0] >= half) & (p1[:, 0] <= w - 1 - half) & (p1[:, 1] >= half) & (p1[:, 1] <= h - 1 - half)
-
-
 def _like_the_point(image, s, g0, p0, g1, p1, seed) -> float | None:
     """A step's patch similarity to the anchor's where it still looks like the point there
     (:data:`NCC_ANCHOR`) and is not a rival match of a repeating texture (unless the match
@@ -168,7 +163,7 @@ def _find_again(image, s, g1, pred, w, h, half):
     passes every check a lead step passes, else None."""
     g0, p0 = image(s.absolute(s.led)), s.out_xy[s.led][None]
     p1, ok = _steps(g0, g1, p0, pred[None])
-    ok &= _inside(p1, w, h, half) & (np.linalg.norm(p1 - pred, axis=1) <= FOUND_PX)
+    ok &= refine.window_inside(p1, w, h, half) & (np.linalg.norm(p1 - pred, axis=1) <= FOUND_PX)
     if not ok[0]:
         return None
     like = _like_the_point(image, s, g0, p0[0], g1, p1[0], pred)
