@@ -134,6 +134,24 @@ def test_markers_round_trip_and_frame_edges():
         cv.pixel_to_marker(xy, W, H)  # sizes by keyword only: no order to get wrong
 
 
+def test_window_inside_means_no_replicated_border_pixel_is_read():
+    """The rule the polish, the lead and re-detection match by: a window it calls inside is read
+    wholly from the frame by OpenCV's sub-pixel sampler; a hair further out it is not."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    H, W, half = 30, 40, 7
+    img = rng.uniform(0, 255, (H, W)).astype(np.float32)
+    size = (2 * half + 1, 2 * half + 1)
+    for x, y in [(half, half), (W - 1 - half, H - 1 - half), (half, 20)]:
+        assert cv.window_inside([x, y], width=W, height=H, half=half)
+        np.testing.assert_array_equal(
+            cv2.getRectSubPix(img, size, (x, y)), img[y - half : y + half + 1, x - half : x + half + 1]
+        )
+    out = np.array([[half - 0.01, 10], [W - half - 0.99, 10], [20, half - 0.01], [20, H - half - 0.99], [np.nan, 10]])
+    assert not cv.window_inside(out, width=W, height=H, half=half).any()
+
+
 @pytest.mark.parametrize(
     "path,expect",
     [

@@ -56,6 +56,16 @@ def inside_frame(xy, *, width: int, height: int) -> np.ndarray:
     return (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
 
 
+def window_inside(xy, *, width: int, height: int, half: int) -> np.ndarray:
+    """(...,) True where a matching window ``half`` px either side of each pixel position lies
+    wholly on the frame. Why: past the border a window holds replicated pixels, which a match can
+    find anywhere along the edge (a point leaving the frame was verified on a look-alike 10 px
+    away); the polish, the lead and re-detection all judge their matches by this one rule."""
+    xy = np.asarray(xy, dtype=np.float64)
+    x, y = xy[..., 0], xy[..., 1]
+    return (x >= half) & (x <= width - 1 - half) & (y >= half) & (y <= height - 1 - half)
+
+
 # -- frame numbers ---------------------------------------------------------------------------
 
 

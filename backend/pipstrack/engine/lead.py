@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..conventions import window_inside
 from . import comotion, refine
 
 FB_MAX = 0.25  # px: forward-backward disagreement a step may have
@@ -81,7 +82,7 @@ def lead(image, segments, check=None, company: bool = False) -> dict:
                     [p if prev[id(s)] is None else 2 * p - prev[id(s)] for s, p in zip(stepping, p0)], np.float64
                 )
                 p1, ok = _steps(g0, g1, p0, seed)
-                ok &= refine.window_inside(p1, w, h, half)
+                ok &= window_inside(p1, width=w, height=h, half=half)
                 likes = [None] * len(stepping)
                 for j in np.flatnonzero(ok):
                     likes[j] = _like_the_point(image, stepping[j], g0, p0[j], g1, p1[j], seed[j])
@@ -163,7 +164,7 @@ def _find_again(image, s, g1, pred, w, h, half):
     passes every check a lead step passes, else None."""
     g0, p0 = image(s.absolute(s.led)), s.out_xy[s.led][None]
     p1, ok = _steps(g0, g1, p0, pred[None])
-    ok &= refine.window_inside(p1, w, h, half) & (np.linalg.norm(p1 - pred, axis=1) <= FOUND_PX)
+    ok &= window_inside(p1, width=w, height=h, half=half) & (np.linalg.norm(p1 - pred, axis=1) <= FOUND_PX)
     if not ok[0]:
         return None
     like = _like_the_point(image, s, g0, p0[0], g1, p1[0], pred)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..conventions import window_inside
+
 MIN_NCC = 0.9  # a match must look this much like the point's last verified patch
 MARGIN = 0.1  # ... and this much more than the best other place in the search window
 SEARCH_PX = 24  # search radius (px, working size) on the first frame after the point was verified
@@ -132,8 +134,7 @@ def _verified_match(frame, ref: int, p_ref, g1, centre, radius: float, step_fn, 
             continue
         gs = reference(scale)
         p1, ok, ncc = step_fn(gs, g1, ps[None], np.array([at], np.float64))
-        k = win // 2
-        inside = k <= p1[0, 0] <= g1.shape[1] - 1 - k and k <= p1[0, 1] <= g1.shape[0] - 1 - k
+        inside = window_inside(p1[0], width=g1.shape[1], height=g1.shape[0], half=win // 2)
         if ok[0] and ncc[0] >= MIN_NCC and inside:
             return p1[0], float(ncc[0])
         if scale == 1.0:

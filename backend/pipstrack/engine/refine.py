@@ -26,6 +26,8 @@ import time
 import cv2
 import numpy as np
 
+from ..conventions import window_inside
+
 WIN = 15  # LK window (px)
 LEVELS = 2  # pyramid levels above full resolution: PIPs' seed can be several px off
 FB_MAX = 0.5  # max forward-backward disagreement (px)
@@ -423,7 +425,7 @@ def _narrow_step(g0, g1, p0, seed):
     ok = bool(st[0])
     if BORDER_CHECK:
         h, w = g1.shape[:2]
-        ok &= bool(window_inside(p1, w, h, EDGE_WIN // 2)[0])
+        ok &= bool(window_inside(p1, width=w, height=h, half=EDGE_WIN // 2))
     ok &= float(np.linalg.norm(back.reshape(2) - a.reshape(2))) < EDGE_FB_MAX
     ok &= float(np.linalg.norm(p1 - seed)) < EDGE_RADIUS
     ncc = float(_ncc(g0, np.asarray(p0, np.float64)[None], g1, p1[None], EDGE_WIN)[0])
@@ -607,14 +609,6 @@ def nearest_of_rivals(p1, others, prior) -> bool:
     return bool(np.linalg.norm(p1 - prior) + 1.0 < np.linalg.norm(others - prior, axis=1).min())
 
 
-def window_inside(p, w, h, half) -> np.ndarray:
-    """Whether each position's whole step window (``half`` px either side) lies inside a ``w`` x
-    ``h`` image. Why: past the border a window holds replicated pixels, which a step can match
-    anywhere along the edge (a point leaving the frame was verified on a look-alike 10 px away)."""
-    p = np.asarray(p).reshape(-1, 2)
-    return (p[:, 0] >= half) & (p[:, 0] <= w - 1 - half) & (p[:, 1] >= half) & (p[:, 1] <= h - 1 - half)
-
-
 def _lk_step(g0, g1, p0, seed, visible, radius, levels=LEVELS, prior=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lucas-Kanade from ``p0`` in ``g0`` to ``g1``, started at ``seed``: positions (K,2), whether
     each is accepted (forward-backward consistent, within ``radius`` of the seed, patch alike,
@@ -624,7 +618,7 @@ def _lk_step(g0, g1, p0, seed, visible, radius, levels=LEVELS, prior=None) -> tu
     p1 = p1.astype(np.float64)
     if BORDER_CHECK:
         h, w = g1.shape[:2]
-        ok &= window_inside(p1, w, h, WIN // 2)
+        ok &= window_inside(p1, width=w, height=h, half=WIN // 2)
     ok &= np.linalg.norm(back - p0, axis=1) < FB_MAX
     ok &= np.linalg.norm(p1 - seed, axis=1) < radius
     ncc = _ncc(g0, p0, g1, p1)
