@@ -203,3 +203,28 @@ def test_frames_only_a_translation_reached_are_not_what_the_fill_builds_on(monke
         monkeypatch.setattr(C, "CHAIN_BACK", back)
         late[rule] = np.linalg.norm(comotion_fill(xy, trusted)[14:, 4] - xy[14:, 4], axis=1).max()
     assert late["latest best"] < 0.7 * late["frame before"], late
+
+
+def test_frames_carried_together_are_carried_as_each_alone():
+    """The fill fits every frame of a gap in one batch, each frame with the neighbours seen there;
+    a frame's carry is the one it gets alone, whatever the others in the batch (perspective,
+    affine, similarity and translation frames side by side, an outlier among them)."""
+    from pipstrack.engine.comotion import _carry, _carry_many
+
+    rng = np.random.default_rng(11)
+    base = rng.uniform([20, 20], [460, 250], (12, 2))
+    frames = np.stack([perspective(base, t, tilt=0.004) for t in range(1, 9)])
+    frames += rng.normal(0, 0.2, frames.shape)
+    frames[3, 2] += 25.0  # one neighbour slid onto something else there
+    use = np.ones((8, 12), bool)
+    use[1, 3:] = False  # three seen: a similarity
+    use[2, 2:] = False  # two seen: a translation
+    use[4, ::2] = False  # six: affine or perspective
+    p_r = np.array([240.0, 130.0])
+    p, model, miss = _carry_many(p_r, base, np.where(use[..., None], frames, np.nan), use)
+    assert {1, 2}.issubset(set(model.tolist())) and model.max() >= 3, model
+    for f in range(8):
+        alone = _carry(p_r, base[use[f]], frames[f][use[f]])
+        assert alone[1] == model[f]
+        np.testing.assert_allclose(p[f], alone[0], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(miss[f], alone[2], rtol=0, atol=1e-9)

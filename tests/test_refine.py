@@ -499,3 +499,31 @@ def test_a_point_leaving_the_frame_is_verified_until_its_window_reaches_the_bord
     assert found[inside, 0].all() and not found[cut_off, 0].any()
     err = np.linalg.norm(out - truth, axis=2)[:, 0]
     assert err[inside].max() < 0.1
+
+
+def test_a_step_reads_only_the_region_around_its_points_and_lands_where_the_whole_frame_does(monkeypatch):
+    """Lucas-Kanade for a few points runs on a cut of the frames around them (OpenCV builds its
+    pyramids over whatever it is given); the steps land where the whole frames put them, at every
+    pyramid depth, beside the border as in the middle, and a point's step does not depend on the
+    others' being in the same call."""
+    import pipstrack.engine.refine as R
+    from pipstrack.evaluation.harness import load_photo
+
+    photo = cv2.resize(load_photo("chelsea"), (512, 288), interpolation=cv2.INTER_AREA)
+    moved = cv2.warpAffine(photo, np.float32([[1.01, 0.004, 2.6], [-0.004, 1.01, -1.9]]), (512, 288))
+    rng = np.random.default_rng(5)
+    p0 = np.r_[[[9.0, 9.0], [503.5, 140.2], [256.3, 279.0]], rng.uniform([20, 20], [490, 268], (5, 2))]
+    seed = p0 + rng.normal(0, 1.5, p0.shape)
+    for win, levels in ((15, 2), (15, 1), (7, 0)):
+        cut = [R.lk_there_and_back(photo, moved, p0[k : k + 1], seed[k : k + 1], win, levels) for k in range(len(p0))]
+        monkeypatch.setattr(R, "LK_CROP_MARGIN", 10**6)  # the whole frames
+        whole = R.lk_there_and_back(photo, moved, p0, seed, win, levels)
+        monkeypatch.undo()
+        for k, (p1, back, ok) in enumerate(cut):
+            assert ok[0] == whole[2][k], (win, levels, k)
+            if ok[0]:
+                assert np.abs(p1[0] - whole[0][k]).max() < 0.05 and np.abs(back[0] - whole[1][k]).max() < 0.05, (
+                    win,
+                    levels,
+                    k,
+                )

@@ -73,14 +73,21 @@ def _predict_from(xy, trusted, n, r, frames, neighbours, residuals=None, chain=F
     model = np.zeros(len(frames), int)
     if len(neighbours) == 0:
         return out, model
+    # The nearest co-moving points trustworthy on each frame: the nearest of all may be hidden
+    # too (under the same occluder), farther ones still see the surface move.
+    frames = np.asarray(frames, int)
+    use = _nearest_seen(trusted[frames][:, neighbours])
+    seen = use.any(1)
+    first = np.zeros((len(frames), 2)), np.zeros(len(frames), int), np.zeros(len(frames))
+    if seen.any():
+        got = _carry_many(xy[r, n], xy[r, neighbours], xy[frames[seen]][:, neighbours], use[seen])
+        for whole, part in zip(first, got):
+            whole[seen] = part
     done, strength = [], 0  # (frame, position, how well it was carried) so far, away from r
-    for k, t in enumerate(frames):
-        # The nearest co-moving points trustworthy on this frame: the nearest of all may be
-        # hidden too (under the same occluder), farther ones still see the surface move.
-        use = _nearest_seen(trusted[t, neighbours])
-        if not use.any():
+    for k, t in enumerate(frames.tolist()):
+        if not seen[k]:
             continue
-        p, m, miss = _carry(xy[r, n], xy[r, neighbours[use]], xy[t, neighbours[use]])
+        p, m, miss = first[0][k], int(first[1][k]), float(first[2][k])
         quality = m
         if chain and done and m < strength:
             # Carried on from a recent frame instead: the latest one from which the neighbours
@@ -108,95 +115,148 @@ def _predict_from(xy, trusted, n, r, frames, neighbours, residuals=None, chain=F
 
 
 def _nearest_seen(seen: np.ndarray) -> np.ndarray:
-    """The first :data:`NEIGHBOURS` of the (nearest first) neighbours ``seen`` on a frame."""
-    return seen & (np.cumsum(seen) <= NEIGHBOURS)
+    """The first :data:`NEIGHBOURS` of the (nearest first) neighbours ``seen`` on a frame (or on
+    each frame: rows)."""
+    return seen & (np.cumsum(seen, axis=-1) <= NEIGHBOURS)
 
 
 def _carry(p_r, q_r, q_t) -> tuple[np.ndarray, int, float]:
     """Where point ``p_r`` goes when points ``q_r`` (K,2) go to ``q_t``: the strongest model they
     determine (3 affine, 2 similarity, 1 translation; see :func:`_predict_from`), and how far it
     misses their own motion (median, px)."""
-    d = q_r - p_r  # models are fitted about the point itself: its motion is their constant term
-    scale = float(np.mean(np.linalg.norm(d, axis=1))) + 1.0  # keeps the normal equations well scaled
-    d = d / scale
-    w0 = 1.0 / (np.linalg.norm(d, axis=1) * scale + 8.0)
-    motion = q_t - q_r  # (k,2)
-    spread = len(d) >= 4 and _spread(d)  # points near a line say nothing across it (affine needs 4)
-    perspective = None
-    if HOMOGRAPHY and len(d) * 2 >= 9 and spread:
+    p, model, miss = _carry_many(p_r, q_r, np.asarray(q_t)[None], np.ones((1, len(q_r)), bool))
+    return p[0], int(model[0]), float(miss[0])
+
+
+def _carry_many(p_r, q_r, q_t, use) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_carry` for F frames at once: ``q_t`` (F,K,2) where the points ``q_r`` (K,2) went on
+    each, ``use`` (F,K) which of them count there (at least one per frame). Returns (F,2)
+    positions, (F,) models and (F,) misses. Why batched: a fill carries a point over every frame
+    of a gap from the same reference, each a fit of at most a dozen neighbours, and fitted one by
+    one numpy's per-call overhead was most of the co-motion's time."""
+    p_r = np.asarray(p_r, np.float64)
+    use = np.asarray(use, bool)
+    F, K = use.shape
+    count = use.sum(1)
+    q_r = np.asarray(q_r, np.float64)
+    q_t = np.where(use[..., None], q_t, 0.0)  # unused neighbours (NaN where unseen) weigh nothing
+    d0 = np.where(use[..., None], q_r[None] - p_r, 0.0)  # (F,K,2) models are fitted about the point
+    norm = np.linalg.norm(d0, axis=2)
+    scale = (norm * use).sum(1) / np.maximum(count, 1) + 1.0  # keeps the normal equations well scaled
+    d = d0 / scale[:, None, None]
+    w0 = np.where(use, 1.0 / (norm + 8.0), 0.0)
+    motion = np.where(use[..., None], q_t - q_r[None], 0.0)
+    spread = (count >= 4) & _spread_many(d, use)  # points near a line say nothing across it
+    p = p_r + (w0[..., None] * motion).sum(1) / w0.sum(1)[:, None]  # translation, the fallback
+    model = np.ones(F, int)
+    miss = _median_used(np.linalg.norm(motion - (p - p_r)[:, None], axis=2), use)
+    fitted = np.zeros(F, bool)
+    for rank in (3, 2):  # affine, then similarity where the affine cannot be fitted
+        want = ~fitted & (count * 2 >= (7 if rank == 3 else 5)) & (spread if rank == 3 else True)
+        if not want.any():
+            continue
+        rows_x, rows_y = _design(d[want], 6) if rank == 3 else _similarity_design(d[want])
+        params, ok = _robust_fit(rows_x, rows_y, motion[want], w0[want])
+        idx = np.flatnonzero(want)[ok]
+        params, rows_x, rows_y = params[ok], rows_x[ok], rows_y[ok]
+        const = [2, 5] if rank == 3 else [2, 3]
+        p[idx] = p_r + params[:, const]
+        model[idx] = rank
+        res = np.hypot(
+            np.einsum("fkp,fp->fk", rows_x, params) - motion[idx, :, 0],
+            np.einsum("fkp,fp->fk", rows_y, params) - motion[idx, :, 1],
+        )
+        miss[idx] = _median_used(res, use[idx])
+        fitted[idx] = True
+    want = fitted & spread & (count * 2 >= 9)
+    if HOMOGRAPHY and want.any():
         # perspective (a camera turning, a plane receding): u = (h11 x + h12 y + h13) / (h31 x +
         # h32 y + 1) about the point, written linearly in the h's (u, v: the neighbours' new
-        # offsets from the point's old position, px); the point itself goes to (h13, h23)
-        u = q_t - p_r
-        rows_x, rows_y = _design(d, 8)
-        rows_x[:, 6:] = -d * u[:, :1]
-        rows_y[:, 6:] = -d * u[:, 1:]
-        params = _robust_fit(rows_x, rows_y, u, w0)
-        if params is not None:
-            den = 1.0 + d @ params[6:8]
-            if (den > 0.5).all():  # no neighbour behind the horizon: a sane perspective
-                fit_x = (d @ params[0:2] + params[2]) / den
-                fit_y = (d @ params[3:5] + params[5]) / den
-                miss = float(np.median(np.hypot(fit_x - u[:, 0], fit_y - u[:, 1])))
-                perspective = (p_r + params[[2, 5]], 4, miss)
-    for const, rank in (((2, 5), 3), ((2, 3), 2)):  # affine, then similarity
-        unknowns = 6 if rank == 3 else 4
-        if len(d) * 2 < unknowns + 1:  # at least one equation more than unknowns
-            continue
-        if rank == 3 and not spread:
-            continue
-        if rank == 3:
-            rows_x, rows_y = _design(d, 6)
-        else:  # u = a x - b y + tx, v = b x + a y + ty
-            rows_x, rows_y = np.zeros((len(d), 4)), np.zeros((len(d), 4))
-            rows_x[:, 0], rows_x[:, 1], rows_x[:, 2] = d[:, 0], -d[:, 1], 1.0
-            rows_y[:, 0], rows_y[:, 1], rows_y[:, 3] = d[:, 1], d[:, 0], 1.0
-        params = _robust_fit(rows_x, rows_y, motion, w0)
-        if params is not None:
-            miss_x, miss_y = rows_x @ params - motion[:, 0], rows_y @ params - motion[:, 1]
-            fitted = (p_r + params[list(const)], rank, float(np.median(np.hypot(miss_x, miss_y))))
-            # perspective only where it explains the neighbours clearly better: with noisy or
-            # non-rigid motion its two extra terms fit the noise and carry the point by it
-            if perspective is not None and perspective[2] < PERSPECTIVE_GAIN * fitted[2] - 0.05:
-                return perspective
-            return fitted
-    shift = (w0[:, None] * motion).sum(0) / w0.sum()
-    return p_r + shift, 1, float(np.median(np.linalg.norm(motion - shift, axis=1)))
+        # offsets from the point's old position, px); the point itself goes to (h13, h23). Only
+        # where it explains the neighbours clearly better than the fit above: with noisy or
+        # non-rigid motion its two extra terms fit the noise and carry the point by it.
+        dw, u = d[want], np.where(use[want][..., None], q_t[want] - p_r, 0.0)
+        rows_x, rows_y = _design(dw, 8)
+        rows_x[..., 6:] = -dw * u[..., :1]
+        rows_y[..., 6:] = -dw * u[..., 1:]
+        params, ok = _robust_fit(rows_x, rows_y, u, w0[want])
+        den = 1.0 + np.einsum("fkc,fc->fk", dw, params[:, 6:8])
+        ok &= ((den > 0.5) | ~use[want]).all(1)  # no neighbour behind the horizon: a sane perspective
+        den = np.where(use[want], den, 1.0)
+        fit_x = (np.einsum("fkc,fc->fk", dw, params[:, 0:2]) + params[:, 2:3]) / den
+        fit_y = (np.einsum("fkc,fc->fk", dw, params[:, 3:5]) + params[:, 5:6]) / den
+        p_miss = _median_used(np.hypot(fit_x - u[..., 0], fit_y - u[..., 1]), use[want])
+        idx = np.flatnonzero(want)
+        better = ok & (p_miss < PERSPECTIVE_GAIN * miss[idx] - 0.05)
+        idx, params = idx[better], params[better]
+        p[idx], model[idx], miss[idx] = p_r + params[:, [2, 5]], 4, p_miss[better]
+    return p, model, miss
+
+
+def _median_used(values: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """(F,) median of each row of ``values`` (F,K) over its ``use`` entries."""
+    v = np.sort(np.where(use, values, np.inf), axis=1)  # the used ones first
+    c = use.sum(1)
+    rows = np.arange(len(v))
+    return (v[rows, np.maximum(c - 1, 0) // 2] + v[rows, c // 2 - (c == 0)]) / 2
 
 
 def _design(d: np.ndarray, unknowns: int) -> tuple[np.ndarray, np.ndarray]:
     """The x and y rows of an affine fit about the point (u = a x + b y + tx, v = c x + d y + ty),
-    ``unknowns`` columns wide (the perspective's two extra ones left zero for the caller)."""
-    rows_x, rows_y = np.zeros((len(d), unknowns)), np.zeros((len(d), unknowns))
-    rows_x[:, 0:2], rows_x[:, 2] = d, 1.0
-    rows_y[:, 3:5], rows_y[:, 5] = d, 1.0
+    ``unknowns`` columns wide (the perspective's two extra ones left zero for the caller); ``d``
+    (F,K,2) the neighbours' offsets from the point, rows (F,K,unknowns)."""
+    rows_x, rows_y = np.zeros(d.shape[:2] + (unknowns,)), np.zeros(d.shape[:2] + (unknowns,))
+    rows_x[..., 0:2], rows_x[..., 2] = d, 1.0
+    rows_y[..., 3:5], rows_y[..., 5] = d, 1.0
     return rows_x, rows_y
 
 
-def _spread(d: np.ndarray) -> bool:
-    """Whether points spread in two directions: the thinner side of their scatter at least
-    a fifth of the wider one (an affine fit from points near a line extrapolates wildly)."""
-    ev = np.linalg.eigvalsh(np.cov((d - d.mean(0)).T))
-    return bool(ev[0] >= (MIN_SPREAD**2) * ev[1])
+def _similarity_design(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of a similarity fit (zoom and rotation): u = a x - b y + tx, v = b x + a y + ty."""
+    rows_x, rows_y = np.zeros(d.shape[:2] + (4,)), np.zeros(d.shape[:2] + (4,))
+    rows_x[..., 0], rows_x[..., 1], rows_x[..., 2] = d[..., 0], -d[..., 1], 1.0
+    rows_y[..., 0], rows_y[..., 1], rows_y[..., 3] = d[..., 1], d[..., 0], 1.0
+    return rows_x, rows_y
 
 
-def _robust_fit(rows_x, rows_y, motion, w, rounds: int = 3):
-    """Weighted least squares of ``motion`` (k,2) on a linear model whose x and y equations are
-    ``rows_x`` and ``rows_y`` (k,p), a neighbour the fit does not explain (half covered, a wrong
-    match) weighed down each round; None when the neighbours cannot determine it."""
-    D = np.concatenate((rows_x, rows_y))
-    y = np.concatenate((motion[:, 0], motion[:, 1]))
-    params = None
+def _spread_many(d: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """(F,) whether each frame's used points ``d`` (F,K,2) spread in two directions: the thinner
+    side of their scatter at least a fifth of the wider one (an affine fit from points near a
+    line extrapolates wildly). The 2x2 scatter's eigenvalues in closed form."""
+    n = np.maximum(use.sum(1), 1)
+    c = np.where(use[..., None], d - (d * use[..., None]).sum(1, keepdims=True) / n[:, None, None], 0.0)
+    sxx, syy, sxy = (c[..., 0] ** 2).sum(1), (c[..., 1] ** 2).sum(1), (c[..., 0] * c[..., 1]).sum(1)
+    half, root = (sxx + syy) / 2, np.hypot((sxx - syy) / 2, sxy)
+    return (half - root) >= (MIN_SPREAD**2) * (half + root)
+
+
+def _robust_fit(rows_x, rows_y, motion, w, rounds: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted least squares of ``motion`` (F,K,2) on a linear model whose x and y equations are
+    ``rows_x`` and ``rows_y`` (F,K,p), F fits at once, a neighbour the fit does not explain (half
+    covered, a wrong match) weighed down each round. Returns (F,p) parameters and (F,) whether
+    the neighbours determine them (where a later round is ill-conditioned, the round before's)."""
+    F, K, P = rows_x.shape
+    D = np.concatenate((rows_x, rows_y), axis=1)  # (F,2K,P)
+    Dt = D.transpose(0, 2, 1)
+    y = np.concatenate((motion[..., 0], motion[..., 1]), axis=1)[..., None]  # (F,2K,1)
+    params = np.zeros((F, P, 1))
+    ok = np.zeros(F, bool)
+    live = np.ones(F, bool)
+    w = np.asarray(w, np.float64)
     for _ in range(rounds):
-        Dw = D * np.concatenate((w, w))[:, None]
-        A = Dw.T @ D
+        Dw_t = Dt * np.concatenate((w, w), axis=1)[:, None, :]
+        A = Dw_t @ D
         s = np.linalg.svd(A, compute_uv=False)  # what np.linalg.cond computes, without its overhead
-        if not s[-1] > 0 or s[0] / s[-1] > 1e8:
-            return params
-        params = np.linalg.solve(A, Dw.T @ y)
-        r = (D @ params - y).reshape(2, -1)
-        w = w / (1.0 + (np.hypot(r[0], r[1]) / 0.5) ** 2)
-    return params
+        live &= (s[:, -1] > 0) & (s[:, 0] <= 1e8 * s[:, -1])
+        if not live.any():
+            break
+        if not live.all():  # the ill-conditioned keep their last round's; solve the rest alone
+            A = np.where(live[:, None, None], A, np.eye(P))
+        params = np.where(live[:, None, None], np.linalg.solve(A, Dw_t @ y), params)
+        ok |= live
+        r = (D @ params - y)[..., 0]
+        w = w / (1.0 + (np.hypot(r[:, :K], r[:, K:]) / 0.5) ** 2)
+    return params[..., 0], ok
 
 
 # A verified position may depart this far (px) from where its co-moving neighbours carry it, plus
@@ -210,24 +270,31 @@ AGREE_HOP = 4  # ... from a frame at most this many frames back where it agreed 
 AGREE_FAR = 200.0
 
 
-def _departs(xy, ok, n, r, t, nb) -> bool:
-    """Whether point ``n`` on frame ``t`` is further from where neighbours ``nb`` carry it from
-    ``r`` than :data:`AGREE_PX` and the rest allow, whichever one neighbour is left out (one
-    wrong neighbour, itself slid onto the occluder, must not decide: with few neighbours an
-    affine fit absorbs it)."""
-    use = nb[ok[t, nb]][:NEIGHBOURS]
-    for leave in range(-1, len(use) if len(use) > 1 else 0):
-        company = use if leave < 0 else np.delete(use, leave)
-        miss = np.zeros(1)
-        p, model = _predict_from(xy, ok, n, r, [t], company, residuals=miss)
-        if not model[0]:
-            return False
+def _departs(xy, ok, n, r, frames, nb) -> np.ndarray:
+    """(len(frames),) whether point ``n`` on each of ``frames`` is further from where neighbours
+    ``nb`` carry it from ``r`` than :data:`AGREE_PX` and the rest allow, whichever one neighbour
+    is left out (one wrong neighbour, itself slid onto the occluder, must not decide: with few
+    neighbours an affine fit absorbs it). The frames are judged together: fitted one by one,
+    numpy's per-call overhead was most of the check's time."""
+    frames = np.asarray(frames, int)
+    seen = ok[frames][:, nb]
+    use = seen & (np.cumsum(seen, axis=1) <= NEIGHBOURS)  # (B,K) each frame's company
+    departs = use.any(1)  # no company there: no model, nothing departs
+    rows = np.flatnonzero(departs)
+    masks = use[rows]
+    for _ in range(2):  # all its company, then each time one neighbour left out
+        if not len(rows):
+            break
+        p, _, miss = _carry_many(xy[r, n], xy[r, nb], xy[frames[rows]][:, nb], masks)
         # where the neighbours' own motion is no model's (a deforming surface), the point's need not be either
-        allowed = AGREE_PX + AGREE_RATE * min(abs(t - r), HISTORY) + AGREE_MISS * miss[0]
-        allowed += np.linalg.norm(xy[r, company[0]] - xy[r, n]) / AGREE_FAR * np.linalg.norm(p[0] - xy[r, n])
-        if np.linalg.norm(xy[t, n] - p[0]) <= allowed:
-            return False
-    return True
+        allowed = AGREE_PX + AGREE_RATE * np.minimum(np.abs(frames[rows] - r), HISTORY) + AGREE_MISS * miss
+        nearest = xy[r, nb[masks.argmax(1)]]  # the nearest neighbour that counts
+        allowed += np.linalg.norm(nearest - xy[r, n], axis=1) / AGREE_FAR * np.linalg.norm(p - xy[r, n], axis=1)
+        departs[rows[np.linalg.norm(xy[frames[rows], n] - p, axis=1) <= allowed]] = False
+        left_out = [(b, np.flatnonzero(use[b])) for b in np.flatnonzero(departs)]
+        rows = np.array([b for b, kept in left_out if len(kept) > 1 for _ in kept], int)
+        masks = np.array([use[b] & (np.arange(len(nb)) != k) for b, kept in left_out if len(kept) > 1 for k in kept])
+    return departs
 
 
 def departures(
@@ -274,13 +341,25 @@ def departures(
             return nb[np.linalg.norm(xy[t, nb] - xy[t, n], axis=1) <= reach]
 
         for step in (1, -1):
-            chain = good[good > s] if step == 1 else good[good < s][::-1]
+            chain = (good[good > s] if step == 1 else good[good < s][::-1]).tolist()
             r, nb = s, company(s)
-            for t in chain.tolist():
+            verdict = {}  # frame -> whether it departs from (r, nb): judged a few frames at a time
+            for i, t in enumerate(chain):
                 if fixed[t, n]:  # a keyframe is where the point is: the new reference
-                    r, nb = t, company(t, -step)
+                    r, nb, verdict = t, company(t, -step), {}
                     continue
-                if len(nb) and _departs(xy, ok, n, r, t, nb):
+                if len(nb) and t not in verdict:
+                    # the frames up to where the reference may move on, judged together (a
+                    # neighbour's trust does not change while this point is judged)
+                    ahead = []
+                    for u in chain[i:]:
+                        if fixed[u, n]:
+                            break
+                        ahead.append(u)
+                        if abs(u - r) >= AGREE_HOP:
+                            break
+                    verdict = dict(zip(ahead, _departs(xy, ok, n, r, ahead, nb).tolist()))
+                if len(nb) and verdict[t]:
                     if doubt is None or doubt(t, n):
                         bad[t, n], ok[t, n] = True, False
                         continue
@@ -290,7 +369,7 @@ def departures(
                     # an agreeing frame becomes the reference, where its company can be told
                     near = company(t, -step)
                     if len(near):
-                        r, nb = t, near
+                        r, nb, verdict = t, near, {}
     return bad
 
 
