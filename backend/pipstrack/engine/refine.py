@@ -29,8 +29,9 @@ import numpy as np
 from ..conventions import window_inside
 
 WIN = 15  # LK window (px)
-# Lucas-Kanade reads a region this many windows beyond its points at the coarsest pyramid level
-# (refine._lk_crop): a step that runs further has lost its point anyway (the radius checks).
+# Lucas-Kanade reads a region this many times (a window at the coarsest pyramid level + 32 px)
+# beyond its points (_lk_crop): a step that runs further has lost its point anyway (the radius
+# checks). Once (a window at the coarsest level) moved 4 of 633 tracks by 12 px: docs/performance.md.
 LK_CROP_MARGIN = 2
 LEVELS = 2  # pyramid levels above full resolution: PIPs' seed can be several px off
 FB_MAX = 0.5  # max forward-backward disagreement (px)
@@ -617,7 +618,7 @@ def _lk_crop(g0, g1, points, win: int, levels: int):
     and most calls here step one point (1.1 ms a call at 512x288, most of it for pixels the
     step never reads). The cut starts on a multiple of the coarsest level's scale, so every
     pyramid level holds the same pixels as the whole frame's away from the cut's edge, which
-    lies :data:`LK_CROP_MARGIN` windows beyond the points at the coarsest level."""
+    lies :data:`LK_CROP_MARGIN` x (a coarsest-level window + 32 px) beyond the points."""
     h, w = g0.shape[:2]
     scale = 2**levels
     margin = LK_CROP_MARGIN * (win * scale + 32)
