@@ -31,7 +31,7 @@ from ..conventions import window_inside
 WIN = 15  # LK window (px)
 # Lucas-Kanade reads a region this many times (a window at the coarsest pyramid level + 32 px)
 # beyond its points (_lk_crop): a step that runs further has lost its point anyway (the radius
-# checks). Once (a window at the coarsest level) moved 4 of 633 tracks by 12 px: docs/performance.md.
+# checks). Without the 32 px it moved 4 of 633 tracks by 12 px: docs/performance.md.
 LK_CROP_MARGIN = 2
 LEVELS = 2  # pyramid levels above full resolution: PIPs' seed can be several px off
 FB_MAX = 0.5  # max forward-backward disagreement (px)
