@@ -78,16 +78,16 @@ def _predict_from(xy, trusted, n, r, frames, neighbours, residuals=None, chain=F
     frames = np.asarray(frames, int)
     use = _nearest_seen(trusted[frames][:, neighbours])
     seen = use.any(1)
-    first = np.zeros((len(frames), 2)), np.zeros(len(frames), int), np.zeros(len(frames))
+    carried, models, misses = np.zeros((len(frames), 2)), np.zeros(len(frames), int), np.zeros(len(frames))
     if seen.any():
-        got = _carry_many(xy[r, n], xy[r, neighbours], xy[frames[seen]][:, neighbours], use[seen])
-        for whole, part in zip(first, got):
-            whole[seen] = part
+        carried[seen], models[seen], misses[seen] = _carry_many(
+            xy[r, n], xy[r, neighbours], xy[frames[seen]][:, neighbours], use[seen]
+        )
     done, strength = [], 0  # (frame, position, how well it was carried) so far, away from r
     for k, t in enumerate(frames.tolist()):
         if not seen[k]:
             continue
-        p, m, miss = first[0][k], int(first[1][k]), float(first[2][k])
+        p, m, miss = carried[k], int(models[k]), float(misses[k])
         quality = m
         if chain and done and m < strength:
             # Carried on from a recent frame instead: the latest one from which the neighbours
@@ -277,8 +277,7 @@ def _departs(xy, ok, n, r, frames, nb) -> np.ndarray:
     neighbours an affine fit absorbs it). The frames are judged together: fitted one by one,
     numpy's per-call overhead was most of the check's time."""
     frames = np.asarray(frames, int)
-    seen = ok[frames][:, nb]
-    use = seen & (np.cumsum(seen, axis=1) <= NEIGHBOURS)  # (B,K) each frame's company
+    use = _nearest_seen(ok[frames][:, nb])  # (B,K) each frame's company
     departs = use.any(1)  # no company there: no model, nothing departs
     rows = np.flatnonzero(departs)
     masks = use[rows]
