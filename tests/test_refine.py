@@ -359,6 +359,98 @@ def test_a_re_detection_records_whose_patch_found_it():
     assert np.flatnonzero(stepped_from(bad, parent)[:, 0]).tolist() == list(range(5, T))
 
 
+def test_a_point_hidden_for_long_is_looked_for_sparsely_and_found_from_the_frame_it_is_back_on(monkeypatch):
+    """A point under a card from frame 2 to frame 22 of 30: past DENSE_GAP frames re-detection
+    looks for it only on every SPARSE_EVERY-th frame, and where it finds it matches the skipped
+    frames back from there, so every frame after the card is verified on the truth, as with a
+    search on every frame, for fewer searches of the wide window (the time re-detection costs).
+    A lone point (``sparse=False``) is looked for on every frame."""
+    from pipstrack.engine import redetect
+    from pipstrack.engine.refine import REDETECT_RADIUS, WIN, _lk_step
+
+    T, back = 30, 23
+    frames, shift = textured_clip(T=T, H=120, W=160, seed=3)
+    truth = np.array([70.0, 55.0]) + shift
+    for t in range(2, back):  # a flat card over the point
+        x, y = np.round(truth[t]).astype(int)
+        frames[t] = frames[t].copy()
+        frames[t][y - 14 : y + 15, x - 14 : x + 15] = 128
+    assert back - 2 > redetect.DENSE_GAP + redetect.SPARSE_EVERY  # searched sparsely, a frame skipped
+
+    def verify(g0, g1, p0, seed):
+        return _lk_step(g0, g1, p0, seed, np.ones(len(p0), bool), REDETECT_RADIUS, levels=0)
+
+    calls = []
+    real = redetect.best_match
+    monkeypatch.setattr(redetect, "best_match", lambda *a: calls.append(a[3]) or real(*a))
+
+    def run():
+        out = truth[:, None].copy()
+        out[2:, 0] += 25.0  # the network lost it under the card
+        polished = np.zeros((T, 1), bool)
+        polished[:2] = True
+        found = redetect.redetect_pass(
+            lambda t: frames[t], out, polished, np.where(polished, 1.0, np.nan), ~polished, np.array([0]),
+            verify, lambda n, g1, p: True, win=WIN,
+        )  # fmt: skip
+        wide = sum(r > redetect.SEARCH_PX + redetect.GROWTH_PX * redetect.DENSE_GAP for r in calls)
+        calls.clear()
+        return out, polished, found, wide
+
+    out, polished, found, wide = run()
+    assert found == T - back and polished[back:, 0].all() and not polished[2:back, 0].any()
+    assert np.linalg.norm(out[back:, 0] - truth[back:], axis=1).max() < 0.25
+    monkeypatch.setattr(redetect, "SPARSE_EVERY", 1)  # a search on every frame: the same frames, within 0.001 px
+    out_dense, polished_dense, _, wide_dense = run()
+    assert (polished_dense == polished).all()
+    np.testing.assert_allclose(out_dense[back:], out[back:], atol=1e-3)
+    assert wide * 2 < wide_dense, (wide, wide_dense)
+    monkeypatch.undo()  # a lone point (``sparse=False``, the whole job) is looked for on every frame
+    calls = []
+    monkeypatch.setattr(redetect, "best_match", lambda *a: calls.append(a[3]) or real(*a))
+    out = truth[:, None].copy()
+    out[2:, 0] += 25.0
+    polished = np.zeros((T, 1), bool)
+    polished[:2] = True
+    redetect.redetect_pass(
+        lambda t: frames[t], out, polished, np.where(polished, 1.0, np.nan), ~polished, np.array([0]),
+        verify, lambda n, g1, p: True, win=WIN, sparse=False,
+    )  # fmt: skip
+    assert (polished == polished_dense).all()
+    assert sum(r > redetect.SEARCH_PX + redetect.GROWTH_PX * redetect.DENSE_GAP for r in calls) == wide_dense
+
+
+def test_a_gap_the_network_crossed_dragged_leans_on_the_points_own_motion_next_to_its_verified_ends():
+    """A point verified up to frame 4 and again from frame 12: in between the network (shifted by
+    the ends' corrections) ran up to 5 px off its smooth path, less than STRAYED_PX, so that path
+    stays in the middle of the gap; the frame next to each end takes the point's own motion (off by
+    its acceleration only), the next one halfway, and the verified frames are not touched; under
+    camera shake the network's path stays."""
+    from pipstrack.engine import refine
+
+    T = 17
+    t = np.arange(T, dtype=float)
+    truth = np.c_[50 + 2.0 * t + 0.05 * t**2, 40 + 1.5 * t]  # a smooth, slightly accelerating path
+    net = truth.copy()
+    net[5:12, 0] += 5.0 * np.sin(np.pi * (t[5:12] - 4) / 8)  # dragged across the gap, back at the far end
+    out = net.copy()
+    good = np.r_[0:5, 12:T]
+    refine._own_motion_fill(out, net, good)
+    err = np.linalg.norm(out - truth, axis=1)
+    assert (out[good] == net[good]).all()
+    assert err[5] < 0.2 and err[11] < 0.2  # beside each end: the own motion
+    assert np.linalg.norm(net - truth, axis=1)[[5, 11]].min() > 1.5  # where the network was 1.9 px off
+    for k in (6, 10):  # two frames from an end: halfway
+        assert err[k] < 0.6 * np.linalg.norm(net[k] - truth[k]), k
+    np.testing.assert_allclose(out[7:10], net[7:10])  # the middle of the gap: the network's path
+    shaken = truth + np.random.default_rng(0).uniform(-1.5, 1.5, truth.shape)  # a hand-held camera
+    net = shaken.copy()
+    net[5:12, 0] += 5.0 * np.sin(np.pi * (t[5:12] - 4) / 8)
+    out = net.copy()
+    refine._own_motion_fill(out, net, good)
+    np.testing.assert_allclose(out, net)  # its velocity says nothing about the next frame: the network's
+
+
 def test_a_step_that_jumps_from_the_points_own_motion_onto_a_look_alike_is_not_verified(monkeypatch):
     """A point on a card moving over the plate (no other point moves with it) is covered from
     frame 6 on, and a copy of its patch shows 12 px away (the far side of an occluder, a repeating

@@ -6,6 +6,10 @@ across), every later step starts hundreds of pixels off and fails, and co-motion
 other points of the job move with it. A lone point needs to be looked for: on each frame where it
 is not verified, the patch of its last verified frame is matched (normalised cross-correlation)
 over a window around where it was, growing with the time since then until it covers the frame.
+Lost for longer than ``DENSE_GAP`` frames, it is looked for on every ``SPARSE_EVERY``-th frame
+and on the clip's last only (those wide searches were most of the stage's time and rarely found
+anything); where it is found, the frames skipped are matched back from there one by one, near the
+match after each. A lone point (one marker, one job) is looked for on every frame.
 A match counts only when it is strong (``MIN_NCC``), clearly better than any other place in the
 window (``MARGIN``: a repeating texture has no single answer), and a Lucas-Kanade step from the
 template to it is forward-backward consistent: the point re-anchors there, and the polish chains
@@ -24,6 +28,8 @@ MIN_NCC = 0.9  # a match must look this much like the point's last verified patc
 MARGIN = 0.1  # ... and this much more than the best other place in the search window
 SEARCH_PX = 24  # search radius (px, working size) on the first frame after the point was verified
 GROWTH_PX = 12  # ... growing by this much per frame since then (the point may have moved on)
+DENSE_GAP = 8  # a point lost for up to this many frames is looked for on every frame ...
+SPARSE_EVERY = 4  # ... then on every 4th; found, the frames skipped are matched back from there
 SCALES = (1.0, 0.8, 1.25)  # the patch is looked for at its own size, then as if seen further and nearer
 
 
@@ -51,18 +57,32 @@ def best_match(image: np.ndarray, template: np.ndarray, centre, radius: float):
 
 
 def redetect_pass(
-    frame, out, polished, similarity, todo, start, step_fn, looks_like, *, win: int, tick=None, parent=None
+    frame, out, polished, similarity, todo, start, step_fn, looks_like, *, win: int, tick=None, parent=None, sparse=True
 ) -> int:
     """One sweep away from each point's first anchor (forward, then backward) over the frames in
     ``todo`` that are not polished: looks for the point's patch from its last polished frame on
     that side; accepted matches update ``out``, ``polished`` and ``similarity`` in place.
     ``step_fn(g0, g1, p0, seed)`` is the verifying Lucas-Kanade step: (positions, accepted, ncc);
     ``looks_like(n, g1, p)`` whether point ``n`` at ``p`` in ``g1`` still looks like its anchor;
-    ``parent``, if given, records the frame whose patch each match was found by.
+    ``parent``, if given, records the frame whose patch each match was found by. ``sparse``: a
+    point lost for long is looked for on every ``SPARSE_EVERY``-th frame only (a lone point, the
+    whole job, on every frame: it may be found from afar on one frame only).
     Returns how many frames were found."""
     T = out.shape[0]
     found = 0
     templates = {}  # per point: a lost one is looked for on every later frame with the same few patches
+
+    def search(n, t, g1, centre, radius, refs, cut):  # point n on frame t (image g1): found there?
+        for ref in refs:
+            at = _verified_match(frame, ref, out[ref, n], g1, centre, radius, step_fn, win, cut)
+            if at is not None and looks_like(n, g1, at[0]):
+                out[t, n], similarity[t, n] = at
+                polished[t, n] = True
+                if parent is not None:
+                    parent[t, n] = ref
+                return True
+        return False
+
     for half, ts in enumerate((range(1, T), range(T - 2, -1, -1))):
         forward = half == 0
         last_t = start.copy()  # the point's last verified frame on this side
@@ -85,7 +105,13 @@ def redetect_pass(
             g1 = frame(t)
             for n in look:
                 lt = last_t[n]
-                radius = SEARCH_PX + GROWTH_PX * abs(t - lt)
+                gap = abs(t - lt)
+                # A search over a window this wide costs most of re-detection's time and rarely
+                # finds anything frame after frame (a point behind a wide occluder, or gone):
+                # every SPARSE_EVERY-th frame is enough to notice it is back. The clip's end is
+                # searched: no later search would match back from there.
+                if sparse and gap > DENSE_GAP and (gap - DENSE_GAP) % SPARSE_EVERY and t != ts[-1]:
+                    continue
                 # The patch of the last verified frame looks most like the point now, but right
                 # after an occluder it may still hold the occluder's edge: the last verified
                 # patch before that gap, and the first keyframe's, are the other candidates.
@@ -93,16 +119,22 @@ def redetect_pass(
                 cut = templates.setdefault(n, {})
                 for key in [key for key in cut if key[0] not in refs]:  # patches no longer looked for
                     del cut[key]
-                for ref in refs:
-                    at = _verified_match(frame, ref, out[ref, n], g1, out[lt, n], radius, step_fn, win, cut)
-                    if at is not None and looks_like(n, g1, at[0]):
-                        out[t, n], similarity[t, n] = at
-                        polished[t, n] = True
-                        if parent is not None:
-                            parent[t, n] = ref
-                        advance(n, t)
-                        found += 1
+                if not search(n, t, g1, out[lt, n], SEARCH_PX + GROWTH_PX * gap, refs, cut):
+                    continue
+                advance(n, t)
+                found += 1
+                if gap <= DENSE_GAP or not sparse:
+                    continue
+                # Back from where it was found over the frames skipped since its last search, each
+                # looked for near the next one's match, until it is not there (it came out there).
+                d, near = (1 if forward else -1), t
+                for s in range(t - d, lt, -d):
+                    if not todo[s, n] or polished[s, n]:
+                        continue
+                    if not search(n, s, frame(s), out[near, n], SEARCH_PX + GROWTH_PX * abs(near - s), refs, cut):
                         break
+                    near = s
+                    found += 1
     return found
 
 

@@ -51,6 +51,11 @@ REDETECT_RADIUS = 3.0  # a re-detection's sub-pixel step stays this close to the
 # A gap between two verified frames where the network's positions stray this far (px) from the
 # point's own motion between them is filled by that motion.
 STRAYED_PX = 8.0
+# Elsewhere the frames next to a verified end lean on that motion: fully on the frame beside it,
+# half on the next (an occluder that has just passed still drags the network; the point's own
+# velocity, one or two frames on, is off by its acceleration only).
+NEAR_END_FRAMES = 2
+SMOOTH_PX = 1.0  # ... where its velocity over the next two verified frames changes by at most this
 # A repeating texture (a checker, stripes, a fence) matches itself one period away as well as
 # where the point is, and a step seeded a few px off locks onto the wrong period with a perfect
 # score. A step whose template matches this nearly as well (within AMBIGUOUS_NCC) somewhere at
@@ -305,6 +310,7 @@ def refine_trajectories(
             win=WIN,
             tick=sweep_tick(k, "re-detection"),
             parent=parent if CHAINED_SEARCH else None,
+            sparse=N > 1,
         )
         if CHAINED_SEARCH:  # what this pass verified (it records each match's parent)
             searched |= polished & ~before_search
@@ -447,7 +453,9 @@ def _own_motion_fill(out, net, good) -> None:
     so far (the network's, shifted by the verified ends' corrections) strays ``STRAYED_PX`` or
     more from the point's own motion: a cubic through the ends with the point's velocity there
     (Hermite; the velocity from the verified frame next to each end, or the chord where there is
-    none). A point's motion is smooth where the network, dragged along by an occluder, is not."""
+    none). A point's motion is smooth where the network, dragged along by an occluder, is not.
+    Elsewhere the ``NEAR_END_FRAMES`` frames next to an end where the point moves smoothly blend
+    from that motion into the network's."""
     verified = set(good.tolist())
     for j in range(len(good) - 1):
         a, b = int(good[j]), int(good[j + 1])
@@ -461,8 +469,26 @@ def _own_motion_fill(out, net, good) -> None:
         s = ((ts - a) / (b - a))[:, None]
         h00, h10, h01, h11 = 2 * s**3 - 3 * s**2 + 1, s**3 - 2 * s**2 + s, -2 * s**3 + 3 * s**2, s**3 - s**2
         own = h00 * out[a] + h10 * (b - a) * va + h01 * out[b] + h11 * (b - a) * vb
-        if len(ts) and np.linalg.norm(out[ts] - own, axis=1).max() >= STRAYED_PX:
+        if not len(ts):
+            continue
+        if np.linalg.norm(out[ts] - own, axis=1).max() >= STRAYED_PX:
             out[ts] = own
+            continue
+        # Near an end where the point moves smoothly (a shaking camera does not), own motion
+        w = np.zeros(len(ts))
+        for end, side in ((a, -1), (b, 1)):
+            if _smooth_at(out, verified, end, side):
+                w = np.maximum(w, np.clip((NEAR_END_FRAMES + 1 - np.abs(ts - end)) / max(NEAR_END_FRAMES, 1), 0, 1))
+        out[ts] = w[:, None] * own + (1 - w[:, None]) * out[ts]
+
+
+def _smooth_at(out, verified, end: int, side: int) -> bool:
+    """Whether the point's motion over the verified frames beyond ``end`` (``side``: -1 before
+    it, 1 after it) changes by at most ``SMOOTH_PX`` per frame (its acceleration)."""
+    r1, r2 = end + side, end + 2 * side
+    if r1 not in verified or r2 not in verified:
+        return False
+    return float(np.linalg.norm(out[end] - 2 * out[r1] + out[r2])) <= SMOOTH_PX
 
 
 def _lk_pass(
