@@ -474,7 +474,8 @@ def _own_motion_fill(out, net, good) -> None:
         if np.linalg.norm(out[ts] - own, axis=1).max() >= STRAYED_PX:
             out[ts] = own
             continue
-        # Near an end where the point moves smoothly (a shaking camera does not), own motion
+        # Next to an end where the point moves smoothly (under a shaking camera it does not), the
+        # own motion, blended into the network's path over NEAR_END_FRAMES frames
         w = np.zeros(len(ts))
         for end, side in ((a, -1), (b, 1)):
             if _smooth_at(out, verified, end, side):
