@@ -384,14 +384,14 @@ def test_a_point_hidden_for_long_is_looked_for_sparsely_and_found_from_the_frame
     real = redetect.best_match
     monkeypatch.setattr(redetect, "best_match", lambda *a: calls.append(a[3]) or real(*a))
 
-    def run():
+    def run(**options):
         out = truth[:, None].copy()
         out[2:, 0] += 25.0  # the network lost it under the card
         polished = np.zeros((T, 1), bool)
         polished[:2] = True
         found = redetect.redetect_pass(
             lambda t: frames[t], out, polished, np.where(polished, 1.0, np.nan), ~polished, np.array([0]),
-            verify, lambda n, g1, p: True, win=WIN,
+            verify, lambda n, g1, p: True, win=WIN, **options,
         )  # fmt: skip
         wide = sum(r > redetect.SEARCH_PX + redetect.GROWTH_PX * redetect.DENSE_GAP for r in calls)
         calls.clear()
@@ -400,24 +400,15 @@ def test_a_point_hidden_for_long_is_looked_for_sparsely_and_found_from_the_frame
     out, polished, found, wide = run()
     assert found == T - back and polished[back:, 0].all() and not polished[2:back, 0].any()
     assert np.linalg.norm(out[back:, 0] - truth[back:], axis=1).max() < 0.25
+    every = redetect.SPARSE_EVERY
     monkeypatch.setattr(redetect, "SPARSE_EVERY", 1)  # a search on every frame: the same frames, within 0.001 px
     out_dense, polished_dense, _, wide_dense = run()
     assert (polished_dense == polished).all()
     np.testing.assert_allclose(out_dense[back:], out[back:], atol=1e-3)
     assert wide * 2 < wide_dense, (wide, wide_dense)
-    monkeypatch.undo()  # a lone point (``sparse=False``, the whole job) is looked for on every frame
-    calls = []
-    monkeypatch.setattr(redetect, "best_match", lambda *a: calls.append(a[3]) or real(*a))
-    out = truth[:, None].copy()
-    out[2:, 0] += 25.0
-    polished = np.zeros((T, 1), bool)
-    polished[:2] = True
-    redetect.redetect_pass(
-        lambda t: frames[t], out, polished, np.where(polished, 1.0, np.nan), ~polished, np.array([0]),
-        verify, lambda n, g1, p: True, win=WIN, sparse=False,
-    )  # fmt: skip
-    assert (polished == polished_dense).all()
-    assert sum(r > redetect.SEARCH_PX + redetect.GROWTH_PX * redetect.DENSE_GAP for r in calls) == wide_dense
+    monkeypatch.setattr(redetect, "SPARSE_EVERY", every)  # a lone point (the whole job): on every frame
+    _, polished_lone, _, wide_lone = run(sparse=False)
+    assert (polished_lone == polished_dense).all() and wide_lone == wide_dense
 
 
 def test_a_gap_the_network_crossed_dragged_leans_on_the_points_own_motion_next_to_its_verified_ends():
